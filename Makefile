@@ -1,0 +1,13 @@
+.PHONY: test test-fast lint format main bench
+test:            ## lint + full test suite (sets up the virtualenv and NLTK data first)
+	bash scripts/run_tests.sh
+test-fast:       ## tests without the slow and network ones
+	bash scripts/run_tests.sh -m "not slow and not network"
+lint:
+	bash -c 'source scripts/env.sh && ruff check . && ruff format --check .'
+format:
+	bash -c 'source scripts/env.sh && ruff check --fix . && ruff format .'
+main:            ## the README's main job
+	bash scripts/run_main.sh
+bench:           ## CPU benchmarks that exist so far
+	bash -c 'source scripts/env.sh && python perf/bench_labeler.py'

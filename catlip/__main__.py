@@ -1,0 +1,5 @@
+import sys
+
+from catlip.cli import main
+
+sys.exit(main())

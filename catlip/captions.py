@@ -1,0 +1,94 @@
+"""Read (key, caption) pairs from COCO caption JSON, ``file<TAB>caption`` TSV, and WebDataset tars.
+
+Errors name the file and, where the format has lines, the line. A caption that is null or not a
+string is passed on as is: the labeler turns it into an empty label list, it does not stop a run.
+"""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+Caption = tuple[str, object]  # (key, caption)
+
+
+class CaptionFileError(ValueError):
+    """A caption source that cannot be read, naming the file and the line or member."""
+
+
+def caption_format(path: Path | str) -> str:
+    name = Path(path).name.lower()
+    if name.endswith(".json"):
+        return "coco"
+    if name.endswith((".tsv", ".tab")):
+        return "tsv"
+    if name.endswith((".tar", ".tar.gz", ".tgz")):
+        return "webdataset"
+    raise CaptionFileError(
+        f"{path}: unknown caption format (expected COCO .json, file<TAB>caption .tsv, or .tar shards)"
+    )
+
+
+def iter_captions(path: Path | str) -> Iterator[Caption]:
+    """Yield (key, caption) from one file, choosing the reader by extension."""
+    path = Path(path)
+    if not path.is_file():
+        raise CaptionFileError(f"{path}: no such file")
+    reader = {"coco": read_coco, "tsv": read_tsv, "webdataset": read_webdataset}
+    yield from reader[caption_format(path)](path)
+
+
+def read_coco(path: Path) -> Iterator[Caption]:
+    """COCO ``captions_*.json``: the ``annotations`` list of {image_id, caption}."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as err:
+        raise CaptionFileError(f"{path}:{err.lineno}:{err.colno}: invalid JSON ({err.msg})") from err
+    except UnicodeDecodeError as err:
+        raise CaptionFileError(f"{path}: not UTF-8 text ({err})") from err
+    annotations = data.get("annotations") if isinstance(data, dict) else None
+    if not isinstance(annotations, list):
+        raise CaptionFileError(f"{path}: not a COCO caption file (no 'annotations' list)")
+    for i, ann in enumerate(annotations):
+        if not isinstance(ann, dict) or "caption" not in ann:
+            raise CaptionFileError(f"{path}: annotations[{i}] has no 'caption' field: {ann!r:.80}")
+        yield str(ann.get("image_id", i)), ann["caption"]
+
+
+def read_tsv(path: Path) -> Iterator[Caption]:
+    """``file<TAB>caption`` per line; blank lines are skipped; the key is the file name's stem."""
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as err:
+                raise CaptionFileError(f"{path}:{lineno}: not UTF-8 ({err.reason})") from err
+            if not line.strip():
+                continue
+            name, tab, caption = line.partition("\t")
+            if not tab or not name:
+                raise CaptionFileError(f"{path}:{lineno}: expected 'file<TAB>caption', got {line!r:.80}")
+            if lineno == 1 and (name.lower(), caption.lower()) in {("file", "caption"), ("filename", "caption")}:
+                continue  # header
+            yield Path(name).stem, caption
+
+
+def read_webdataset(path: Path) -> Iterator[Caption]:
+    """The ``.txt`` member of each sample of a WebDataset (or img2dataset) tar shard."""
+    try:
+        with tarfile.open(path, mode="r|*") as tar:
+            for member in tar:
+                if not member.isfile() or not member.name.endswith(".txt"):
+                    continue
+                data = tar.extractfile(member).read()
+                base = member.name.rsplit("/", 1)
+                key = (base[0] + "/" if len(base) == 2 else "") + base[-1].split(".", 1)[0]
+                try:
+                    yield key, data.decode("utf-8")
+                except UnicodeDecodeError as err:
+                    raise CaptionFileError(f"{path}: member {member.name}: not UTF-8 ({err.reason})") from err
+    except (tarfile.TarError, EOFError, OSError) as err:
+        raise CaptionFileError(f"{path}: unreadable tar shard ({err})") from err

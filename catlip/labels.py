@@ -1,0 +1,229 @@
+"""Caption -> WordNet noun synsets -> CatLIP label indices.
+
+The pipeline (CatLIP, arXiv 2404.15653, section 3; corenet's ``WordnetTaggedClassificationDataset``):
+
+    caption --clean--> text --word_tokenize--> tokens --POS tag--> nouns (NN*) --lemmatise-->
+    lemma --wn.synset(f"{lemma}.n.01"), kept only if its name matches--> key "n02084071"
+
+The key is ImageNet's: "n" + the 8-digit WordNet 3.0 offset. ``official=True`` reproduces corenet
+instead: its caption cleaning (URL-unquote, ftfy), NLTK's sentence splitting before tokenising, and
+every token considered, tagged or not (corenet tags but never reads the tags; since the result
+does not depend on them, the tagger is skipped here).
+
+Lookups are cached per token, so a word's lemma and synset are computed once per process.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from catlip.text import clean_caption, clean_caption_official, get_tagger, word_tokenize
+
+_CACHE_LIMIT = 1 << 20  # distinct tokens remembered per process (~100 MB at most)
+_TOKEN_RE = re.compile(r"[a-z]")  # a token without a letter names no noun
+
+
+def wnid(offset: int) -> str:
+    """ImageNet-style synset id: ``wnid(2084071) == "n02084071"``."""
+    return f"n{offset:08d}"
+
+
+class CaptionLabeler:
+    """Turns captions into WordNet noun synset ids (wnids), unique, in order of appearance."""
+
+    def __init__(self, *, pos_filter: bool = True, official: bool = False) -> None:
+        from nltk.corpus import wordnet
+        from nltk.corpus.reader.wordnet import WordNetError
+
+        self.official = official
+        self.pos_filter = pos_filter and not official
+        self._wn = wordnet
+        self._wn_error = WordNetError
+        self._wn.ensure_loaded()
+        self._tagger = get_tagger() if self.pos_filter else None
+        self._cache: dict[str, str | None] = {}
+        self._names: dict[str, str] = {}  # wnid -> synset name, for every wnid handed out
+        self._sent_tokenize = _official_sentence_splitter() if official else None
+
+    def tokens(self, caption: object) -> list[str]:
+        if self.official:
+            text = clean_caption_official(caption)
+            return [t for sent in self._sent_tokenize(text) for t in word_tokenize(sent)]
+        return word_tokenize(clean_caption(caption))
+
+    def nouns(self, caption: object) -> list[str]:
+        """The tokens that are looked up in WordNet: NN* tokens, or all tokens without the filter."""
+        tokens = self.tokens(caption)
+        if not self.pos_filter or not tokens:
+            return tokens
+        return [tok for tok, tag in zip(tokens, self._tagger.tag(tokens)) if tag.startswith("NN")]
+
+    def synset_of(self, token: str) -> str | None:
+        """The wnid of ``{lemma}.n.01`` for a token, or None when WordNet has no such noun."""
+        try:
+            return self._cache[token]
+        except KeyError:
+            pass
+        key = None
+        if self.official or _TOKEN_RE.search(token):
+            for lemma in self._lemmas(token):
+                try:
+                    synset = self._wn.synset(f"{lemma}.n.01")
+                except (self._wn_error, ValueError):
+                    continue  # no noun sense (WordNetError), or a token NLTK's name parser rejects
+                if synset.name() == f"{lemma}.n.01":
+                    key = wnid(synset.offset())
+                    self._names[key] = synset.name()
+                    break
+        if len(self._cache) >= _CACHE_LIMIT:
+            self._cache.clear()
+        self._cache[token] = key
+        return key
+
+    def _lemmas(self, token: str) -> list[str]:
+        """Noun lemmas to try, shortest first. corenet keeps only the first, as NLTK's
+        ``WordNetLemmatizer().lemmatize(token)`` returns it; that loses "men", whose shortest lemma
+        "men" names ``work_force.n.01``. By default the next candidate ("man") is tried too."""
+        lemmas = sorted(self._wn._morphy(token, "n"), key=len) or [token]
+        return lemmas[:1] if self.official else lemmas
+
+    def name_of(self, key: str) -> str:
+        """Synset name (``dog.n.01``) of a wnid this labeler returned."""
+        return self._names[key]
+
+    def synsets(self, caption: object) -> list[str]:
+        """Unique wnids of a caption's nouns, in order of first appearance. Never raises on text."""
+        out: list[str] = []
+        for token in self.nouns(caption):
+            key = self.synset_of(token)
+            if key is not None and key not in out:
+                out.append(key)
+        return out
+
+
+def _official_sentence_splitter():
+    """``nltk.sent_tokenize`` as corenet calls it, or untrained Punkt where punkt_tab is absent."""
+    import nltk
+
+    try:
+        nltk.data.find("tokenizers/punkt_tab/english/")
+        return nltk.sent_tokenize
+    except LookupError:
+        warnings.warn(
+            "NLTK's punkt_tab data is not installed: official mode splits sentences with an "
+            "untrained Punkt model, which may differ from corenet on abbreviations",
+            stacklevel=3,
+        )
+        from nltk.tokenize.punkt import PunktSentenceTokenizer
+
+        return PunktSentenceTokenizer().tokenize
+
+
+# ------------------------------------------------------------------------------------- vocabulary
+class VocabularyError(ValueError):
+    """A vocabulary file that does not parse."""
+
+
+VOCAB_COLUMNS = ("index", "wnid", "synset", "lemma", "count")
+_HEADER = "\t".join(VOCAB_COLUMNS)
+
+
+@dataclass
+class Vocabulary:
+    """The label space: synsets in index order, with their caption counts."""
+
+    wnids: list[str]
+    synsets: list[str]
+    counts: list[int]
+    index: dict[str, int] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not (len(self.wnids) == len(self.synsets) == len(self.counts)):
+            raise VocabularyError("wnids, synsets and counts differ in length")
+        self.index = {key: i for i, key in enumerate(self.wnids)}
+        if len(self.index) != len(self.wnids):
+            raise VocabularyError("duplicate wnid in the vocabulary")
+
+    def __len__(self) -> int:
+        return len(self.wnids)
+
+    @property
+    def lemmas(self) -> list[str]:
+        return [name.rsplit(".", 2)[0] for name in self.synsets]
+
+    @classmethod
+    def from_counts(
+        cls, counts: dict[str, int], names: dict[str, str], *, min_count: int = 1, top_k: int | None = None
+    ) -> Vocabulary:
+        """Keep synsets seen in at least ``min_count`` captions, most frequent first (ties by wnid)."""
+        kept = sorted((k for k, c in counts.items() if c >= min_count), key=lambda k: (-counts[k], k))
+        if top_k is not None:
+            kept = kept[:top_k]
+        return cls(kept, [names[k] for k in kept], [counts[k] for k in kept])
+
+    def save(self, path: Path | str) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "w", newline="") as f:
+            writer = csv.writer(f, delimiter="\t", lineterminator="\n")
+            writer.writerow(VOCAB_COLUMNS)
+            for i, (key, name, count) in enumerate(zip(self.wnids, self.synsets, self.counts)):
+                writer.writerow((i, key, name, name.rsplit(".", 2)[0], count))
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path | str) -> Vocabulary:
+        path = Path(path)
+        try:
+            lines = path.read_text().splitlines()
+        except (OSError, UnicodeDecodeError) as err:
+            raise VocabularyError(f"{path}: cannot read the vocabulary ({err})") from err
+        if not lines or tuple(lines[0].split("\t")) != VOCAB_COLUMNS:
+            raise VocabularyError(
+                f"{path}:1: not a catlip vocabulary (expected the header {_HEADER!r}; "
+                "build one with `catlip vocab`)"
+            )
+        wnids, synsets, counts = [], [], []
+        for lineno, line in enumerate(lines[1:], start=2):
+            cells = line.split("\t")
+            try:
+                index, key, name, _lemma, count = cells
+                if int(index) != len(wnids):
+                    raise ValueError(f"index {index} out of order (expected {len(wnids)})")
+                if not re.fullmatch(r"n\d{8}", key):
+                    raise ValueError(f"bad wnid {key!r}")
+                wnids.append(key)
+                synsets.append(name)
+                counts.append(int(count))
+            except ValueError as err:
+                raise VocabularyError(f"{path}:{lineno}: {err} in {line!r}") from err
+        try:
+            return cls(wnids, synsets, counts)
+        except VocabularyError as err:
+            raise VocabularyError(f"{path}: {err}") from err
+
+    def encode_synsets(self, keys: Iterable[str]) -> list[int]:
+        """Sorted unique label indices of the wnids that are in the vocabulary."""
+        index = self.index
+        return sorted({index[k] for k in keys if k in index})
+
+
+class LabelEncoder:
+    """caption -> sorted unique label indices into a vocabulary (sparse, never multi-hot)."""
+
+    def __init__(self, vocab: Vocabulary | Path | str, *, pos_filter: bool = True, official: bool = False):
+        self.vocab = vocab if isinstance(vocab, Vocabulary) else Vocabulary.load(vocab)
+        self.labeler = CaptionLabeler(pos_filter=pos_filter, official=official)
+
+    def __call__(self, caption: object) -> list[int]:
+        return self.vocab.encode_synsets(self.labeler.synsets(caption))
+
+    def encode_batch(self, captions: Sequence[object]) -> list[list[int]]:
+        return [self(c) for c in captions]
+

