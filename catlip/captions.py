@@ -71,7 +71,10 @@ def read_tsv(path: Path) -> Iterator[Caption]:
             name, tab, caption = line.partition("\t")
             if not tab or not name:
                 raise CaptionFileError(f"{path}:{lineno}: expected 'file<TAB>caption', got {line!r:.80}")
-            if lineno == 1 and (name.lower(), caption.lower()) in {("file", "caption"), ("filename", "caption")}:
+            if lineno == 1 and (name.lower(), caption.lower()) in {
+                ("file", "caption"),
+                ("filename", "caption"),
+            }:
                 continue  # header
             yield Path(name).stem, caption
 

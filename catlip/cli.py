@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -88,7 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("captions", nargs="*", help="captions to label")
     p.add_argument("--vocab", type=Path, required=True, help="vocabulary TSV from `catlip vocab`")
-    p.add_argument("--captions", dest="caption_files", nargs="+", type=Path, metavar="PATH", help="caption files to label")
+    p.add_argument(
+        "--captions",
+        dest="caption_files",
+        nargs="+",
+        type=Path,
+        metavar="PATH",
+        help="caption files to label",
+    )
     p.add_argument("--out", type=Path, help="JSON-lines output for --captions (default: stdout)")
     _add_labeler_options(p)
     p.set_defaults(func=cmd_labels)
@@ -107,18 +113,21 @@ def _require_nltk(args: argparse.Namespace) -> None:
 
 
 def cmd_setup_nltk(args: argparse.Namespace) -> int:
+    import nltk.data
+
     from catlip.nltk_setup import default_data_dir, ensure_nltk_data
 
+    searched = {str(Path(p).expanduser().resolve()) for p in nltk.data.path}  # before we add ours
     target = (args.dir or default_data_dir()).expanduser().resolve()
     status = ensure_nltk_data(target, download=not args.no_download)
-    import nltk.data
     from nltk.corpus import wordnet as wn
 
-    print(f"NLTK data {status.source}: dog.n.01 offset {wn.synset('dog.n.01').offset()} (WordNet {wn.get_version()})")
+    print(
+        f"NLTK data {status.source}: dog.n.01 offset {wn.synset('dog.n.01').offset()} (WordNet {wn.get_version()})"
+    )
     print(f"  wordnet: {status.wordnet}\n  tagger:  {status.tagger}")
-    default_path = [str(Path(p).resolve()) for p in nltk.data.path[1:]]
     root = str(Path(status.wordnet).parents[1])
-    if root not in default_path and os.environ.get("NLTK_DATA", "").split(os.pathsep)[0] != root:
+    if root not in searched:
         print(f"NLTK does not search {root} by default; before using it run:\n  export NLTK_DATA={root}")
     return 0
 
@@ -183,7 +192,9 @@ def cmd_labels(args: argparse.Namespace) -> int:
         n = empty = 0
         try:
             for path in args.caption_files:
-                for key, caption in tqdm(iter_captions(path), unit="caption", desc=path.name, disable=out is sys.stdout):
+                for key, caption in tqdm(
+                    iter_captions(path), unit="caption", desc=path.name, disable=out is sys.stdout
+                ):
                     labels = encoder(caption)
                     n, empty = n + 1, empty + (not labels)
                     out.write(json.dumps({"key": key, "caption": caption, "labels": labels}) + "\n")
@@ -191,7 +202,9 @@ def cmd_labels(args: argparse.Namespace) -> int:
             if out is not sys.stdout:
                 out.close()
         if args.out:
-            print(f"wrote {n:,} captions to {args.out}; {empty:,} ({100 * empty / max(n, 1):.1f}%) without a label")
+            print(
+                f"wrote {n:,} captions to {args.out}; {empty:,} ({100 * empty / max(n, 1):.1f}%) without a label"
+            )
     return 0
 
 

@@ -61,7 +61,9 @@ class CaptionLabeler:
         tokens = self.tokens(caption)
         if not self.pos_filter or not tokens:
             return tokens
-        return [tok for tok, tag in zip(tokens, self._tagger.tag(tokens)) if tag.startswith("NN")]
+        return [
+            tok for tok, tag in zip(tokens, self._tagger.tag(tokens), strict=True) if tag.startswith("NN")
+        ]
 
     def synset_of(self, token: str) -> str | None:
         """The wnid of ``{lemma}.n.01`` for a token, or None when WordNet has no such noun."""
@@ -173,7 +175,7 @@ class Vocabulary:
         with open(tmp, "w", newline="") as f:
             writer = csv.writer(f, delimiter="\t", lineterminator="\n")
             writer.writerow(VOCAB_COLUMNS)
-            for i, (key, name, count) in enumerate(zip(self.wnids, self.synsets, self.counts)):
+            for i, (key, name, count) in enumerate(zip(self.wnids, self.synsets, self.counts, strict=True)):
                 writer.writerow((i, key, name, name.rsplit(".", 2)[0], count))
         tmp.replace(path)
 
@@ -226,4 +228,3 @@ class LabelEncoder:
 
     def encode_batch(self, captions: Sequence[object]) -> list[list[int]]:
         return [self(c) for c in captions]
-

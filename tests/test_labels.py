@@ -1,0 +1,219 @@
+"""Caption -> synsets -> label indices: tagging, lemmatising, the official switch, bad input, vocab."""
+
+from __future__ import annotations
+
+import nltk
+import pytest
+from nltk.corpus import wordnet as wn
+from nltk.stem import WordNetLemmatizer
+
+from catlip.labels import CaptionLabeler, LabelEncoder, Vocabulary, VocabularyError, wnid
+from catlip.text import clean_caption_official
+from catlip.vocab import build_vocabulary
+
+pytestmark = pytest.mark.usefixtures("nltk_ready")
+
+
+def names(labeler, caption):
+    return [labeler.name_of(k) for k in labeler.synsets(caption)]
+
+
+@pytest.fixture(scope="module")
+def labeler():
+    return CaptionLabeler()
+
+
+def test_wnid_is_imagenet_style():
+    assert wnid(wn.synset("dog.n.01").offset()) == "n02084071"
+
+
+def test_nouns_are_tagged_and_lemmatised(labeler):
+    assert names(labeler, "Two dogs chasing the cats near three churches.") == [
+        "dog.n.01",
+        "cat.n.01",
+        "church.n.01",
+    ]
+    # irregular plurals come from WordNet's exception lists
+    assert names(labeler, "mice and women and children") == ["mouse.n.01", "woman.n.01", "child.n.01"]
+
+
+def test_men_falls_through_to_man(labeler):
+    # morphy("men") = ["men", "man"]; "men.n.01" is work_force.n.01, so its name does not match and
+    # the next lemma is tried. corenet keeps only the first lemma and loses the word.
+    assert names(labeler, "three men on a bench") == ["man.n.01", "bench.n.01"]
+    assert names(CaptionLabeler(official=True), "three men on a bench") == ["three.n.01", "bench.n.01"]
+
+
+def test_pos_filter_drops_verbs_and_numbers(labeler):
+    caption = "people watch a clock on the wall"
+    assert names(labeler, caption) == ["people.n.01", "clock.n.01", "wall.n.01"]
+    unfiltered = CaptionLabeler(pos_filter=False)
+    assert names(unfiltered, caption) == ["people.n.01", "watch.n.01", "clock.n.01", "wall.n.01"]
+
+
+def test_nouns_are_nltk_nn_tags(labeler):
+    text = "a large brown dog runs across the green field with a red frisbee"
+    tokens = nltk.word_tokenize(text, preserve_line=True)
+    expected = [w for w, t in nltk.pos_tag(tokens) if t.startswith("NN")]
+    assert labeler.nouns(text) == expected == ["dog", "field", "frisbee"]
+
+
+def test_shortest_lemma_first_and_name_must_match(labeler):
+    # morphy("glasses") = ["glasses", "glass"]: the shortest lemma wins, as in NLTK's lemmatizer
+    assert names(labeler, "a man with glasses") == ["man.n.01", "glass.n.01"]
+    assert names(labeler, "persons") == ["person.n.01"]
+    # "one.n.01" is the number: a name match, but the tagger calls "one" a CD, not a noun
+    assert names(labeler, "one dog") == ["dog.n.01"]
+
+
+def _corenet_labels(caption: str) -> list[str]:
+    """corenet's _convert_caption_to_labels written out with plain NLTK calls (first-seen order)."""
+    text = clean_caption_official(caption)
+    splitter = nltk.tokenize.punkt.PunktSentenceTokenizer()
+    try:
+        nltk.data.find("tokenizers/punkt_tab/english/")
+        tokens = nltk.word_tokenize(text)
+    except LookupError:
+        tokens = [t for s in splitter.tokenize(text) for t in nltk.word_tokenize(s, preserve_line=True)]
+    nltk.pos_tag(tokens)  # corenet tags and then ignores the tags
+    out = []
+    for word in tokens:
+        try:
+            word = WordNetLemmatizer().lemmatize(word)
+            synset = wn.synset(f"{word}.n.01")
+        except Exception:  # noqa: BLE001 - exactly corenet's handling
+            continue
+        if synset.name() == f"{word}.n.01":
+            key = f"n{synset.offset():08d}"
+            if key not in out:
+                out.append(key)
+    return out
+
+
+def test_official_switch_reproduces_corenet(coco_captions):
+    official = CaptionLabeler(official=True)
+    captions = coco_captions[::25] + ["A%20cat+on <b>the</b> mat. Two men.", "it is very nice", "", "3 dogs"]
+    for caption in captions:
+        assert official.synsets(caption) == _corenet_labels(caption), caption
+
+
+BAD_CAPTIONS = [
+    "",
+    "   \t\n ",
+    "<div><br/><img src='x.jpg'></div>",
+    "&lt;b&gt;&amp;&nbsp;",
+    "Le chien joue dans le jardin",
+    "Der Hund spielt im Garten",
+    "我的狗在公园里",
+    "running quickly",
+    "U.S.A. ... !!! ??? ,,,",
+    "x" * 20_000,
+    "\x00\x01\x02",
+    None,
+    123,
+    b"\xff\xfe\xfa",
+]
+
+
+@pytest.mark.parametrize("mode", [{}, {"pos_filter": False}, {"official": True}])
+@pytest.mark.parametrize("caption", BAD_CAPTIONS, ids=lambda c: repr(c)[:20])
+def test_bad_captions_give_no_labels(caption, mode):
+    labeler = CaptionLabeler(**mode)
+    result = labeler.synsets(caption)
+    if mode.get("official") and caption is None:  # corenet labels str(None) == "none"
+        assert result == [wnid(wn.synset("none.n.01").offset())]
+    else:
+        assert result == []
+
+
+def test_html_does_not_hide_nouns(labeler):
+    assert names(labeler, "<p>A <b>dog</b> &amp; a cat</p>") == ["dog.n.01", "cat.n.01"]
+
+
+# ------------------------------------------------------------------------------------- vocabulary
+def test_vocabulary_counts_once_per_caption_and_prunes():
+    captions = ["dog dog dog", "a dog and a cat", "a cat", "a bird", "the dog"]
+    vocab, stats = build_vocabulary(captions, min_count=2, workers=1, pos_filter=False, progress=False)
+    assert vocab.synsets == ["dog.n.01", "cat.n.01"]
+    assert vocab.counts == [3, 2]
+    assert stats.captions == 5 and stats.no_synset == 0 and stats.no_label == 1  # "a bird"
+    top1, _ = build_vocabulary(captions, min_count=1, top_k=1, workers=1, pos_filter=False, progress=False)
+    assert top1.synsets == ["dog.n.01"]
+    with pytest.raises(ValueError, match="min_count"):
+        build_vocabulary(captions, min_count=0, workers=1)
+
+
+def test_vocabulary_ties_are_broken_by_wnid():
+    vocab, _ = build_vocabulary(["cat", "dog"], workers=1, pos_filter=False, progress=False)
+    assert vocab.wnids == sorted(vocab.wnids)
+
+
+def test_parallel_build_equals_serial(coco_captions):
+    sample = coco_captions[:3000]
+    serial, s1 = build_vocabulary(sample, min_count=2, workers=1, progress=False)
+    parallel, s2 = build_vocabulary(sample, min_count=2, workers=2, progress=False)
+    assert serial == parallel
+    assert (s1.no_label, s1.no_synset) == (s2.no_label, s2.no_synset)
+
+
+def test_vocabulary_roundtrip_and_encoding(tmp_path):
+    vocab = Vocabulary(["n02084071", "n02121620"], ["dog.n.01", "cat.n.01"], [10, 5])
+    path = tmp_path / "vocab.tsv"
+    vocab.save(path)
+    lines = path.read_text().splitlines()
+    assert lines[0] == "index\twnid\tsynset\tlemma\tcount"
+    assert lines[1] == "0\tn02084071\tdog.n.01\tdog\t10"
+    loaded = Vocabulary.load(path)
+    assert loaded == vocab and loaded.lemmas == ["dog", "cat"]
+    encode = LabelEncoder(path)
+    assert encode("A cat chases a dog and another cat.") == [0, 1]
+    assert encode("a cat") == [1]
+    assert encode("a bird") == []
+    assert encode.encode_batch(["dog", ""]) == [[0], []]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("", r"vocab.tsv:1: not a catlip vocabulary"),
+        ("wnid\tcount\nn1\t2\n", r"vocab.tsv:1: not a catlip vocabulary"),
+        ("index\twnid\tsynset\tlemma\tcount\n0\tn02084071\tdog.n.01\tdog\n", r"vocab.tsv:2: "),
+        ("index\twnid\tsynset\tlemma\tcount\n0\tdog\tdog.n.01\tdog\t3\n", r"vocab.tsv:2: bad wnid"),
+        (
+            "index\twnid\tsynset\tlemma\tcount\n1\tn02084071\tdog.n.01\tdog\t3\n",
+            r"vocab.tsv:2: index 1 out of order",
+        ),
+        (
+            "index\twnid\tsynset\tlemma\tcount\n0\tn02084071\tdog.n.01\tdog\tmany\n",
+            r"vocab.tsv:2: invalid literal",
+        ),
+        (
+            "index\twnid\tsynset\tlemma\tcount\n0\tn02084071\tdog.n.01\tdog\t3\n1\tn02084071\tdog.n.01\tdog\t3\n",
+            "duplicate wnid",
+        ),
+    ],
+)
+def test_malformed_vocabulary_is_a_clear_error(tmp_path, content, message):
+    path = tmp_path / "vocab.tsv"
+    path.write_text(content)
+    with pytest.raises(VocabularyError, match=message):
+        Vocabulary.load(path)
+
+
+def test_missing_vocabulary_file(tmp_path):
+    with pytest.raises(VocabularyError, match="cannot read"):
+        Vocabulary.load(tmp_path / "absent.tsv")
+
+
+@pytest.mark.slow
+def test_coco_val2017_vocabulary(shared_data):
+    """Acceptance: the COCO val2017 captions with --min-count 5."""
+    from catlip.captions import iter_captions
+
+    captions = [c for _, c in iter_captions(shared_data / "coco_captions_val2017.json")]
+    vocab, stats = build_vocabulary(captions, min_count=5, progress=False)
+    assert stats.captions == 25_014
+    for name in ("man.n.01", "person.n.01", "dog.n.01", "cat.n.01", "table.n.01", "pizza.n.01", "train.n.01"):
+        assert name in vocab.synsets, name
+    assert 1 - stats.no_label / stats.captions >= 0.95
+    assert min(vocab.counts) >= 5 and vocab.counts == sorted(vocab.counts, reverse=True)
