@@ -127,8 +127,11 @@ def cmd_setup_nltk(args: argparse.Namespace) -> int:
     )
     print(f"  wordnet: {status.wordnet}\n  tagger:  {status.tagger}")
     root = str(Path(status.wordnet).parents[1])
-    if root not in searched:
-        print(f"NLTK does not search {root} by default; before using it run:\n  export NLTK_DATA={root}")
+    if root in searched:
+        print(f"NLTK searches {root} by default; elsewhere (other users, containers) use:")
+    else:
+        print(f"NLTK does not search {root} by default; before using it run:")
+    print(f"  export NLTK_DATA={root}")
     return 0
 
 

