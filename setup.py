@@ -36,5 +36,5 @@ setup(
         "train": ["deepspeed>=0.19", "nvidia-dali-cuda130>=2.4"],
         "dev": ["pytest", "ruff"],
     },
-    entry_points={"console_scripts": ["catlip=catlip.cli:main"]},
+    entry_points={"console_scripts": ["catlip=engine.cli:main"]},
 )

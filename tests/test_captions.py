@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from catlip.captions import CaptionFileError, iter_captions
-from catlip.cli import main
+from engine.cli import main
 
 CAPTIONS = {"1": "A dog on a sofa.", "2": "Two cats & a <b>dog</b>", "3": "", "4": "ein Hund"}
 
@@ -162,6 +162,6 @@ def test_cli_errors_are_clear(tmp_path, capsys):
 @pytest.mark.parametrize("command", [[], ["setup-nltk"], ["vocab"], ["labels"]])
 def test_help_explains_every_command(command):
     result = subprocess.run(
-        [sys.executable, "-m", "catlip", *command, "--help"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "engine", *command, "--help"], capture_output=True, text=True, check=True
     )
     assert "usage: catlip" in result.stdout and len(result.stdout) > 300

@@ -1,4 +1,5 @@
-"""``catlip``: the command-line entry point. ``catlip <command> --help`` explains each command."""
+"""``catlip`` (also ``python -m engine``): the command-line entry point; ``catlip <command> --help``
+explains each command."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 import sys
 
-from catlip.cli import main
+from engine.cli import main
 
 sys.exit(main())
