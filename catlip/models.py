@@ -1,0 +1,215 @@
+"""Vision transformers and the CatLIP model (image tower + linear head over the synset vocabulary).
+
+Pure PyTorch: no DeepSpeed, DALI or compile wrapping here (that lives in engine/). Attention goes
+through a backend switch (``attn_impl``): "sdpa" (torch.nn.functional.scaled_dot_product_attention),
+"math" (explicit softmax, the numerical reference); the Triton kernel joins later.
+
+Presets (``VIT_PRESETS``):
+  vit_tiny   64 px, patch 8, width 96, 4 layers, 3 heads: a CPU demo/test model (65 tokens)
+  vit_small  ViT-S/16: 224 px, width 384, 12 layers, 6 heads
+  vit_b16    ViT-B/16: width 768, 12 layers, 12 heads (197 tokens)
+  vit_l16    ViT-L/16: width 1024, 24 layers, 16 heads
+  vit_h16    corenet's ViT-H/16: width 1280, 32 layers, 20 heads, head dim 64
+  vit_h14    open_clip's ViT-H/14: width 1280, 32 layers, 16 heads, head dim 80, 257 tokens
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from kernels.reference import bce_from_logits
+
+ATTN_IMPLS = ("sdpa", "math")
+
+
+@dataclass(frozen=True)
+class ViTConfig:
+    image_size: int = 224
+    patch_size: int = 16
+    width: int = 768
+    depth: int = 12
+    heads: int = 12
+    mlp_ratio: float = 4.0
+    norm_eps: float = 1e-6
+
+    @property
+    def head_dim(self) -> int:
+        return self.width // self.heads
+
+    @property
+    def num_tokens(self) -> int:
+        return (self.image_size // self.patch_size) ** 2 + 1  # patches + class token
+
+    def __post_init__(self) -> None:
+        if self.width % self.heads:
+            raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
+        if self.image_size % self.patch_size:
+            raise ValueError(
+                f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}"
+            )
+
+
+VIT_PRESETS: dict[str, ViTConfig] = {
+    "vit_tiny": ViTConfig(image_size=64, patch_size=8, width=96, depth=4, heads=3),
+    "vit_small": ViTConfig(width=384, depth=12, heads=6),
+    "vit_b16": ViTConfig(width=768, depth=12, heads=12),
+    "vit_l16": ViTConfig(width=1024, depth=24, heads=16),
+    "vit_h16": ViTConfig(width=1280, depth=32, heads=20),
+    "vit_h14": ViTConfig(patch_size=14, width=1280, depth=32, heads=16),
+}
+
+
+def vit_config(name: str, **overrides) -> ViTConfig:
+    """A preset by name, with optional field overrides (e.g. ``image_size=96``)."""
+    if name not in VIT_PRESETS:
+        raise ValueError(f"unknown model {name!r}; presets: {', '.join(VIT_PRESETS)}")
+    return replace(VIT_PRESETS[name], **overrides)
+
+
+class Attention(nn.Module):
+    def __init__(self, width: int, heads: int, attn_impl: str = "sdpa") -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+        self.attn_impl = attn_impl
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, s, w = x.shape
+        qkv = self.qkv(x).view(b, s, 3, self.heads, w // self.heads)  # (B, S, 3, H, Dh)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, S, Dh)
+        if self.attn_impl == "sdpa":
+            out = F.scaled_dot_product_attention(q, k, v)
+        elif self.attn_impl == "math":
+            scores = (q.float() @ k.float().transpose(-2, -1)) / math.sqrt(q.size(-1))  # (B, H, S, S)
+            out = (scores.softmax(dim=-1) @ v.float()).to(q.dtype)
+        else:
+            raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}, got {self.attn_impl!r}")
+        return self.proj(out.transpose(1, 2).reshape(b, s, w))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, cfg: ViTConfig, attn_impl: str) -> None:
+        super().__init__()
+        hidden = int(cfg.width * cfg.mlp_ratio)
+        self.norm1 = nn.LayerNorm(cfg.width, eps=cfg.norm_eps)
+        self.attn = Attention(cfg.width, cfg.heads, attn_impl)
+        self.norm2 = nn.LayerNorm(cfg.width, eps=cfg.norm_eps)
+        self.mlp = nn.Sequential(nn.Linear(cfg.width, hidden), nn.GELU(), nn.Linear(hidden, cfg.width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class VisionTransformer(nn.Module):
+    """ViT image tower: images (B, 3, H, W) -> pooled class-token features (B, width)."""
+
+    def __init__(self, cfg: ViTConfig, *, attn_impl: str = "sdpa", grad_checkpointing: bool = False) -> None:
+        super().__init__()
+        if attn_impl not in ATTN_IMPLS:
+            raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}, got {attn_impl!r}")
+        self.cfg = cfg
+        self.grad_checkpointing = grad_checkpointing
+        self.patch_embed = nn.Conv2d(3, cfg.width, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.width))
+        self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_tokens, cfg.width))
+        self.blocks = nn.ModuleList(Block(cfg, attn_impl) for _ in range(cfg.depth))
+        self.norm = nn.LayerNorm(cfg.width, eps=cfg.norm_eps)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+
+    def set_attn_impl(self, impl: str) -> None:
+        if impl not in ATTN_IMPLS:
+            raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}, got {impl!r}")
+        for block in self.blocks:
+            block.attn.attn_impl = impl
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.shape[-2:] != (self.cfg.image_size, self.cfg.image_size):
+            raise ValueError(f"expected {self.cfg.image_size}px images, got {tuple(images.shape)}")
+        x = self.patch_embed(images).flatten(2).transpose(1, 2)  # (B, N, W)
+        x = torch.cat([self.cls_token.expand(x.size(0), -1, -1), x], dim=1) + self.pos_embed  # (B, S, W)
+        for block in self.blocks:
+            if self.grad_checkpointing and self.training:
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
+        return self.norm(x[:, 0])  # (B, W)
+
+
+class CatLIPModel(nn.Module):
+    """Image tower + Linear(width, V) head, trained with sigmoid BCE over the synset vocabulary.
+
+    ``forward(images)`` returns logits (B, V); ``forward(images, labels)`` returns the loss, so a
+    DeepSpeed engine can call it directly. Labels are padded (B, L) index tensors (-1 = padding).
+    """
+
+    def __init__(
+        self,
+        cfg: ViTConfig | str,
+        vocab_size: int,
+        *,
+        attn_impl: str = "sdpa",
+        grad_checkpointing: bool = False,
+        label_smoothing: float = 0.0,
+    ) -> None:
+        super().__init__()
+        cfg = vit_config(cfg) if isinstance(cfg, str) else cfg
+        if vocab_size < 1:
+            raise ValueError(f"vocab_size must be positive, got {vocab_size}")
+        self.encoder = VisionTransformer(cfg, attn_impl=attn_impl, grad_checkpointing=grad_checkpointing)
+        self.head = nn.Linear(cfg.width, vocab_size)
+        nn.init.zeros_(self.head.weight)
+        # Start at the label prior: with ~5 positives among V classes, sigmoid(b) ~ 5 / V.
+        nn.init.constant_(self.head.bias, -math.log(vocab_size))
+        self.label_smoothing = label_smoothing
+
+    @property
+    def cfg(self) -> ViTConfig:
+        return self.encoder.cfg
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        sample_weight: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        logits = self.head(self.encoder(images))  # (B, V)
+        if labels is None:
+            return logits
+        return bce_from_logits(
+            logits,
+            labels,
+            reduction="batch_mean",
+            label_smoothing=self.label_smoothing,
+            sample_weight=sample_weight,
+        )
+
+
+def no_weight_decay(name: str, param: nn.Parameter) -> bool:
+    """Biases, norms, the class token and position embeddings are not decayed (timm, open_clip)."""
+    return param.ndim < 2 or name.endswith(("cls_token", "pos_embed"))
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if no_weight_decay(name, p) else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]

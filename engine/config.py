@@ -1,0 +1,157 @@
+"""Typed run configuration, loaded from YAML: sections model, data, optim, run.
+
+Unknown keys are errors (a typo must not silently fall back to a default). Command-line
+``--set section.key=value`` overrides apply on top, parsed as YAML scalars.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+
+@dataclass
+class ModelConfig:
+    name: str = "vit_tiny"  # a catlip.models.VIT_PRESETS key
+    image_size: int | None = None  # override the preset's resolution
+    attn_impl: str = "sdpa"  # "sdpa" | "math"
+    grad_checkpointing: bool = False
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class DataConfig:
+    train: str = ""  # directory of packed shards (dataset.json) from `catlip pack`
+    val: str | None = None  # held-out shards for the mAP metric
+    batch_size: int = 32  # per rank, per micro-step
+    max_labels: int = 32  # labels per sample after padding
+    num_threads: int = 2  # DALI CPU threads per rank
+    decode_device: str = "auto"  # "auto" | "cpu" | "mixed"
+    scale: tuple[float, float] = (0.08, 1.0)  # random-resized-crop area range
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3  # peak, reached after warmup
+    min_lr: float = 1e-6
+    weight_decay: float = 0.2  # corenet's CatLIP recipe
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    warmup_steps: int = 100
+    grad_clip: float = 1.0  # 0 disables
+    grad_accum: int = 1
+    ema_decay: float = 0.0  # 0 disables the EMA of weights
+
+
+@dataclass
+class RunConfig:
+    out_dir: str = "runs/catlip"
+    steps: int = 1000  # optimizer steps
+    zero_stage: int = 2
+    precision: str = "auto"  # "auto" (bf16 on a GPU, fp32 on the CPU) | "bf16" | "fp32"
+    seed: int = 0
+    log_every: int = 10
+    ckpt_every: int = 500
+    eval_every: int = 0  # 0: only at the end
+    keep_checkpoints: int = 2
+    resume: str = "auto"  # "auto" (latest in out_dir if any) | "never" | a checkpoint directory
+    persistence_threshold: int = 100_000  # ZeRO-3: params smaller than this stay whole on every rank
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _coerce(section: str, key: str, typ: Any, value: Any) -> Any:
+    origin = getattr(typ, "__origin__", None)
+    if typ in (int, float, str, bool):
+        if typ is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if typ is float and isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+            raise ConfigError(f"{section}.{key}: expected {typ.__name__}, got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list | tuple) or len(value) != len(typ.__args__):
+            raise ConfigError(f"{section}.{key}: expected a list of {len(typ.__args__)}, got {value!r}")
+        return tuple(_coerce(section, key, t, v) for t, v in zip(typ.__args__, value, strict=True))
+    args = getattr(typ, "__args__", ())
+    if type(None) in args:  # Optional[X]
+        if value is None:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(section, key, inner, value)
+    return value
+
+
+def from_dict(raw: dict[str, Any], source: str = "config") -> TrainConfig:
+    cfg = TrainConfig()
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+    for section, values in raw.items():
+        if section not in {f.name for f in dataclasses.fields(cfg)}:
+            raise ConfigError(f"{source}: unknown section {section!r} (sections: model, data, optim, run)")
+        target = getattr(cfg, section)
+        hints = get_type_hints(type(target))
+        for key, value in (values or {}).items():
+            if key not in hints:
+                raise ConfigError(f"{source}: unknown key {section}.{key} (known: {', '.join(hints)})")
+            setattr(target, key, _coerce(section, key, hints[key], value))
+    validate(cfg)
+    return cfg
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
+    raw: dict[str, Any] = {}
+    if path:
+        try:
+            raw = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as err:
+            raise ConfigError(f"{path}: {err}") from err
+    for item in overrides:
+        dotted, eq, value = item.partition("=")
+        section, dot, key = dotted.partition(".")
+        if not eq or not dot:
+            raise ConfigError(f"--set {item!r}: expected section.key=value")
+        raw.setdefault(section, {})
+        raw[section] = dict(raw[section] or {}, **{key: yaml.safe_load(value)})
+    return from_dict(raw, str(path or "defaults"))
+
+
+def validate(cfg: TrainConfig) -> None:
+    from catlip.models import ATTN_IMPLS, VIT_PRESETS
+
+    checks = [
+        (cfg.model.name in VIT_PRESETS, f"model.name must be one of {list(VIT_PRESETS)}"),
+        (cfg.model.attn_impl in ATTN_IMPLS, f"model.attn_impl must be one of {ATTN_IMPLS}"),
+        (0 <= cfg.model.label_smoothing < 1, "model.label_smoothing must be in [0, 1)"),
+        (cfg.data.batch_size >= 1, "data.batch_size must be >= 1"),
+        (cfg.data.decode_device in ("auto", "cpu", "mixed"), "data.decode_device: auto | cpu | mixed"),
+        (cfg.optim.grad_accum >= 1, "optim.grad_accum must be >= 1"),
+        (0 <= cfg.optim.ema_decay < 1, "optim.ema_decay must be in [0, 1)"),
+        (cfg.run.zero_stage in (0, 1, 2, 3), "run.zero_stage must be 0, 1, 2 or 3"),
+        (cfg.run.precision in ("auto", "bf16", "fp32"), "run.precision: auto | bf16 | fp32"),
+        (cfg.run.steps >= 1, "run.steps must be >= 1"),
+    ]
+    errors = [msg for ok, msg in checks if not ok]
+    if errors:
+        raise ConfigError("; ".join(errors))

@@ -1,0 +1,281 @@
+"""Trainer: ZeRO 1/2/3 parity with plain PyTorch on 2 gloo ranks, exact resume, crash-safe
+checkpoints, NaN stop, consolidated export; plus the schedule, config and metric helpers."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from dist_utils import run_ranks
+
+from engine.config import ConfigError, TrainConfig, from_dict, load_config
+from engine.train import average_precision, lr_multiplier
+
+V, B, STEPS, LR = 50, 4, 5, 5e-3  # vocabulary, per-rank micro-batch, steps, peak lr
+
+
+def tiny_cfg(tmp: Path, stage: int, **run) -> TrainConfig:
+    return from_dict(
+        {
+            "model": {"name": "vit_tiny", "image_size": 16},
+            "data": {"batch_size": B},
+            "optim": {"lr": LR, "min_lr": 1e-5, "warmup_steps": 2, "weight_decay": 0.2, "grad_clip": 1.0},
+            "run": {
+                "out_dir": str(tmp),
+                "steps": STEPS,
+                "zero_stage": stage,
+                "precision": "fp32",
+                "log_every": 1,
+                "ckpt_every": 0,
+                "persistence_threshold": 0,  # partition even the tiny model's parameters
+                **run,
+            },
+        }
+    )
+
+
+def tiny_model():
+    from catlip.models import CatLIPModel, ViTConfig
+
+    torch.manual_seed(0)
+    return CatLIPModel(ViTConfig(image_size=16, patch_size=8, width=32, depth=2, heads=2), V)
+
+
+def global_batches(n: int, world: int) -> list[dict]:
+    g = torch.Generator().manual_seed(1234)
+    out = []
+    for _ in range(n):
+        labels = torch.full((B * world, 6), -1, dtype=torch.int64)
+        for i in range(B * world):
+            k = int(torch.randint(0, 6, (1,), generator=g))
+            labels[i, :k] = torch.randperm(V, generator=g)[:k]
+        out.append({"image": torch.randn(B * world, 3, 16, 16, generator=g), "labels": labels})
+    return out
+
+
+class TensorLoader:
+    """An in-memory loader with a resumable position (the trainer's loader interface)."""
+
+    def __init__(self, batches: list[dict]) -> None:
+        self.batches, self.pos = batches, 0
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        while self.pos < len(self.batches):
+            self.pos += 1
+            yield self.batches[self.pos - 1]
+        self.pos = 0
+
+    def state_dict(self) -> dict:
+        return {"pos": self.pos}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.pos = state["pos"]
+
+
+def rank_loader(rank: int, world: int, n: int = STEPS) -> TensorLoader:
+    return TensorLoader(
+        [{k: v[rank * B : (rank + 1) * B] for k, v in b.items()} for b in global_batches(n, world)]
+    )
+
+
+def plain_pytorch_losses(world: int) -> list[float]:
+    """The same model, data, AdamW, schedule and clipping, in one process without DeepSpeed."""
+    from catlip.models import param_groups
+
+    model = tiny_model()
+    opt = torch.optim.AdamW(param_groups(model, 0.2), lr=LR, betas=(0.9, 0.999), eps=1e-8)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_multiplier(s, 2, STEPS, 1e-5 / LR))
+    losses = []
+    for batch in global_batches(STEPS, world):
+        loss = model(batch["image"], batch["labels"])
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+    return losses
+
+
+def _zero_parity(rank: int, tmp: str) -> dict:
+    from engine.train import Trainer
+
+    out = {}
+    for stage in (1, 2, 3):
+        trainer = Trainer(
+            tiny_cfg(Path(tmp) / f"z{stage}", stage), model_fn=tiny_model, train_loader=rank_loader(rank, 2)
+        )
+        out[stage] = {"losses": [e.loss for e in trainer.fit()], "report": trainer.partition_report}
+        if stage == 3:
+            out["held"] = sum(p.ds_tensor.numel() for p in trainer.engine.module.parameters())
+            out["full"] = sum(p.ds_numel for p in trainer.engine.module.parameters())
+        trainer.close()
+    return out
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_zero_1_2_3_match_plain_pytorch_on_two_ranks(tmp_path):
+    expected = plain_pytorch_losses(world=2)
+    results = run_ranks(_zero_parity, world=2, tmp=str(tmp_path))
+    for stage in (1, 2, 3):
+        got = results[0][stage]["losses"]
+        assert got == results[1][stage]["losses"]  # every rank logs the global mean
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5, err_msg=f"ZeRO-{stage}")
+    # ZeRO-3 really partitions: each rank holds about half of the parameters
+    held = [r["held"] for r in results]
+    full = results[0]["full"]
+    assert sum(held) >= full and max(held) <= full // 2 + 64, (held, full)
+    print(results[0][3]["report"])
+
+    # the consolidated fp32 export of the ZeRO-3 checkpoint loads into a fresh model
+    from safetensors.torch import load_file
+
+    from engine.train import export_fp32
+
+    path = export_fp32(tmp_path / "z3" / "checkpoints", tmp_path / "model.safetensors")
+    fresh = tiny_model()
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    fresh.load_state_dict(load_file(str(path)), strict=True)
+    assert any(not torch.equal(before[k], v) for k, v in fresh.state_dict().items())
+
+
+def _resume(rank: int, tmp: str, stage: int) -> dict:
+    from engine.train import Trainer
+
+    n = 8
+    full = Trainer(
+        tiny_cfg(Path(tmp) / "full", stage, steps=n),
+        model_fn=tiny_model,
+        train_loader=rank_loader(rank, 1, 5),
+    )
+    uninterrupted = [e.loss for e in full.fit()]
+    full.close()
+
+    first = Trainer(
+        tiny_cfg(Path(tmp) / "split", stage, steps=n),
+        model_fn=tiny_model,
+        train_loader=rank_loader(rank, 1, 5),
+    )
+    first.fit(steps=3)  # saves step 3; the 5-batch loader is mid-epoch
+    first.close()
+    resumed = Trainer(
+        tiny_cfg(Path(tmp) / "split", stage, steps=n),
+        model_fn=tiny_model,
+        train_loader=rank_loader(rank, 1, 5),
+    )
+    assert resumed.resume() and resumed.step == 3
+    after = [e.loss for e in resumed.fit()]
+    resumed.close()
+    return {"uninterrupted": uninterrupted, "resumed": after}
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("stage", [2, 3])
+def test_resume_is_exact(tmp_path, stage):
+    (result,) = run_ranks(_resume, world=1, tmp=str(tmp_path), stage=stage)
+    assert result["resumed"] == result["uninterrupted"][3:]  # bit-exact, fp32 on the CPU
+
+
+def _crash_and_nan(rank: int, tmp: str) -> dict:
+    from engine.train import Trainer, TrainingDiverged
+
+    cfg = tiny_cfg(Path(tmp), 2, steps=6, ckpt_every=2)
+    trainer = Trainer(cfg, model_fn=tiny_model, train_loader=rank_loader(rank, 1, 6))
+    trainer.fit(steps=2)  # checkpoint step 2 written
+    good = trainer.latest_checkpoint().name
+    real_save = trainer.engine.save_checkpoint
+
+    def crashing_save(*args, **kwargs):
+        raise OSError("disk full (simulated) while writing the checkpoint")
+
+    trainer.engine.save_checkpoint = crashing_save
+    crashed = False
+    try:
+        trainer.fit(steps=4)
+    except OSError:
+        crashed = True
+    trainer.engine.save_checkpoint = real_save
+    after_crash = trainer.latest_checkpoint().name
+    trainer.close()
+
+    resumed = Trainer(cfg, model_fn=tiny_model, train_loader=rank_loader(rank, 1, 6))
+    resumed.resume()
+    step_after_resume = resumed.step
+
+    # a NaN loss stops the run, and no checkpoint is written over the good one
+    bad = rank_loader(rank, 1, 6)
+    bad.batches[3] = {**bad.batches[3], "image": torch.full_like(bad.batches[3]["image"], math.nan)}
+    nan_run = Trainer(
+        tiny_cfg(Path(tmp) / "nan", 2, steps=6, ckpt_every=2), model_fn=tiny_model, train_loader=bad
+    )
+    message = ""
+    try:
+        nan_run.fit()
+    except TrainingDiverged as err:
+        message = str(err)
+    latest_after_nan = nan_run.latest_checkpoint().name
+    nan_run.close()
+    return {
+        "good": good,
+        "crashed": crashed,
+        "after_crash": after_crash,
+        "step_after_resume": step_after_resume,
+        "nan_message": message,
+        "latest_after_nan": latest_after_nan,
+    }
+
+
+@pytest.mark.distributed
+def test_crash_while_saving_keeps_previous_checkpoint_and_nan_stops(tmp_path):
+    (r,) = run_ranks(_crash_and_nan, world=1, tmp=str(tmp_path))
+    assert r["crashed"] and r["good"] == r["after_crash"] == "step_00000002"
+    assert r["step_after_resume"] == 2
+    assert "loss is nan at step 4" in r["nan_message"] and "step_00000002" in r["nan_message"]
+    assert r["latest_after_nan"] == "step_00000002"
+
+
+# --------------------------------------------------------------------------------------- helpers
+def test_lr_schedule_warms_up_then_decays():
+    values = [lr_multiplier(s, 10, 100, 0.01) for s in range(100)]
+    assert values[0] == pytest.approx(0.1) and values[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(values[9:], values[10:], strict=False))
+    assert values[-1] == pytest.approx(0.01, abs=1e-3)
+
+
+def test_average_precision_against_hand_computed_values():
+    scores = np.array([[0.9, 0.1], [0.8, 0.7], [0.1, 0.8], [0.2, 0.2]])
+    targets = np.array([[1, 0], [0, 1], [1, 0], [0, 0]], dtype=bool)
+    m_ap, chance, classes = average_precision(scores, targets)
+    # class 0: positives ranked 1 and 4 -> (1/1 + 2/4) / 2 = 0.75; class 1: ranked 2 -> 1/2
+    assert classes == 2 and m_ap == pytest.approx((0.75 + 0.5) / 2)
+    assert chance == pytest.approx((2 / 4 + 1 / 4) / 2)
+
+
+def test_config_errors_are_clear(tmp_path):
+    with pytest.raises(ConfigError, match="unknown key optim.learning_rate"):
+        from_dict({"optim": {"learning_rate": 1.0}})
+    with pytest.raises(ConfigError, match="unknown section"):
+        from_dict({"trainer": {}})
+    with pytest.raises(ConfigError, match="run.steps: expected int"):
+        from_dict({"run": {"steps": "many"}})
+    with pytest.raises(ConfigError, match="run.zero_stage must be"):
+        from_dict({"run": {"zero_stage": 4}})
+    path = tmp_path / "c.yaml"
+    path.write_text("run:\n  steps: 7\noptim:\n  betas: [0.9, 0.95]\n")
+    cfg = load_config(path, ["run.zero_stage=3", "optim.lr=2e-4"])
+    assert (cfg.run.steps, cfg.run.zero_stage, cfg.optim.lr, cfg.optim.betas) == (7, 3, 2e-4, (0.9, 0.95))
+
+
+def test_shipped_configs_parse():
+    root = Path(__file__).resolve().parents[1] / "configs"
+    paths = sorted(root.glob("*.yaml"))
+    assert paths
+    for path in paths:
+        load_config(path)
