@@ -13,6 +13,9 @@ EPILOG = """examples:
   catlip vocab --captions captions_val2017.json --min-count 5 --out vocab.tsv
   catlip labels --vocab vocab.tsv "A dog catches a frisbee." "two cats on a sofa"
   catlip labels --vocab vocab.tsv --captions photos/captions.tsv --out labels.jsonl
+  catlip pack --tsv photos/captions.tsv --images photos --vocab vocab.tsv --out shards
+  catlip train --config configs/coco_tiny_cpu.yaml --set run.steps=100
+  catlip export runs/coco/train/checkpoints --out model.safetensors
 """
 
 
@@ -99,6 +102,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="JSON-lines output for --captions (default: stdout)")
     _add_labeler_options(p)
     p.set_defaults(func=cmd_labels)
+
+    from engine.pack import add_pack_parser
+
+    add_pack_parser(sub)
+
+    from engine.train import add_train_arguments
+
+    p = sub.add_parser(
+        "train",
+        help="CatLIP pre-training (same as python -m engine.train)",
+        description="Train on packed shards with DeepSpeed ZeRO. One process here; for several, use "
+        "`torchrun --nproc_per_node N -m engine.train` (CPU, gloo) or `deepspeed --num_gpus N --module engine.train`.",
+    )
+    add_train_arguments(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "export",
+        help="consolidate a (ZeRO-partitioned) checkpoint into one fp32 safetensors file",
+        description="Gather the fp32 weights of a DeepSpeed checkpoint (any ZeRO stage) into a "
+        "safetensors file that loads into catlip.models.CatLIPModel with load_state_dict.",
+    )
+    p.add_argument(
+        "checkpoint", type=Path, help="a checkpoint tag directory, or the checkpoints/ dir (latest)"
+    )
+    p.add_argument("--out", type=Path, required=True, help="the .safetensors file to write")
+    p.set_defaults(func=cmd_export)
     return parser
 
 
@@ -209,6 +239,21 @@ def cmd_labels(args: argparse.Namespace) -> int:
             print(
                 f"wrote {n:,} captions to {args.out}; {empty:,} ({100 * empty / max(n, 1):.1f}%) without a label"
             )
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from engine import train
+
+    argv = ([f"--config={args.config}"] if args.config else []) + [f"--set={o}" for o in args.overrides]
+    return train.main(argv)  # ends the process itself (clean gloo shutdown)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from engine.train import export_fp32
+
+    path = export_fp32(args.checkpoint, args.out)
+    print(f"wrote {path}")
     return 0
 
 

@@ -1,6 +1,6 @@
 """CatLIP pre-training with DeepSpeed ZeRO (stages 0-3) over DALI-fed WebDataset shards.
 
-    deepspeed --num_gpus 8 -m engine.train --config configs/catlip_vit_b16.yaml      # GPUs, nccl
+    deepspeed --num_gpus 8 --module engine.train --config configs/catlip_vit_b16.yaml      # GPUs, nccl
     torchrun --nproc_per_node 2 -m engine.train --config configs/coco_tiny_cpu.yaml  # CPU ranks, gloo
     python -m engine.train --config configs/coco_tiny_cpu.yaml                       # one process
 

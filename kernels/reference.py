@@ -69,7 +69,8 @@ def bce_from_logits(
         raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
     b, v = logits.shape
     mask = check_labels(labels, v)
-    z = logits.float()  # (B, V) fp32: the sums below are over 10^4-10^6 terms per row
+    # (B, V) in at least fp32: the sums below run over 10^4-10^6 terms per row (fp64 stays fp64)
+    z = logits if logits.dtype == torch.float64 else logits.float()
     dense = F.softplus(z).sum(dim=1)  # (B,)
     if label_smoothing:
         dense = dense - 0.5 * label_smoothing * z.sum(dim=1)

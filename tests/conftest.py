@@ -48,3 +48,32 @@ def coco_captions(shared_data: Path) -> list[str]:
         data = json.loads((shared_data / name).read_text())
         captions += [a["caption"] for a in data["annotations"]]
     return captions
+
+
+@pytest.fixture(scope="session")
+def packed_photos(tmp_path_factory: pytest.TempPathFactory, shared_data: Path, nltk_ready: None) -> Path:
+    """The 255 COCO photos x 5 captions packed in shards of 64 with a min-count-2 vocabulary."""
+    from shard_utils import PHOTO_SHARD_SIZE
+
+    from catlip.captions import iter_captions
+    from catlip.vocab import build_vocabulary
+    from engine.pack import TsvSource, pack
+
+    root = tmp_path_factory.mktemp("photos")
+    photos = shared_data / "coco_photos"
+    captions = [c for _, c in iter_captions(photos / "captions.tsv")]
+    vocab, _ = build_vocabulary(captions, min_count=2, workers=1, progress=False)
+    vocab.save(root / "vocab.tsv")
+    pack(
+        TsvSource(photos / "captions.tsv", photos),
+        root / "shards",
+        root / "vocab.tsv",
+        shard_size=PHOTO_SHARD_SIZE,
+        progress=False,
+    )
+    return root / "shards"
+
+
+@pytest.fixture(scope="session")
+def photo_vocab(packed_photos: Path) -> Path:
+    return packed_photos.parent / "vocab.tsv"

@@ -159,7 +159,9 @@ def test_cli_errors_are_clear(tmp_path, capsys):
         main(["vocab", "--captions", str(tmp_path / "absent.json"), "--out", str(tmp_path / "o.tsv")])
 
 
-@pytest.mark.parametrize("command", [[], ["setup-nltk"], ["vocab"], ["labels"]])
+@pytest.mark.parametrize(
+    "command", [[], ["setup-nltk"], ["vocab"], ["labels"], ["pack"], ["train"], ["export"]]
+)
 def test_help_explains_every_command(command):
     result = subprocess.run(
         [sys.executable, "-m", "engine", *command, "--help"], capture_output=True, text=True, check=True

@@ -1,0 +1,545 @@
+"""The DALI loader: packed WebDataset shards -> normalised image batches and padded label lists.
+
+Pipeline (one per rank, ``engine/pack.py`` makes the shards)::
+
+    readers.webdataset(ext=["jpg;jpeg;png;webp", "lbl"], shard_id=rank, num_shards=world_size,
+                       pad_last_batch=True, missing_component_behavior="skip")
+      -> guard: magic bytes (JPEG FFD8FF...FFD9, PNG, RIFF....WEBP), in-pipeline conditional
+      -> decode on "mixed" (nvJPEG) where a GPU is visible, else "cpu"
+           train: random-area ROI decode (RandomResizedCrop) -> resize, random horizontal flip
+           eval:  resize the shorter side -> center crop
+      -> crop_mirror_normalize to float CHW with the CLIP mean and std
+    labels: the .lbl bytes read as int32, padded to max_labels with -1
+
+Samples that fail the guard become zero images with ``valid=False`` (DALI has no skip-on-error:
+one undecodable image raises and invalidates the whole pipeline). What passes the guard and still
+fails to decode (a well-framed JPEG corrupt inside) raises in DALI; the loader logs it, counts it,
+rebuilds the pipeline from the checkpoint taken before that batch and replays the batch with every
+sample routed to the placeholder, so the batch comes out with ``valid`` all False. Lost: the real
+samples of that one batch (counted in ``lost_samples``), and from then on this rank's random crops
+and flips differ from those of a run that never failed (the reader position is the same). Every
+rank still yields the same number of batches, which data-parallel training needs.
+
+Sharding: DALI splits the sample list into ``world_size`` contiguous ranges and moves each rank to
+the next range every epoch (``stick_to_shard=False``). ``pad_last_batch=True`` repeats a range's
+last sample so every rank produces ``ceil(ceil(N / world_size) / batch_size)`` batches per epoch.
+With ``drop_last`` (training) only the batches all ranks have in full are yielded; without it
+(evaluation) every batch is yielded and the repeated padding samples have ``valid=False``.
+
+Resume: DALI's own checkpointing (``enable_checkpointing=True``) works on CPU pipelines in DALI
+2.4, conditionals and random operators included, so ``state_dict()`` holds the pipeline's
+checkpoint (reader position, shuffle buffer and RNG states, ~1 kB) and ``load_state_dict()``
+rebuilds the pipeline from it: the batches after a restore are those the uninterrupted run would
+have seen, with no fast-forward. The state is per rank.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import math
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+IMAGE_EXT = "jpg;jpeg;png;webp"
+MAX_CONSECUTIVE_FAILURES = 8  # a pipeline that fails this often in a row is not a bad sample
+STATE_VERSION = 1
+
+
+def cuda_device_count() -> int:
+    """CUDA devices DALI can see; 0 (not an exception) where there is no driver."""
+    try:
+        from nvidia.dali.backend import GetCUDADeviceCount
+
+        return GetCUDADeviceCount()
+    except Exception:  # noqa: BLE001 - any failure to reach a driver means no GPU
+        return 0
+
+
+def resolve_shards(shards: str | Path | Sequence[str | Path]) -> list[Path]:
+    """Tar paths from a packed folder (its ``dataset.json``, else its ``*.tar``), a tar, or a list."""
+    if isinstance(shards, (str, Path)):
+        path = Path(shards)
+        if path.is_dir():
+            meta_path = path / "dataset.json"
+            if meta_path.is_file():
+                meta = json.loads(meta_path.read_text())
+                if "shard_names" not in meta:
+                    splits = ", ".join(str(path / s) for s in meta.get("splits", {}))
+                    raise ValueError(f"{path} holds the splits {splits}: give one of them")
+                paths = [path / name for name in meta["shard_names"]]
+            else:
+                paths = sorted(path.glob("*.tar"))
+        else:
+            paths = [path]
+    else:
+        paths = [Path(p) for p in shards]
+    if not paths:
+        raise ValueError(f"no .tar shards in {shards}")
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"shards not found: {', '.join(missing[:5])}")
+    return paths
+
+
+def _index_paths(paths: list[Path]) -> list[str] | None:
+    """The ``.idx`` beside each tar, or None (DALI then scans every tar: slow) if any is missing."""
+    idx = [p.with_suffix(".idx") for p in paths]
+    if all(p.is_file() for p in idx):
+        return [str(p) for p in idx]
+    warnings.warn(
+        "some shards have no .idx beside them; DALI will scan the tars at start-up (re-pack with "
+        "`catlip pack`, or run DALI's wds2idx)",
+        stacklevel=3,
+    )
+    return None
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    """Everything that defines the DALI graph of one rank (the checkpoint must match it)."""
+
+    paths: tuple[str, ...]
+    index_paths: tuple[str, ...] | None
+    decode_device: str  # "cpu" or "mixed"
+    train: bool
+    size: tuple[int, int]  # (H, W)
+    scale: tuple[float, float]
+    ratio: tuple[float, float]
+    mean: tuple[float, float, float]  # in 0-255 units
+    std: tuple[float, float, float]
+    max_labels: int
+    shard_id: int
+    num_shards: int
+    shuffle_buffer: int
+    keys: bool  # return the sample keys with each batch
+
+
+def _build_graph(spec: PipelineSpec, keep_source: Any) -> tuple:
+    """The DALI graph (called inside ``pipeline_def``); returns the pipeline outputs."""
+    from nvidia.dali import fn, types
+
+    img, lbl = fn.readers.webdataset(
+        paths=list(spec.paths),
+        index_paths=list(spec.index_paths) if spec.index_paths else None,
+        ext=[IMAGE_EXT, "lbl"],
+        dtypes=[types.UINT8, types.INT32],  # .lbl is little-endian int32 (x86 and ARM alike)
+        missing_component_behavior="skip",
+        shard_id=spec.shard_id,
+        num_shards=spec.num_shards,
+        random_shuffle=spec.train,
+        initial_fill=spec.shuffle_buffer,
+        pad_last_batch=True,
+        stick_to_shard=False,
+        name="Reader",
+    )
+    keep = fn.external_source(source=keep_source, batch=True, dtype=types.BOOL)  # (B,) scalars
+    # The guard reads 12 head bytes and 2 tail bytes; pad makes both safe on short or empty data.
+    head = fn.pad(img[0:12], axes=[0], shape=[12], fill_value=0)
+    tail = fn.pad(img[-2:], axes=[0], shape=[2], fill_value=0)
+    is_jpeg = (
+        (head[0] == 0xFF) & (head[1] == 0xD8) & (head[2] == 0xFF) & (tail[0] == 0xFF) & (tail[1] == 0xD9)
+    )
+    is_png = (head[0] == 0x89) & (head[1] == 0x50) & (head[2] == 0x4E) & (head[3] == 0x47)
+    is_riff = (head[0] == 0x52) & (head[1] == 0x49) & (head[2] == 0x46) & (head[3] == 0x46)
+    is_webp = is_riff & (head[8] == 0x57) & (head[9] == 0x45) & (head[10] == 0x42) & (head[11] == 0x50)
+    valid = (is_jpeg | is_png | is_webp) & keep
+    h, w = spec.size
+    mirror = fn.random.coin_flip(probability=0.5) if spec.train else 0
+    if valid:
+        if spec.train:
+            image = fn.decoders.image_random_crop(
+                img,
+                device=spec.decode_device,
+                output_type=types.RGB,
+                random_area=list(spec.scale),
+                random_aspect_ratio=list(spec.ratio),
+                num_attempts=10,
+            )
+            image = fn.resize(image, size=[h, w], antialias=True)  # (h, w, 3) uint8
+        else:
+            image = fn.decoders.image(img, device=spec.decode_device, output_type=types.RGB)
+            image = fn.resize(image, resize_shorter=min(h, w), antialias=True)  # (>=h, >=w, 3)
+    else:
+        image = fn.constant(idata=0, shape=[h, w, 3], dtype=types.UINT8, layout="HWC")  # (h, w, 3)
+        if spec.decode_device == "mixed":
+            image = image.gpu()
+    image = fn.crop_mirror_normalize(
+        image,
+        dtype=types.FLOAT,
+        output_layout="CHW",
+        crop=(h, w),  # centred: the eval center crop; a no-op on the training branch
+        mean=list(spec.mean),
+        std=list(spec.std),
+        mirror=mirror,
+    )  # (3, h, w) float32
+    labels = fn.pad(lbl[0 : spec.max_labels], axes=[0], shape=[spec.max_labels], fill_value=-1)  # (L,)
+    count = fn.cast(lbl.shape()[0], dtype=types.INT64)  # () labels before truncation
+    return image, labels, count, valid, img.source_info()  # source_info: "tar:offset:member" bytes
+
+
+def _make_pipeline(
+    spec: PipelineSpec,
+    *,
+    batch_size: int,
+    num_threads: int,
+    seed: int,
+    device_id: int | None,
+    checkpoint: bytes | None,
+    skip_batches: int,
+) -> Any:
+    """Build one pipeline; its first ``skip_batches`` batches route every sample to the placeholder."""
+    from nvidia.dali import pipeline_def
+
+    remaining = [skip_batches]
+
+    def keep_source() -> np.ndarray:
+        # Called once per iteration, in order (prefetching only calls it earlier), so counting
+        # calls is counting batches since this pipeline was built.
+        keep = remaining[0] <= 0
+        remaining[0] -= 1
+        return np.full((batch_size,), keep, dtype=np.bool_)  # (B,)
+
+    @pipeline_def(enable_conditionals=True)
+    def pipe():
+        return _build_graph(spec, keep_source)
+
+    with warnings.catch_warnings():
+        # The keep flags are ours to set on a restore; DALI warns that it does not checkpoint them.
+        warnings.filterwarnings("ignore", message="Checkpointing enabled in a pipeline with external source")
+        p = pipe(
+            batch_size=batch_size,
+            num_threads=num_threads,
+            device_id=device_id,
+            seed=seed,
+            prefetch_queue_depth=2,
+            enable_checkpointing=True,
+            checkpoint=checkpoint,
+        )
+        p.build()
+    return p
+
+
+def _to_torch(out: Any, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Copy a dense DALI TensorList (CPU or GPU) into a new torch tensor."""
+    from nvidia.dali.plugin.pytorch import feed_ndarray
+
+    tensor = out.as_tensor()
+    t = torch.empty(tensor.shape(), dtype=dtype, device=device)
+    stream = torch.cuda.current_stream(device) if device.type == "cuda" else None
+    feed_ndarray(tensor, t, cuda_stream=stream)
+    return t
+
+
+class DaliLoader:
+    """Batches of one rank from packed shards; see the module docstring. Build with ``make_loader``.
+
+    Iterating yields the rest of the current epoch: dicts with ``image`` (B, 3, H, W) float32,
+    ``labels`` (B, max_labels) int64 padded with -1, ``label_counts`` (B,) int64, ``valid`` (B,)
+    bool, and ``key`` (list of B sample keys) when asked for."""
+
+    def __init__(
+        self,
+        paths: list[Path],
+        batch_size: int,
+        *,
+        rank: int,
+        world_size: int,
+        device: str,
+        device_id: int | None,
+        train: bool,
+        image_size: int | tuple[int, int],
+        seed: int,
+        max_labels: int,
+        num_threads: int,
+        scale: tuple[float, float],
+        ratio: tuple[float, float],
+        mean: Sequence[float],
+        std: Sequence[float],
+        drop_last: bool,
+        shuffle_buffer: int,
+        keys: bool,
+    ) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
+        if batch_size < 1 or max_labels < 1:
+            raise ValueError("batch_size and max_labels must be >= 1")
+        if device == "auto":
+            device = "mixed" if cuda_device_count() > 0 else "cpu"
+        if device == "gpu":
+            device = "mixed"
+        if device not in ("cpu", "mixed"):
+            raise ValueError(f"device must be 'auto', 'cpu' or 'mixed', got {device!r}")
+        if device == "mixed" and device_id is None:
+            device_id = torch.cuda.current_device()
+        size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        self.spec = PipelineSpec(
+            paths=tuple(str(p) for p in paths),
+            index_paths=(tuple(idx) if (idx := _index_paths(paths)) else None),
+            decode_device=device,
+            train=train,
+            size=(int(size[0]), int(size[1])),
+            scale=(float(scale[0]), float(scale[1])),
+            ratio=(float(ratio[0]), float(ratio[1])),
+            mean=tuple(255.0 * float(m) for m in mean),
+            std=tuple(255.0 * float(s) for s in std),
+            max_labels=max_labels,
+            shard_id=rank,
+            num_shards=world_size,
+            shuffle_buffer=shuffle_buffer,
+            keys=keys,
+        )
+        self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
+        self.seed, self.num_threads, self.drop_last = seed, num_threads, drop_last
+        self.device = device
+        # DALI device_id None = a CPU-only pipeline; images then come out on the CPU.
+        self._device_id = device_id if device == "mixed" else None
+        self._image_device = torch.device("cuda", device_id) if device == "mixed" else torch.device("cpu")
+        # Per-rank seed: augmentations and the shuffle buffer differ between ranks.
+        self._pipe_seed = int(np.random.SeedSequence([seed, rank]).generate_state(1)[0] & 0x7FFFFFFF)
+        self._epoch = 0  # the reader's epoch
+        self._pos = 0  # batches taken from the pipeline in this epoch (yielded or dropped)
+        self.invalid_samples = 0  # real samples that failed the guard (zero image, valid=False)
+        self.failed_batches = 0  # batches DALI raised on (replayed as all-placeholder)
+        self.lost_samples = 0  # real samples in those batches
+        self.truncated_labels = 0  # real samples with more than max_labels labels
+        self._pipe = _make_pipeline(self.spec, **self._pipe_args(), checkpoint=None, skip_batches=0)
+        self.samples = int(self._pipe.reader_meta("Reader")["epoch_size"])  # N, all ranks
+        if self.samples == 0:
+            raise ValueError(f"no samples with an image and a .lbl in {len(paths)} shard(s)")
+        shard_max = math.ceil(self.samples / world_size)
+        self._reader_batches = math.ceil(shard_max / batch_size)  # what DALI produces per epoch
+        self._len = (self.samples // world_size) // batch_size if drop_last else self._reader_batches
+        if self._len == 0:
+            raise ValueError(
+                f"{self.samples} samples over {world_size} rank(s) make no full batch of {batch_size}: "
+                "lower batch_size or set drop_last=False"
+            )
+        self._checkpoint: bytes = self._pipe.checkpoint()
+
+    def _pipe_args(self) -> dict[str, Any]:
+        return dict(
+            batch_size=self.batch_size,
+            num_threads=self.num_threads,
+            seed=self._pipe_seed,
+            device_id=self._device_id,
+        )
+
+    # -------------------------------------------------------------------------------- iteration
+    def __len__(self) -> int:
+        """Batches per epoch for this rank (the same on every rank)."""
+        return self._len
+
+    @property
+    def epoch(self) -> int:
+        """The epoch the next batch comes from (an epoch whose batches were all yielded is done)."""
+        return self._epoch + (self._pos >= self._len)
+
+    def _real_in_batch(self) -> int:
+        """Real (not padding) samples in the batch at ``self._pos`` of this rank's current range."""
+        shard = (self.rank + self._epoch) % self.world_size  # DALI moves ranks one range per epoch
+        n, w = self.samples, self.world_size
+        shard_size = n * (shard + 1) // w - n * shard // w
+        return max(0, min(self.batch_size, shard_size - self._pos * self.batch_size))
+
+    def _run(self) -> tuple[Any, bool]:
+        """The next pipeline outputs, recovering from a DALI error by replaying that batch as
+        placeholders; returns (outputs, whether the batch was replayed)."""
+        for attempt in range(MAX_CONSECUTIVE_FAILURES + 1):
+            try:
+                outputs = self._pipe.run()
+                self._checkpoint = self._pipe.checkpoint()
+                return outputs, attempt > 0
+            except RuntimeError as err:
+                if attempt == MAX_CONSECUTIVE_FAILURES:
+                    raise RuntimeError(
+                        f"DALI failed {attempt + 1} times in a row at epoch {self._epoch}, batch "
+                        f"{self._pos} (rank {self.rank}): not a bad sample; see the error above"
+                    ) from err
+                self.failed_batches += 1
+                log.warning(
+                    "DALI raised on epoch %d batch %d (rank %d); the batch is replayed as "
+                    "placeholders (valid=False) and training goes on. DALI said: %s",
+                    self._epoch,
+                    self._pos,
+                    self.rank,
+                    _error_summary(err),
+                )
+                self._pipe = None  # a failed DALI pipeline is no longer valid; free it first
+                self._pipe = _make_pipeline(
+                    self.spec, **self._pipe_args(), checkpoint=self._checkpoint, skip_batches=1
+                )
+        raise AssertionError("unreachable")
+
+    def _next_batch(self) -> dict[str, Any]:
+        outputs, replayed = self._run()
+        real = self._real_in_batch()
+        self._pos += 1
+        image, labels, count, valid, source_info = outputs
+        if replayed:
+            log.warning(
+                "the replayed batch held: %s", ", ".join(_sample_key(np.array(s)) for s in source_info)
+            )
+        cpu = torch.device("cpu")
+        batch: dict[str, Any] = {
+            "image": _to_torch(image, torch.float32, self._image_device),  # (B, 3, H, W)
+            "labels": _to_torch(labels, torch.int32, cpu).long(),  # (B, max_labels), -1 padded
+        }
+        raw_count = _to_torch(count, torch.int64, cpu)  # (B,)
+        valid_t = _to_torch(valid, torch.bool, cpu)  # (B,)
+        is_real = torch.arange(self.batch_size) < real  # (B,)
+        if replayed:
+            self.lost_samples += real
+        else:
+            self.invalid_samples += int((~valid_t & is_real).sum())
+        self.truncated_labels += int(((raw_count > self.spec.max_labels) & is_real).sum())
+        valid_t &= is_real
+        if not bool(valid_t.all()):  # placeholders and padding come out as zero images
+            invalid = ~valid_t.to(self._image_device, non_blocking=True)
+            batch["image"].masked_fill_(invalid.view(-1, 1, 1, 1), 0.0)  # no host sync on a GPU
+        batch["label_counts"] = raw_count.clamp(max=self.spec.max_labels)  # (B,) entries in labels
+        batch["valid"] = valid_t  # (B,)
+        if self.spec.keys:
+            batch["key"] = [_sample_key(np.array(s)) for s in source_info]
+        return batch
+
+    def _finish_epoch(self) -> None:
+        """Take the padded batches ``drop_last`` does not yield, and move to the next epoch."""
+        while self._pos < self._reader_batches:
+            self._run()
+            self._pos += 1
+        self._epoch, self._pos = self._epoch + 1, 0
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        if self._pos >= self._len:
+            self._finish_epoch()
+        while self._pos < self._len:
+            yield self._next_batch()
+
+    # ----------------------------------------------------------------------------------- resume
+    def _identity(self) -> dict[str, Any]:
+        return {
+            "samples": self.samples,
+            "batch_size": self.batch_size,
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "seed": self.seed,
+            "train": self.spec.train,
+            "drop_last": self.drop_last,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """This rank's data position: DALI's pipeline checkpoint (base64), epoch, batch, counters."""
+        return {
+            "version": STATE_VERSION,
+            **self._identity(),
+            "epoch": self._epoch,
+            "position": self._pos,
+            "dali_checkpoint": base64.b64encode(self._checkpoint).decode("ascii"),
+            "counters": self.counters(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue exactly where ``state`` was taken (same shards, batch size, seed and rank)."""
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"data state version {state.get('version')} is not {STATE_VERSION}")
+        mismatched = {k: (state.get(k), v) for k, v in self._identity().items() if state.get(k) != v}
+        if mismatched:
+            shown = ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in mismatched.items())
+            raise ValueError(f"the data state was saved by a different loader setup ({shown})")
+        checkpoint = base64.b64decode(state["dali_checkpoint"])
+        self._pipe = None
+        self._pipe = _make_pipeline(self.spec, **self._pipe_args(), checkpoint=checkpoint, skip_batches=0)
+        self._checkpoint = checkpoint
+        self._epoch, self._pos = int(state["epoch"]), int(state["position"])
+        for name, value in state.get("counters", {}).items():
+            setattr(self, name, int(value))
+
+    def counters(self) -> dict[str, int]:
+        """Samples that were not trained on as they should have been, by cause."""
+        return {
+            "invalid_samples": self.invalid_samples,
+            "failed_batches": self.failed_batches,
+            "lost_samples": self.lost_samples,
+            "truncated_labels": self.truncated_labels,
+        }
+
+
+def _error_summary(err: BaseException) -> str:
+    """The informative lines of a DALI error: the operator and what it encountered."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    kept, after = [], False
+    for ln in lines:
+        if ln.startswith("Error in"):
+            kept.append(ln.rstrip(","))
+        elif ln.startswith("encountered"):
+            after = True
+        elif after and not ln.startswith(("Current pipeline", "Critical error")):
+            kept.append(ln)
+    return " ".join(dict.fromkeys(kept))[:500] or " ".join(lines)[:500]
+
+
+def _sample_key(source_info: np.ndarray) -> str:
+    """``/path/shard-000000.tar:OFFSET:KEY.jpg`` -> ``KEY``."""
+    name = bytes(source_info).decode("utf-8", "replace").rsplit(":", 1)[-1]
+    return name.split(".", 1)[0]
+
+
+def make_loader(
+    shards: str | Path | Sequence[str | Path],
+    batch_size: int,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    device: str = "auto",
+    device_id: int | None = None,
+    train: bool = True,
+    image_size: int | tuple[int, int] = 224,
+    seed: int = 0,
+    max_labels: int = 32,
+    num_threads: int = 2,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    mean: Sequence[float] = CLIP_MEAN,
+    std: Sequence[float] = CLIP_STD,
+    drop_last: bool | None = None,
+    shuffle_buffer: int = 1024,
+    keys: bool = False,
+) -> DaliLoader:
+    """A DALI loader over packed shards (a folder with ``dataset.json``, or tar paths) for one rank.
+
+    ``device`` "auto" decodes on the GPU ("mixed") where one is visible, else on the CPU;
+    ``device_id`` defaults to the current CUDA device. ``drop_last`` defaults to ``train``.
+    ``shuffle_buffer`` is DALI's ``initial_fill``: samples held for the local shuffle (raw bytes,
+    ~150 kB each for COCO-sized JPEGs). ``keys=True`` adds each sample's key to the batches."""
+    return DaliLoader(
+        resolve_shards(shards),
+        batch_size,
+        rank=rank,
+        world_size=world_size,
+        device=device,
+        device_id=device_id,
+        train=train,
+        image_size=image_size,
+        seed=seed,
+        max_labels=max_labels,
+        num_threads=num_threads,
+        scale=scale,
+        ratio=ratio,
+        mean=mean,
+        std=std,
+        drop_last=train if drop_last is None else drop_last,
+        shuffle_buffer=shuffle_buffer,
+        keys=keys,
+    )

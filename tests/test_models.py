@@ -1,0 +1,167 @@
+"""ViT presets, the attention switch, activation checkpointing, and the sparse-label BCE reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from catlip.models import VIT_PRESETS, CatLIPModel, VisionTransformer, ViTConfig, param_groups, vit_config
+from kernels.reference import bce_from_logits, check_labels, dense_targets, linear_bce_reference
+
+
+@pytest.mark.parametrize(
+    ("name", "width", "depth", "heads", "head_dim", "tokens"),
+    [
+        ("vit_b16", 768, 12, 12, 64, 197),
+        ("vit_l16", 1024, 24, 16, 64, 197),
+        ("vit_h16", 1280, 32, 20, 64, 197),
+        ("vit_h14", 1280, 32, 16, 80, 257),
+    ],
+)
+def test_presets_match_the_papers(name, width, depth, heads, head_dim, tokens):
+    cfg = VIT_PRESETS[name]
+    assert (cfg.width, cfg.depth, cfg.heads, cfg.head_dim, cfg.num_tokens) == (
+        width,
+        depth,
+        heads,
+        head_dim,
+        tokens,
+    )
+
+
+def test_vit_b16_parameter_count():
+    with torch.device("meta"):
+        model = VisionTransformer(VIT_PRESETS["vit_b16"])
+    assert 85.5e6 < sum(p.numel() for p in model.parameters()) < 86.5e6  # ViT-B/16 ~ 86M
+
+
+def test_bad_configs_are_rejected():
+    with pytest.raises(ValueError, match="not divisible"):
+        ViTConfig(width=100, heads=3)
+    with pytest.raises(ValueError, match="unknown model"):
+        vit_config("vit_giant")
+    with pytest.raises(ValueError, match="attn_impl"):
+        VisionTransformer(VIT_PRESETS["vit_tiny"], attn_impl="flash9")
+    with pytest.raises(ValueError, match="64px"):
+        VisionTransformer(VIT_PRESETS["vit_tiny"])(torch.randn(1, 3, 32, 32))
+
+
+def _grads(model, images, labels):
+    model.zero_grad()
+    loss = model(images, labels)
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def test_attention_backends_and_checkpointing_agree():
+    torch.manual_seed(0)
+    cfg = ViTConfig(image_size=32, patch_size=8, width=64, depth=2, heads=4)
+    model = CatLIPModel(cfg, 37).double()
+    torch.nn.init.normal_(model.head.weight, std=0.02)  # zero-initialised head would hide the tower's grads
+    images = torch.randn(3, 3, 32, 32, dtype=torch.float64)
+    labels = torch.tensor([[1, 5, -1], [-1, -1, -1], [36, 0, 2]])
+    loss_sdpa, grads_sdpa = _grads(model, images, labels)
+    model.encoder.set_attn_impl("math")
+    loss_math, grads_math = _grads(model, images, labels)
+    model.encoder.grad_checkpointing = True
+    loss_ckpt, grads_ckpt = _grads(model, images, labels)
+    torch.testing.assert_close(loss_sdpa, loss_math)
+    torch.testing.assert_close(loss_ckpt, loss_math)
+    for name in grads_math:
+        torch.testing.assert_close(grads_sdpa[name], grads_math[name], msg=name)
+        torch.testing.assert_close(grads_ckpt[name], grads_math[name], msg=name)
+    assert grads_math["encoder.blocks.0.attn.qkv.weight"].abs().sum() > 0
+
+
+def test_head_starts_at_the_label_prior():
+    model = CatLIPModel(VIT_PRESETS["vit_tiny"], 1000)
+    logits = model(torch.randn(2, 3, 64, 64))
+    assert logits.shape == (2, 1000)
+    torch.testing.assert_close(torch.sigmoid(logits), torch.full_like(logits, 1 / 1001), rtol=1e-3, atol=0)
+
+
+def test_weight_decay_groups():
+    model = CatLIPModel(VIT_PRESETS["vit_tiny"], 10)
+    decay, no_decay = param_groups(model, 0.2)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert all(names[id(p)].endswith("weight") and p.ndim >= 2 for p in decay["params"])
+    assert {"encoder.pos_embed", "encoder.cls_token", "head.bias"} <= {
+        names[id(p)] for p in no_decay["params"]
+    }
+    assert decay["weight_decay"] == 0.2 and no_decay["weight_decay"] == 0.0
+
+
+# ------------------------------------------------------------------------------------------- loss
+def dense_loss(x, w, b, labels, eps=0.0, reduction="batch_mean"):
+    """The obvious float64 formula: dense target, F.binary_cross_entropy_with_logits."""
+    logits = F.linear(x.double(), w.double(), None if b is None else b.double())
+    target = dense_targets(labels, w.size(0)).double() * (1 - eps) + eps / 2
+    total = F.binary_cross_entropy_with_logits(logits, target, reduction="sum")
+    return {"sum": total, "batch_mean": total / x.size(0), "mean": total / logits.numel()}[reduction]
+
+
+@pytest.mark.parametrize("reduction", ["batch_mean", "mean", "sum"])
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+@pytest.mark.parametrize("bias", [True, False])
+def test_sparse_bce_equals_dense_bce(reduction, eps, bias):
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(37, 80, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(97, 80, generator=g, dtype=torch.float64).mul_(0.1).requires_grad_()
+    b = torch.randn(97, generator=g, dtype=torch.float64, requires_grad=True) if bias else None
+    labels = torch.full((37, 9), -1)
+    for i in range(37):
+        k = i % 10  # rows with none and rows with many positives
+        labels[i, : min(k, 9)] = torch.randperm(97, generator=g)[: min(k, 9)]
+    ours = linear_bce_reference(x, w, b, labels, reduction=reduction, label_smoothing=eps)
+    ref = dense_loss(x, w, b, labels, eps, reduction)
+    torch.testing.assert_close(ours, ref)
+    params = [t for t in (x, w, b) if t is not None]
+    for g_ours, g_ref in zip(
+        torch.autograd.grad(ours, params), torch.autograd.grad(ref, params), strict=True
+    ):
+        torch.testing.assert_close(g_ours, g_ref)
+
+
+def test_fp32_accumulation_from_bf16_logits():
+    torch.manual_seed(0)
+    logits = (torch.randn(4, 24320) * 3).bfloat16()
+    labels = torch.randint(0, 24320, (4, 5))
+    got = bce_from_logits(logits, labels)
+    ref = (
+        F.binary_cross_entropy_with_logits(
+            logits.double(), dense_targets(labels, 24320).double(), reduction="sum"
+        )
+        / 4
+    )
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), ref, rtol=1e-6, atol=0)
+
+
+def test_sample_weight_masks_failed_images():
+    logits = torch.randn(3, 10)
+    labels = torch.tensor([[1, -1], [2, 3], [0, -1]])
+    full = bce_from_logits(logits, labels, reduction="sum")
+    masked = bce_from_logits(logits, labels, reduction="sum", sample_weight=torch.tensor([1.0, 0.0, 1.0]))
+    only = bce_from_logits(logits[[0, 2]], labels[[0, 2]], reduction="sum")
+    torch.testing.assert_close(masked, only)
+    assert not torch.allclose(full, masked)
+
+
+@pytest.mark.parametrize(
+    ("labels", "message"),
+    [
+        (torch.tensor([[0, 10]]), r"in \[0, 10\)"),
+        (torch.tensor([[0, -2]]), r"min -2"),
+        (torch.tensor([[3, 1, 3]]), "duplicate label ids in row 0"),
+        (torch.tensor([3, 1]), r"\(B, L\)"),
+        (torch.tensor([[0.0, 1.0]]), "int32 or int64"),
+    ],
+)
+def test_bad_labels_are_errors(labels, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        check_labels(labels, 10)
+
+
+def test_padding_may_repeat():
+    assert check_labels(torch.tensor([[4, -1, -1], [-1, -1, -1]]), 10).sum() == 1
