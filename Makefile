@@ -10,4 +10,4 @@ format:
 main:            ## the README's main job
 	bash scripts/run_main.sh
 bench:           ## CPU benchmarks that exist so far
-	bash -c 'source scripts/env.sh && python perf/bench_labeler.py'
+	bash -c 'source scripts/env.sh && python perf/bench_labeler.py && python perf/bench_data.py'

@@ -24,6 +24,7 @@ import resource
 import shutil
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -342,9 +343,13 @@ class Trainer:
             f"step {e.step:>6} | loss {e.loss:.5f} | lr {e.lr:.3e} | {e.images_per_s:,.1f} img/s | "
             f"step {e.step_time * 1e3:.0f} ms (data {e.data_time * 1e3:.0f} ms) | peak mem {e.peak_mem_mb:,.0f} MB"
         )
+        counters = self.train_loader.counters() if hasattr(self.train_loader, "counters") else {}
+        skipped = {k: v for k, v in counters.items() if v}
+        if skipped:  # samples not trained on as packed (bad images, failed batches, cut labels)
+            line += " | rank-0 data: " + ", ".join(f"{k} {v}" for k, v in skipped.items())
         bar.write(line)
         with open(self.out_dir / "log.jsonl", "a") as f:
-            f.write(json.dumps(e.__dict__) + "\n")
+            f.write(json.dumps({**e.__dict__, **counters}) + "\n")
         if self._tb is None:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -545,6 +550,8 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     prepare_env()
+    # torch.distributed's deprecation notices for the collectives DeepSpeed calls, once per rank
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
     parser = argparse.ArgumentParser(
         prog="python -m engine.train",
         description=__doc__,
