@@ -23,9 +23,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from kernels.reference import bce_from_logits
+from kernels.reference import linear_bce_reference
 
 ATTN_IMPLS = ("sdpa", "math")
+LOSS_IMPLS = ("torch", "triton")
 
 
 @dataclass(frozen=True)
@@ -153,11 +154,51 @@ class VisionTransformer(nn.Module):
         return self.norm(x[:, 0])  # (B, W)
 
 
-class CatLIPModel(nn.Module):
-    """Image tower + Linear(width, V) head, trained with sigmoid BCE over the synset vocabulary.
+class CatLIPHead(nn.Linear):
+    """Linear(width, V) over the synset vocabulary that, given labels, returns the BCE loss.
 
-    ``forward(images)`` returns logits (B, V); ``forward(images, labels)`` returns the loss, so a
-    DeepSpeed engine can call it directly. Labels are padded (B, L) index tensors (-1 = padding).
+    The loss is computed inside this module's forward so that, under DeepSpeed ZeRO-3, the forward
+    hooks gather the (partitioned) weight for it and its gradients reach the shards, whichever
+    ``loss_impl`` computes it: "torch" (kernels/reference.py) or "triton" (kernels.linear_bce,
+    which never materialises the (B, V) logits).
+    """
+
+    def __init__(
+        self, width: int, vocab_size: int, *, loss_impl: str = "torch", label_smoothing: float = 0.0
+    ):
+        super().__init__(width, vocab_size)
+        if loss_impl not in LOSS_IMPLS:
+            raise ValueError(f"loss_impl must be one of {LOSS_IMPLS}, got {loss_impl!r}")
+        self.loss_impl = loss_impl
+        self.label_smoothing = label_smoothing
+        nn.init.zeros_(self.weight)
+        # Start at the label prior: with ~5 positives among V classes, sigmoid(b) ~ 5 / V.
+        nn.init.constant_(self.bias, -math.log(vocab_size))
+
+    def forward(
+        self, x: torch.Tensor, labels: torch.Tensor | None = None, sample_weight: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        if labels is None:
+            return super().forward(x)  # (B, V) logits
+        if self.loss_impl == "triton":
+            from kernels.linear_bce import linear_bce
+
+            return linear_bce(
+                x, self.weight, self.bias, labels, reduction="batch_mean",
+                label_smoothing=self.label_smoothing, sample_weight=sample_weight, impl="triton",
+            )  # fmt: skip
+        return linear_bce_reference(
+            x, self.weight, self.bias, labels, reduction="batch_mean",
+            label_smoothing=self.label_smoothing, sample_weight=sample_weight,
+        )  # fmt: skip
+
+
+class CatLIPModel(nn.Module):
+    """Image tower + CatLIP head, trained with sigmoid BCE over the synset vocabulary.
+
+    ``forward(images)`` returns logits (B, V); ``forward(images, labels)`` returns the loss
+    (corenet's batch_mean: summed over labels, divided by B), so a DeepSpeed engine can call it
+    directly. Labels are padded (B, L) index tensors (-1 = padding).
     """
 
     def __init__(
@@ -166,6 +207,7 @@ class CatLIPModel(nn.Module):
         vocab_size: int,
         *,
         attn_impl: str = "sdpa",
+        loss_impl: str = "torch",
         grad_checkpointing: bool = False,
         label_smoothing: float = 0.0,
     ) -> None:
@@ -174,11 +216,7 @@ class CatLIPModel(nn.Module):
         if vocab_size < 1:
             raise ValueError(f"vocab_size must be positive, got {vocab_size}")
         self.encoder = VisionTransformer(cfg, attn_impl=attn_impl, grad_checkpointing=grad_checkpointing)
-        self.head = nn.Linear(cfg.width, vocab_size)
-        nn.init.zeros_(self.head.weight)
-        # Start at the label prior: with ~5 positives among V classes, sigmoid(b) ~ 5 / V.
-        nn.init.constant_(self.head.bias, -math.log(vocab_size))
-        self.label_smoothing = label_smoothing
+        self.head = CatLIPHead(cfg.width, vocab_size, loss_impl=loss_impl, label_smoothing=label_smoothing)
 
     @property
     def cfg(self) -> ViTConfig:
@@ -190,16 +228,7 @@ class CatLIPModel(nn.Module):
         labels: torch.Tensor | None = None,
         sample_weight: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        logits = self.head(self.encoder(images))  # (B, V)
-        if labels is None:
-            return logits
-        return bce_from_logits(
-            logits,
-            labels,
-            reduction="batch_mean",
-            label_smoothing=self.label_smoothing,
-            sample_weight=sample_weight,
-        )
+        return self.head(self.encoder(images), labels, sample_weight)
 
 
 def no_weight_decay(name: str, param: nn.Parameter) -> bool:

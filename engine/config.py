@@ -19,6 +19,7 @@ class ModelConfig:
     name: str = "vit_tiny"  # a catlip.models.VIT_PRESETS key
     image_size: int | None = None  # override the preset's resolution
     attn_impl: str = "sdpa"  # "sdpa" | "math"
+    loss_impl: str = "torch"  # "torch" (reference) | "triton" (fused kernel)
     grad_checkpointing: bool = False
     label_smoothing: float = 0.0
 
@@ -138,11 +139,12 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
 
 
 def validate(cfg: TrainConfig) -> None:
-    from catlip.models import ATTN_IMPLS, VIT_PRESETS
+    from catlip.models import ATTN_IMPLS, LOSS_IMPLS, VIT_PRESETS
 
     checks = [
         (cfg.model.name in VIT_PRESETS, f"model.name must be one of {list(VIT_PRESETS)}"),
         (cfg.model.attn_impl in ATTN_IMPLS, f"model.attn_impl must be one of {ATTN_IMPLS}"),
+        (cfg.model.loss_impl in LOSS_IMPLS, f"model.loss_impl must be one of {LOSS_IMPLS}"),
         (0 <= cfg.model.label_smoothing < 1, "model.label_smoothing must be in [0, 1)"),
         (cfg.data.batch_size >= 1, "data.batch_size must be >= 1"),
         (cfg.data.decode_device in ("auto", "cpu", "mixed"), "data.decode_device: auto | cpu | mixed"),

@@ -187,6 +187,7 @@ class Trainer:
                     self.vit_cfg,
                     vocab_size,
                     attn_impl=cfg.model.attn_impl,
+                    loss_impl=cfg.model.loss_impl,
                     grad_checkpointing=cfg.model.grad_checkpointing,
                     label_smoothing=cfg.model.label_smoothing,
                 )

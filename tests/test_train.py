@@ -78,13 +78,17 @@ class TensorLoader:
         self.pos = state["pos"]
 
 
-def rank_loader(rank: int, world: int, n: int = STEPS) -> TensorLoader:
-    return TensorLoader(
-        [{k: v[rank * B : (rank + 1) * B] for k, v in b.items()} for b in global_batches(n, world)]
-    )
+def rank_loader(rank: int, world: int, n: int = STEPS, accum: int = 1) -> TensorLoader:
+    """Rank ``rank``'s micro-batches: micro-batch m of each global batch is slice m * world + rank."""
+    micro = []
+    for batch in global_batches(n, world * accum):
+        for m in range(accum):
+            i = m * world + rank
+            micro.append({k: v[i * B : (i + 1) * B] for k, v in batch.items()})
+    return TensorLoader(micro)
 
 
-def plain_pytorch_losses(world: int) -> list[float]:
+def plain_pytorch_losses(world: int, accum: int = 1) -> list[float]:
     """The same model, data, AdamW, schedule and clipping, in one process without DeepSpeed."""
     from catlip.models import param_groups
 
@@ -92,8 +96,8 @@ def plain_pytorch_losses(world: int) -> list[float]:
     opt = torch.optim.AdamW(param_groups(model, 0.2), lr=LR, betas=(0.9, 0.999), eps=1e-8)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_multiplier(s, 2, STEPS, 1e-5 / LR))
     losses = []
-    for batch in global_batches(STEPS, world):
-        loss = model(batch["image"], batch["labels"])
+    for batch in global_batches(STEPS, world * accum):
+        loss = model(batch["image"], batch["labels"])  # batch_mean over all micro-batches of the step
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -116,6 +120,11 @@ def _zero_parity(rank: int, tmp: str) -> dict:
             out["held"] = sum(p.ds_tensor.numel() for p in trainer.engine.module.parameters())
             out["full"] = sum(p.ds_numel for p in trainer.engine.module.parameters())
         trainer.close()
+    cfg = tiny_cfg(Path(tmp) / "accum", 2)
+    cfg.optim.grad_accum = 2
+    trainer = Trainer(cfg, model_fn=tiny_model, train_loader=rank_loader(rank, 2, accum=2))
+    out["accum"] = [e.loss for e in trainer.fit()]
+    trainer.close()
     return out
 
 
@@ -123,11 +132,14 @@ def _zero_parity(rank: int, tmp: str) -> dict:
 @pytest.mark.slow
 def test_zero_1_2_3_match_plain_pytorch_on_two_ranks(tmp_path):
     expected = plain_pytorch_losses(world=2)
+    expected_accum = plain_pytorch_losses(world=2, accum=2)
     results = run_ranks(_zero_parity, world=2, tmp=str(tmp_path))
     for stage in (1, 2, 3):
         got = results[0][stage]["losses"]
         assert got == results[1][stage]["losses"]  # every rank logs the global mean
         np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5, err_msg=f"ZeRO-{stage}")
+    # gradient accumulation: 2 micro-batches per rank and step = one batch of 4 x B
+    np.testing.assert_allclose(results[0]["accum"], expected_accum, rtol=0, atol=1e-5, err_msg="grad_accum 2")
     # ZeRO-3 really partitions: each rank holds about half of the parameters
     held = [r["held"] for r in results]
     full = results[0]["full"]
@@ -149,31 +161,27 @@ def test_zero_1_2_3_match_plain_pytorch_on_two_ranks(tmp_path):
 def _resume(rank: int, tmp: str, stage: int) -> dict:
     from engine.train import Trainer
 
-    n = 8
-    full = Trainer(
-        tiny_cfg(Path(tmp) / "full", stage, steps=n),
-        model_fn=tiny_model,
-        train_loader=rank_loader(rank, 1, 5),
-    )
+    def make(name: str) -> Trainer:
+        cfg = tiny_cfg(Path(tmp) / name, stage, steps=8)
+        cfg.optim.ema_decay = 0.9 if stage < 3 else 0.0  # the EMA is kept for ZeRO 0-2
+        return Trainer(cfg, model_fn=tiny_model, train_loader=rank_loader(rank, 1, 5))
+
+    full = make("full")
     uninterrupted = [e.loss for e in full.fit()]
     full.close()
 
-    first = Trainer(
-        tiny_cfg(Path(tmp) / "split", stage, steps=n),
-        model_fn=tiny_model,
-        train_loader=rank_loader(rank, 1, 5),
-    )
+    first = make("split")
     first.fit(steps=3)  # saves step 3; the 5-batch loader is mid-epoch
     first.close()
-    resumed = Trainer(
-        tiny_cfg(Path(tmp) / "split", stage, steps=n),
-        model_fn=tiny_model,
-        train_loader=rank_loader(rank, 1, 5),
-    )
+    resumed = make("split")
     assert resumed.resume() and resumed.step == 3
     after = [e.loss for e in resumed.fit()]
     resumed.close()
-    return {"uninterrupted": uninterrupted, "resumed": after}
+    same_ema = full.ema is None or all(torch.equal(full.ema[k], resumed.ema[k]) for k in full.ema)
+    ema_lags = full.ema is None or any(
+        not torch.equal(full.ema[k], p.detach().float()) for k, p in full.engine.module.named_parameters()
+    )
+    return {"uninterrupted": uninterrupted, "resumed": after, "same_ema": same_ema, "ema_lags": ema_lags}
 
 
 @pytest.mark.distributed
@@ -181,6 +189,7 @@ def _resume(rank: int, tmp: str, stage: int) -> dict:
 def test_resume_is_exact(tmp_path, stage):
     (result,) = run_ranks(_resume, world=1, tmp=str(tmp_path), stage=stage)
     assert result["resumed"] == result["uninterrupted"][3:]  # bit-exact, fp32 on the CPU
+    assert result["same_ema"] and result["ema_lags"]  # the EMA lags the weights and resumes too
 
 
 def _crash_and_nan(rank: int, tmp: str) -> dict:
