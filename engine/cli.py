@@ -15,7 +15,7 @@ EPILOG = """examples:
   catlip labels --vocab vocab.tsv --captions photos/captions.tsv --out labels.jsonl
   catlip pack --tsv photos/captions.tsv --images photos --vocab vocab.tsv --out shards
   catlip train --config configs/coco_tiny_cpu.yaml --set run.steps=100
-  catlip export runs/coco/train/checkpoints --out model.safetensors
+  catlip export runs/main/train/checkpoints --out model.safetensors
 """
 
 

@@ -254,6 +254,11 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------- loop
     def _batches(self) -> Iterator[dict]:
+        if hasattr(self.train_loader, "__len__") and len(self.train_loader) == 0:
+            raise ConfigError(
+                f"the training shards give rank {self.rank} no full batch of {self.cfg.data.batch_size}: "
+                "lower data.batch_size or use more data"
+            )
         while True:
             yield from self.train_loader
 
