@@ -55,6 +55,7 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 IMAGE_EXT = "jpg;jpeg;png;webp"
 MAX_CONSECUTIVE_FAILURES = 8  # a pipeline that fails this often in a row is not a bad sample
 STATE_VERSION = 1
+MAX_CAPTION_BYTES = 1024  # captions are cut here (CLIP's 77 tokens are ~300 bytes of English)
 
 
 def cuda_device_count() -> int:
@@ -124,17 +125,19 @@ class PipelineSpec:
     num_shards: int
     shuffle_buffer: int
     keys: bool  # return the sample keys with each batch
+    captions: bool = False  # also read the .txt member (contrastive objectives tokenise it)
 
 
 def _build_graph(spec: PipelineSpec, keep_source: Any) -> tuple:
     """The DALI graph (called inside ``pipeline_def``); returns the pipeline outputs."""
     from nvidia.dali import fn, types
 
-    img, lbl = fn.readers.webdataset(
+    components = fn.readers.webdataset(
         paths=list(spec.paths),
         index_paths=list(spec.index_paths) if spec.index_paths else None,
-        ext=[IMAGE_EXT, "lbl"],
-        dtypes=[types.UINT8, types.INT32],  # .lbl is little-endian int32 (x86 and ARM alike)
+        ext=[IMAGE_EXT, "lbl"] + (["txt"] if spec.captions else []),
+        # .lbl is little-endian int32 (x86 and ARM alike); .txt is UTF-8 bytes
+        dtypes=[types.UINT8, types.INT32] + ([types.UINT8] if spec.captions else []),
         missing_component_behavior="skip",
         shard_id=spec.shard_id,
         num_shards=spec.num_shards,
@@ -144,6 +147,7 @@ def _build_graph(spec: PipelineSpec, keep_source: Any) -> tuple:
         stick_to_shard=False,
         name="Reader",
     )
+    img, lbl = components[0], components[1]
     keep = fn.external_source(source=keep_source, batch=True, dtype=types.BOOL)  # (B,) scalars
     # The guard reads 12 head bytes and 2 tail bytes; pad makes both safe on short or empty data.
     head = fn.pad(img[0:12], axes=[0], shape=[12], fill_value=0)
@@ -186,7 +190,12 @@ def _build_graph(spec: PipelineSpec, keep_source: Any) -> tuple:
     )  # (3, h, w) float32
     labels = fn.pad(lbl[0 : spec.max_labels], axes=[0], shape=[spec.max_labels], fill_value=-1)  # (L,)
     count = fn.cast(lbl.shape()[0], dtype=types.INT64)  # () labels before truncation
-    return image, labels, count, valid, img.source_info()  # source_info: "tar:offset:member" bytes
+    outputs = (image, labels, count, valid, img.source_info())  # source_info: "tar:offset:member" bytes
+    if spec.captions:
+        txt = components[2]
+        text = fn.pad(txt[0:MAX_CAPTION_BYTES], axes=[0], shape=[MAX_CAPTION_BYTES], fill_value=0)  # (T,)
+        outputs += (text, fn.cast(txt.shape()[0], dtype=types.INT64))  # bytes before truncation
+    return outputs
 
 
 def _make_pipeline(
@@ -270,6 +279,7 @@ class DaliLoader:
         drop_last: bool,
         shuffle_buffer: int,
         keys: bool,
+        captions: bool = False,
     ) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
@@ -299,6 +309,7 @@ class DaliLoader:
             num_shards=world_size,
             shuffle_buffer=shuffle_buffer,
             keys=keys,
+            captions=captions,
         )
         self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
         self.seed, self.num_threads, self.drop_last = seed, num_threads, drop_last
@@ -386,7 +397,7 @@ class DaliLoader:
         outputs, replayed = self._run()
         real = self._real_in_batch()
         self._pos += 1
-        image, labels, count, valid, source_info = outputs
+        image, labels, count, valid, source_info = outputs[:5]
         if replayed:
             log.warning(
                 "the replayed batch held: %s", ", ".join(_sample_key(np.array(s)) for s in source_info)
@@ -412,6 +423,12 @@ class DaliLoader:
         batch["valid"] = valid_t  # (B,)
         if self.spec.keys:
             batch["key"] = [_sample_key(np.array(s)) for s in source_info]
+        if self.spec.captions:
+            text = _to_torch(outputs[5], torch.uint8, cpu).numpy()  # (B, MAX_CAPTION_BYTES)
+            lengths = _to_torch(outputs[6], torch.int64, cpu).clamp(max=MAX_CAPTION_BYTES).tolist()
+            batch["caption"] = [
+                bytes(row[:n]).decode("utf-8", "replace") for row, n in zip(text, lengths, strict=True)
+            ]
         return batch
 
     def _finish_epoch(self) -> None:
@@ -516,13 +533,15 @@ def make_loader(
     drop_last: bool | None = None,
     shuffle_buffer: int = 1024,
     keys: bool = False,
+    captions: bool = False,
 ) -> DaliLoader:
     """A DALI loader over packed shards (a folder with ``dataset.json``, or tar paths) for one rank.
 
     ``device`` "auto" decodes on the GPU ("mixed") where one is visible, else on the CPU;
     ``device_id`` defaults to the current CUDA device. ``drop_last`` defaults to ``train``.
     ``shuffle_buffer`` is DALI's ``initial_fill``: samples held for the local shuffle (raw bytes,
-    ~150 kB each for COCO-sized JPEGs). ``keys=True`` adds each sample's key to the batches."""
+    ~150 kB each for COCO-sized JPEGs). ``keys=True`` adds each sample's key to the batches;
+    ``captions=True`` adds the ``.txt`` captions (``caption``: list of B strings)."""
     return DaliLoader(
         resolve_shards(shards),
         batch_size,
@@ -542,4 +561,5 @@ def make_loader(
         drop_last=train if drop_last is None else drop_last,
         shuffle_buffer=shuffle_buffer,
         keys=keys,
+        captions=captions,
     )

@@ -249,3 +249,15 @@ def test_mixed_decoding_matches_cpu_and_resumes(packed_photos: Path) -> None:
     for a, b in zip(take(resumed, 3), expected, strict=True):
         assert a["key"] == b["key"]
         torch.testing.assert_close(a["image"], b["image"], atol=1e-2, rtol=0)
+
+
+def test_captions_come_with_their_images(packed_photos: Path) -> None:
+    samples = read_all(packed_photos)
+    loader = cpu_loader(
+        some_shards(packed_photos, 1), 16, train=False, keys=True, captions=True, image_size=16
+    )
+    batch = next(iter(loader))
+    assert len(batch["caption"]) == 16
+    for key, caption, ok in zip(batch["key"], batch["caption"], batch["valid"].tolist(), strict=True):
+        if ok:
+            assert caption.encode() == samples[key]["txt"]

@@ -1,0 +1,173 @@
+"""Fused multi-head attention for ViT shapes (non-causal, no dropout): softmax(scale * Q K^T) V.
+
+The op in four layers, top to bottom:
+  * kernels/flash_attention_fwd.py: the forward kernel (FA2 online softmax, fp32 statistics,
+    log-sum-exp saved), its launcher, and the block shapes shared with the backward;
+  * kernels/flash_attention_bwd.py: the backward (Delta preprocess, dK/dV kernel, dQ kernel);
+  * this file: the autograd Functions, the public aliases and the `impl` dispatcher;
+  * `attention_reference`: the plain-PyTorch math every test and benchmark compares against.
+
+Layouts (no copies for the ViT):
+  * `flash_attention(q, k, v)`: q (B, H, S_q, D), k and v (B, H, S_k, D) with any strides whose
+    last is 1 (e.g. `qkv.permute(2, 0, 3, 1, 4).unbind(0)` of a (B, S, 3, H, D) buffer); returns
+    (B, H, S_q, D) whose memory is (B, S_q, H, D), so `out.transpose(1, 2).reshape(B, S, H * D)`
+    is a view. Gradients come back in the same (B, S, H, D) memory layout.
+  * `flash_attention_qkv(qkv)`: the packed (B, S, 3, H, D) tensor as one autograd input and
+    (B, S, H, D) out. Its backward writes dq, dk, dv straight into one (B, S, 3, H, D) buffer,
+    which saves the stack + copy that autograd does for `unbind` of three separate gradients.
+
+FLOPs (counted the usual way, for TFLOP/s): forward 4 * B * H * S_q * S_k * D, backward 2.5x that
+(the kernels do 3.5x: dQ and dK/dV recompute the scores in separate kernels, see the backward's
+docstring). Limits: fp16, bf16, fp32; D <= 256; any S >= 1; CUDA tensors, or CPU tensors under
+TRITON_INTERPRET=1 (tests). `impl="sdpa"` and `impl="math"` run anywhere.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from kernels.flash_attention_bwd import attention_bwd
+from kernels.flash_attention_fwd import attention_fwd, empty_bshd
+
+ATTN_IMPLS = ("triton", "sdpa", "math")
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+@dataclass(frozen=True)
+class AttentionParams:
+    """Non-tensor arguments of the autograd Functions."""
+
+    scale: float
+
+
+def resolve_scale(scale: float | None, head_dim: int) -> float:
+    return 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
+
+
+def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError(f"q, k, v must be (B, H, S, D); got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    b, h, _, d = q.shape
+    if k.shape != v.shape or k.shape[:2] != (b, h) or k.shape[3] != d:
+        raise ValueError(
+            f"k and v must be (B, H, S_k, D) with q's B, H, D; got q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
+        )
+    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in DTYPES:
+        raise TypeError(f"q, k, v must share one dtype of {DTYPES}; got {q.dtype}, {k.dtype}, {v.dtype}")
+    if not 1 <= d <= 256:
+        raise ValueError(f"head dim must be in [1, 256], got {d}")
+    if not q.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        raise RuntimeError(
+            "impl='triton' needs CUDA tensors (or TRITON_INTERPRET=1 for the CPU interpreter); "
+            "use impl='sdpa' or impl='math' on the CPU"
+        )
+
+
+class FlashAttention(torch.autograd.Function):
+    """q, k, v (B, H, S, D) -> o (B, H, S_q, D) with (B, S_q, H, D) memory."""
+
+    @staticmethod
+    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: AttentionParams) -> torch.Tensor:
+        o, lse = attention_fwd(q, k, v, params.scale)
+        ctx.save_for_backward(q, k, v, o, lse)
+        ctx.params = params
+        return o
+
+    @staticmethod
+    def backward(ctx, do: torch.Tensor):
+        q, k, v, o, lse = ctx.saved_tensors
+        b, h, s_q, d = q.shape
+        s_k = k.shape[2]
+        dq = empty_bshd(b, h, s_q, d, q)
+        dk = empty_bshd(b, h, s_k, d, k)
+        dv = empty_bshd(b, h, s_k, d, v)
+        attention_bwd(do, q, k, v, o, lse, ctx.params.scale, dq, dk, dv)
+        return dq, dk, dv, None
+
+
+def _unpack(qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(B, S, 3, H, D) -> three (B, H, S, D) views."""
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+    return q, k, v
+
+
+class FlashAttentionQKV(torch.autograd.Function):
+    """qkv (B, S, 3, H, D) -> o (B, S, H, D); d(qkv) written by the kernels into one buffer."""
+
+    @staticmethod
+    def forward(ctx, qkv: torch.Tensor, params: AttentionParams) -> torch.Tensor:
+        b, s, _, h, d = qkv.shape
+        out = torch.empty(b, s, h, d, dtype=qkv.dtype, device=qkv.device)  # (B, S, H, D)
+        q, k, v = _unpack(qkv)
+        _, lse = attention_fwd(q, k, v, params.scale, out=out.transpose(1, 2))
+        ctx.save_for_backward(qkv, out, lse)
+        ctx.params = params
+        return out
+
+    @staticmethod
+    def backward(ctx, dout: torch.Tensor):
+        qkv, out, lse = ctx.saved_tensors
+        dqkv = torch.empty_like(qkv, memory_format=torch.contiguous_format)  # (B, S, 3, H, D)
+        q, k, v = _unpack(qkv)
+        dq, dk, dv = _unpack(dqkv)
+        attention_bwd(dout.transpose(1, 2), q, k, v, out.transpose(1, 2), lse, ctx.params.scale, dq, dk, dv)
+        return dqkv, None
+
+
+def flash_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None
+) -> torch.Tensor:
+    """softmax(scale * q k^T) v with the Triton kernels; q (B, H, S_q, D), k, v (B, H, S_k, D)."""
+    _check(q, k, v)
+    return FlashAttention.apply(q, k, v, AttentionParams(resolve_scale(scale, q.shape[-1])))
+
+
+def flash_attention_qkv(qkv: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+    """Packed self-attention: qkv (B, S, 3, H, D) -> (B, S, H, D), Triton kernels."""
+    if qkv.dim() != 5 or qkv.shape[2] != 3:
+        raise ValueError(f"qkv must be (B, S, 3, H, D), got shape {tuple(qkv.shape)}")
+    _check(*_unpack(qkv))
+    return FlashAttentionQKV.apply(qkv, AttentionParams(resolve_scale(scale, qkv.shape[-1])))
+
+
+# --------------------------------------------------------------------------------------------------
+# Reference and dispatcher
+# --------------------------------------------------------------------------------------------------
+def attention_reference(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None
+) -> torch.Tensor:
+    """The math, in fp32 (fp64 for fp64 inputs), cast back: materialises (B, H, S_q, S_k) scores."""
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    scores = (q.to(acc) @ k.to(acc).transpose(-2, -1)) * resolve_scale(scale, q.shape[-1])  # (B, H, S_q, S_k)
+    return (scores.softmax(dim=-1) @ v.to(acc)).to(q.dtype)
+
+
+def attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float | None = None, impl: str = "triton"
+) -> torch.Tensor:
+    """(B, H, S_q, D) attention through `impl`: "triton" (this op), "sdpa" (PyTorch's fused
+    backends), "math" (attention_reference)."""
+    if impl == "triton":
+        return flash_attention(q, k, v, scale)
+    if impl == "sdpa":
+        return F.scaled_dot_product_attention(q, k, v, scale=scale)
+    if impl == "math":
+        return attention_reference(q, k, v, scale)
+    raise ValueError(f"impl must be one of {ATTN_IMPLS}, got {impl!r}")
+
+
+def attention_qkv(qkv: torch.Tensor, *, scale: float | None = None, impl: str = "triton") -> torch.Tensor:
+    """Packed self-attention for the ViT: qkv (B, S, 3, H, D) -> (B, S, H, D) through `impl`.
+
+    With impl="triton" nothing is copied in either direction; "sdpa" and "math" permute to
+    (B, H, S, D) views and transpose back (the reshape to (B, S, H * D) then copies).
+    """
+    if impl == "triton":
+        return flash_attention_qkv(qkv, scale)
+    q, k, v = _unpack(qkv)
+    return attention(q, k, v, scale=scale, impl=impl).transpose(1, 2)
