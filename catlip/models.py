@@ -2,7 +2,8 @@
 
 Pure PyTorch: no DeepSpeed, DALI or compile wrapping here (that lives in engine/). Attention goes
 through a backend switch (``attn_impl``): "sdpa" (torch.nn.functional.scaled_dot_product_attention),
-"math" (explicit softmax, the numerical reference); the Triton kernel joins later.
+"math" (explicit softmax, the numerical reference), "triton" (kernels.flash_attention, reading the
+packed qkv buffer without copies).
 
 Presets (``VIT_PRESETS``):
   vit_tiny   64 px, patch 8, width 96, 4 layers, 3 heads: a CPU demo/test model (65 tokens)
@@ -25,7 +26,7 @@ from torch.utils.checkpoint import checkpoint
 
 from kernels.reference import linear_bce_reference
 
-ATTN_IMPLS = ("sdpa", "math")
+ATTN_IMPLS = ("sdpa", "math", "triton")
 LOSS_IMPLS = ("torch", "triton")
 
 
@@ -84,12 +85,18 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, s, w = x.shape
         qkv = self.qkv(x).view(b, s, 3, self.heads, w // self.heads)  # (B, S, 3, H, Dh)
+        if self.attn_impl == "triton":
+            from kernels.flash_attention import attention_qkv
+
+            # reads q, k, v straight from the packed buffer and writes (B, S, H, Dh): no copies
+            return self.proj(attention_qkv(qkv, impl="triton").reshape(b, s, w))
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, S, Dh)
         if self.attn_impl == "sdpa":
             out = F.scaled_dot_product_attention(q, k, v)
         elif self.attn_impl == "math":
-            scores = (q.float() @ k.float().transpose(-2, -1)) / math.sqrt(q.size(-1))  # (B, H, S, S)
-            out = (scores.softmax(dim=-1) @ v.float()).to(q.dtype)
+            acc = torch.promote_types(q.dtype, torch.float32)  # at least fp32 statistics; fp64 stays fp64
+            scores = (q.to(acc) @ k.to(acc).transpose(-2, -1)) / math.sqrt(q.size(-1))  # (B, H, S, S)
+            out = (scores.softmax(dim=-1) @ v.to(acc)).to(q.dtype)
         else:
             raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}, got {self.attn_impl!r}")
         return self.proj(out.transpose(1, 2).reshape(b, s, w))

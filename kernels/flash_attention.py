@@ -3,7 +3,8 @@
 The op in four layers, top to bottom:
   * kernels/flash_attention_fwd.py: the forward kernel (FA2 online softmax, fp32 statistics,
     log-sum-exp saved), its launcher, and the block shapes shared with the backward;
-  * kernels/flash_attention_bwd.py: the backward (Delta preprocess, dK/dV kernel, dQ kernel);
+  * kernels/flash_attention_bwd.py: the backward (a dQ kernel that also computes Delta, then a
+    dK/dV kernel; deterministic, no atomics);
   * this file: the autograd Functions, the public aliases and the `impl` dispatcher;
   * `attention_reference`: the plain-PyTorch math every test and benchmark compares against.
 
@@ -40,7 +41,10 @@ DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 @dataclass(frozen=True)
 class AttentionParams:
-    """Non-tensor arguments of the autograd Functions."""
+    """Non-tensor arguments of the autograd Functions.
+
+    scale: multiplies Q K^T (1 / sqrt(D) by default).
+    """
 
     scale: float
 
@@ -51,7 +55,9 @@ def resolve_scale(scale: float | None, head_dim: int) -> float:
 
 def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-        raise ValueError(f"q, k, v must be (B, H, S, D); got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+        raise ValueError(
+            f"q, k, v must be (B, H, S, D); got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
     b, h, _, d = q.shape
     if k.shape != v.shape or k.shape[:2] != (b, h) or k.shape[3] != d:
         raise ValueError(
@@ -72,7 +78,9 @@ class FlashAttention(torch.autograd.Function):
     """q, k, v (B, H, S, D) -> o (B, H, S_q, D) with (B, S_q, H, D) memory."""
 
     @staticmethod
-    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: AttentionParams) -> torch.Tensor:
+    def forward(
+        ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: AttentionParams
+    ) -> torch.Tensor:
         o, lse = attention_fwd(q, k, v, params.scale)
         ctx.save_for_backward(q, k, v, o, lse)
         ctx.params = params
@@ -115,7 +123,8 @@ class FlashAttentionQKV(torch.autograd.Function):
         dqkv = torch.empty_like(qkv, memory_format=torch.contiguous_format)  # (B, S, 3, H, D)
         q, k, v = _unpack(qkv)
         dq, dk, dv = _unpack(dqkv)
-        attention_bwd(dout.transpose(1, 2), q, k, v, out.transpose(1, 2), lse, ctx.params.scale, dq, dk, dv)
+        p = ctx.params
+        attention_bwd(dout.transpose(1, 2), q, k, v, out.transpose(1, 2), lse, p.scale, dq, dk, dv)
         return dqkv, None
 
 

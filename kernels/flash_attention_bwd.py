@@ -5,23 +5,24 @@ With S = scale * Q K^T, P = softmax(S) = exp(S - lse) recomputed tile by tile (n
     dS = P * (dP - Delta)       Delta_i = sum_d dO_id O_id  (= rowsum(P * dP), FA2's preprocess)
     dQ = scale * dS K           dK = scale * dS^T Q
 
-Three launches, deterministic (no atomics):
-  1. _bwd_preprocess: Delta (B, H, S_q) fp32, one read of O and dO.
-  2. _bwd_dkdv: one program per (key block, batch x head) holds K, V and fp32 dK, dV accumulators
-     and streams Q, dO, lse, Delta tiles past them: 4 products per tile pair (S^T, dP^T, dV, dK).
-  3. _bwd_dq: one program per (query block, batch x head) holds Q, dO and an fp32 dQ accumulator
-     and streams K, V: 3 products per tile pair (S, dP, dQ).
+Two launches, deterministic (no atomics):
+  1. _bwd_dq_kernel: one program per (query block, batch x head) loads Q, dO and O once, computes
+     and stores Delta for its rows (FA2's separate preprocess pass, folded in: it saves a read of
+     dO and a launch), then streams K, V tiles: 3 products per tile pair (S, dP, dQ).
+  2. _bwd_dkdv_kernel: one program per (key block, batch x head) holds K, V and fp32 dK, dV
+     accumulators and streams Q, dO, lse, Delta tiles: 4 products per tile pair (S^T, dP^T, dV, dK).
 That is 7 products of 2 * S_q * S_k * D FLOPs, 3.5x the forward's 2, where FA2's single kernel
-with fp32 atomics on dQ does 5 (2.5x). The price buys: no fp32 dQ buffer and conversion pass, no
-atomic traffic through L2 (cdiv(S_k, BLOCK_N) read-modify-writes of every dQ element), and
-bit-for-bit reproducible gradients, which the trainer's exact-resume tests rely on. Predicted cost
-of the choice at ViT shapes, and the measurement that would overturn it: perf/notes_attention.md.
+with fp32 atomics on dQ does 5 (2.5x). The price buys less traffic (no fp32 dQ buffer to zero,
+accumulate through L2 and convert: 12 passes over (S, D) tensors per head against FA2's ~15) and
+bit-for-bit reproducible gradients (atomics add in arrival order, so two runs of the trainer,
+which resumes bit-exactly, would differ in the last bits). Predicted cost of the choice at ViT
+shapes, and the measurement that would overturn it: perf/notes_attention.md.
 
 Work and traffic per (batch, head), elt = bytes per element:
     FLOPs  14 * S_q * S_k * D, plus 2 * S_q * S_k exp2
-    bytes  HBM: q, k, v, o, dO read and dq, dk, dv written (5 S_q + 3 S_k ... ) * D * elt
-           + 12 * S_q (lse, Delta); Q, dO re-read from L2 by each key block, K, V by each query
-           block.
+    bytes  HBM: q, dO, k, v read by each kernel, o by the dQ kernel; dq, dk, dv written once;
+           lse, Delta 4 bytes per row: 12 passes over (S, D) tensors per head, 939 MB at
+           ViT-B/16 (B 256), 218 us at 4.3 TB/s. Re-reads of streamed tiles come from L2.
 
 The head-dim split (D = BLOCK_D0 + BLOCK_D1) and the masked tail steps are the forward's (see
 kernels/flash_attention_fwd.py); every product over D is two dots, every product whose output
@@ -48,47 +49,25 @@ from kernels.flash_attention_fwd import (
     tail_block,
 )
 
-# Pinned by padded head width (BLOCK_D0 + BLOCK_D1). BLOCK_M is the streamed dimension of
-# _bwd_dkdv and the held one of _bwd_dq (and BLOCK_N the other way round); 64 x 64 keeps the
-# tails of S = 197 / 257 to one 16-wide step. Not yet measured on a GPU.
+# Pinned by padded head width (BLOCK_D0 + BLOCK_D1). BLOCK_M is the held dimension of _bwd_dq
+# and the streamed one of _bwd_dkdv (BLOCK_N the other way round). Registers as compiled for
+# sm_90a (bf16, no spills) are in perf/notes_attention.md. Not yet timed on a GPU.
 DKDV_CONFIGS = {
     64: BlockConfig(64, 64, 4, 2),
+    96: BlockConfig(64, 64, 4, 2),
     128: BlockConfig(64, 64, 8, 2),
     256: BlockConfig(32, 64, 8, 1),
 }
 DQ_CONFIGS = {
     64: BlockConfig(64, 64, 4, 2),
+    96: BlockConfig(64, 64, 4, 2),
     128: BlockConfig(64, 64, 8, 2),
     256: BlockConfig(64, 32, 8, 1),
 }
-PRE_BLOCK_M = 64
 
 
 # --------------------------------------------------------------------------------------------------
-# 1. Delta = rowsum(dO * O)
-# --------------------------------------------------------------------------------------------------
-@triton.jit
-def _bwd_preprocess(
-    O, DO, DELTA,
-    stride_ob, stride_oh, stride_om,
-    stride_dob, stride_doh, stride_dom,
-    H, S_Q,
-    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
-):  # fmt: skip
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    off_b = (pid_bh // H).to(tl.int64)
-    off_h = (pid_bh % H).to(tl.int64)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    o = _load_tile(O + off_b * stride_ob + off_h * stride_oh, offs_m, offs_d, stride_om, S_Q, HEAD_DIM, True, True)
-    do = _load_tile(DO + off_b * stride_dob + off_h * stride_doh, offs_m, offs_d, stride_dom, S_Q, HEAD_DIM, True, True)
-    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)  # fp32: D products of O(1) terms
-    tl.store(DELTA + pid_bh.to(tl.int64) * S_Q + offs_m, delta, mask=offs_m < S_Q)
-
-
-# --------------------------------------------------------------------------------------------------
-# 2. dK, dV: one key block per program, query tiles streamed
+# 2. dK, dV: one key block per program, query tiles streamed (launched second)
 # --------------------------------------------------------------------------------------------------
 @triton.jit
 def _dkdv_step(
@@ -117,6 +96,8 @@ def _dkdv_step(
         do1 = _load_tile(DO, offs_m, offs_d1, stride_dom, S_Q, HEAD_DIM, MASK_M, MASK_D1)
         qkT = tl.dot(k1, tl.trans(q1), qkT, input_precision=PRECISION)
         dpT = tl.dot(v1, tl.trans(do1), dpT, input_precision=PRECISION)
+    # Keys past S_K (a partial key block) load as 0, so their P^T = exp2(-lse) may even be inf:
+    # harmless, as row n of dK and dV depends on row n of P^T alone and those rows are not stored.
     pT = tl.math.exp2(qkT * qk_scale - (lse * 1.4426950408889634)[None, :])
     dv0 = tl.dot(pT.to(do0.dtype), do0, dv0, input_precision=PRECISION)
     # dS^T in fp32, rounded to the input dtype only as a dot operand (as FlashAttention does).
@@ -128,19 +109,45 @@ def _dkdv_step(
     return dk0, dk1, dv0, dv1
 
 
-@triton.jit
-def _dkdv_tile(
+@triton.heuristics(
+    {
+        "MASK_N": lambda a: a["S_K"] % a["BLOCK_N"] != 0,  # the last key block is partial
+        "BLOCK_M_TAIL": lambda a: tail_block(a["S_Q"], a["BLOCK_M"]),
+    }
+)
+@triton.heuristics(HEAD_DIM_HEURISTICS)
+@triton.jit(do_not_specialize=["H", "S_Q", "S_K"])
+def _bwd_dkdv_kernel(
     Q, K, V, DO, DK, DV, LSE, DELTA,
-    stride_qm, stride_kn, stride_vn, stride_dom, stride_dkn, stride_dvn,
-    start_n, S_Q, S_K, qk_scale, scale,
-    BLOCK_N: tl.constexpr, MASK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_M_TAIL: tl.constexpr,
-    HEAD_DIM: tl.constexpr, BLOCK_D0: tl.constexpr, BLOCK_D1: tl.constexpr, HAS_D1: tl.constexpr,
-    MASK_D0: tl.constexpr, MASK_D1: tl.constexpr, PRECISION: tl.constexpr,
+    stride_qb, stride_qh, stride_qm,
+    stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vn,
+    stride_dob, stride_doh, stride_dom,
+    stride_dkb, stride_dkh, stride_dkn,
+    stride_dvb, stride_dvh, stride_dvn,
+    H, S_Q, S_K, qk_scale, scale,
+    HEAD_DIM: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    MASK_N: tl.constexpr, BLOCK_M_TAIL: tl.constexpr,
+    BLOCK_D0: tl.constexpr, BLOCK_D1: tl.constexpr, HAS_D1: tl.constexpr,
+    MASK_D0: tl.constexpr, MASK_D1: tl.constexpr,
 ):  # fmt: skip
-    offs_n = start_n + tl.arange(0, BLOCK_N)
+    # Grid (cdiv(S_K, BLOCK_N), B * H); MASK_N: keys past S_K load as 0 and are not stored.
+    pid_n = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    off_b = (pid_bh // H).to(tl.int64)
+    off_h = (pid_bh % H).to(tl.int64)
+    Q += off_b * stride_qb + off_h * stride_qh
+    K += off_b * stride_kb + off_h * stride_kh
+    V += off_b * stride_vb + off_h * stride_vh
+    DO += off_b * stride_dob + off_h * stride_doh
+    DK += off_b * stride_dkb + off_h * stride_dkh
+    DV += off_b * stride_dvb + off_h * stride_dvh
+    LSE += pid_bh.to(tl.int64) * S_Q
+    DELTA += pid_bh.to(tl.int64) * S_Q
+
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d0 = tl.arange(0, BLOCK_D0)
     offs_d1 = BLOCK_D0 + tl.arange(0, BLOCK_D1)
-    # Keys past S_K load as 0; their rows of dK, dV are computed and never stored.
     k0 = _load_tile(K, offs_n, offs_d0, stride_kn, S_K, HEAD_DIM, MASK_N, MASK_D0)
     v0 = _load_tile(V, offs_n, offs_d0, stride_vn, S_K, HEAD_DIM, MASK_N, MASK_D0)
     k1 = k0  # placeholders when HAS_D1 is False (never used)
@@ -159,7 +166,7 @@ def _dkdv_tile(
             dk0, dk1, dv0, dv1, k0, k1, v0, v1, Q, DO, LSE, DELTA, stride_qm, stride_dom, start_m, S_Q, qk_scale,
             BLOCK_M, False, HEAD_DIM, BLOCK_D0, BLOCK_D1, HAS_D1, MASK_D0, MASK_D1, PRECISION,
         )  # fmt: skip
-    if BLOCK_M_TAIL > 0:
+    if BLOCK_M_TAIL > 0:  # the last S_Q % BLOCK_M queries: one masked step
         dk0, dk1, dv0, dv1 = _dkdv_step(
             dk0, dk1, dv0, dv1, k0, k1, v0, v1, Q, DO, LSE, DELTA, stride_qm, stride_dom, m_full, S_Q, qk_scale,
             BLOCK_M_TAIL, True, HEAD_DIM, BLOCK_D0, BLOCK_D1, HAS_D1, MASK_D0, MASK_D1, PRECISION,
@@ -172,65 +179,8 @@ def _dkdv_tile(
         _store_tile(DK, dk1 * scale, offs_n, offs_d1, stride_dkn, S_K, HEAD_DIM, MASK_N, MASK_D1)
 
 
-@triton.heuristics(
-    {
-        "BLOCK_M_TAIL": lambda a: tail_block(a["S_Q"], a["BLOCK_M"]),
-        "BLOCK_N_TAIL": lambda a: tail_block(a["S_K"], a["BLOCK_N"]),
-    }
-)
-@triton.heuristics(HEAD_DIM_HEURISTICS)
-@triton.jit
-def _bwd_dkdv_kernel(
-    Q, K, V, DO, DK, DV, LSE, DELTA,
-    stride_qb, stride_qh, stride_qm,
-    stride_kb, stride_kh, stride_kn,
-    stride_vb, stride_vh, stride_vn,
-    stride_dob, stride_doh, stride_dom,
-    stride_dkb, stride_dkh, stride_dkn,
-    stride_dvb, stride_dvh, stride_dvn,
-    H, S_Q, S_K, qk_scale, scale,
-    HEAD_DIM: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_M_TAIL: tl.constexpr, BLOCK_N_TAIL: tl.constexpr,
-    BLOCK_D0: tl.constexpr, BLOCK_D1: tl.constexpr, HAS_D1: tl.constexpr,
-    MASK_D0: tl.constexpr, MASK_D1: tl.constexpr,
-):  # fmt: skip
-    # Grid (cdiv(S_K, BLOCK_N), B * H).
-    pid_n = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    off_b = (pid_bh // H).to(tl.int64)
-    off_h = (pid_bh % H).to(tl.int64)
-    Q += off_b * stride_qb + off_h * stride_qh
-    K += off_b * stride_kb + off_h * stride_kh
-    V += off_b * stride_vb + off_h * stride_vh
-    DO += off_b * stride_dob + off_h * stride_doh
-    DK += off_b * stride_dkb + off_h * stride_dkh
-    DV += off_b * stride_dvb + off_h * stride_dvh
-    LSE += pid_bh.to(tl.int64) * S_Q
-    DELTA += pid_bh.to(tl.int64) * S_Q
-    start_n = pid_n * BLOCK_N
-    if BLOCK_N_TAIL > 0:
-        if start_n + BLOCK_N > S_K:  # the last, partial key block: a narrower tile
-            _dkdv_tile(
-                Q, K, V, DO, DK, DV, LSE, DELTA, stride_qm, stride_kn, stride_vn, stride_dom, stride_dkn, stride_dvn,
-                start_n, S_Q, S_K, qk_scale, scale, BLOCK_N_TAIL, True, BLOCK_M, BLOCK_M_TAIL,
-                HEAD_DIM, BLOCK_D0, BLOCK_D1, HAS_D1, MASK_D0, MASK_D1, PRECISION,
-            )  # fmt: skip
-        else:
-            _dkdv_tile(
-                Q, K, V, DO, DK, DV, LSE, DELTA, stride_qm, stride_kn, stride_vn, stride_dom, stride_dkn, stride_dvn,
-                start_n, S_Q, S_K, qk_scale, scale, BLOCK_N, False, BLOCK_M, BLOCK_M_TAIL,
-                HEAD_DIM, BLOCK_D0, BLOCK_D1, HAS_D1, MASK_D0, MASK_D1, PRECISION,
-            )  # fmt: skip
-    else:
-        _dkdv_tile(
-            Q, K, V, DO, DK, DV, LSE, DELTA, stride_qm, stride_kn, stride_vn, stride_dom, stride_dkn, stride_dvn,
-            start_n, S_Q, S_K, qk_scale, scale, BLOCK_N, False, BLOCK_M, BLOCK_M_TAIL,
-            HEAD_DIM, BLOCK_D0, BLOCK_D1, HAS_D1, MASK_D0, MASK_D1, PRECISION,
-        )  # fmt: skip
-
-
 # --------------------------------------------------------------------------------------------------
-# 3. dQ: one query block per program, key tiles streamed
+# 1. dQ and Delta: one query block per program, key tiles streamed (launched first)
 # --------------------------------------------------------------------------------------------------
 @triton.jit
 def _dq_step(
@@ -252,7 +202,7 @@ def _dq_step(
         qk = tl.dot(q1, tl.trans(k1), qk, input_precision=PRECISION)
         dp = tl.dot(do1, tl.trans(v1), dp, input_precision=PRECISION)
     p = tl.math.exp2(qk * qk_scale - lse2[:, None])
-    if MASK_N:  # keys past S_K load as 0 (so dS K adds 0 there); zero P too, for clarity of dS
+    if MASK_N:  # keys past S_K load as 0, but exp2(0 - lse) can overflow to inf, and inf * 0 = NaN
         p = tl.where(offs_n[None, :] < S_K, p, 0.0)
     ds = p * (dp - delta[:, None])
     dq0 = tl.dot(ds.to(k0.dtype), k0, dq0, input_precision=PRECISION)
@@ -261,32 +211,67 @@ def _dq_step(
     return dq0, dq1
 
 
-@triton.jit
-def _dq_tile(
-    Q, K, V, DO, DQ, LSE, DELTA,
-    stride_qm, stride_kn, stride_vn, stride_dom, stride_dqm,
-    start_m, S_Q, S_K, qk_scale, scale,
-    BLOCK_M: tl.constexpr, MASK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_N_TAIL: tl.constexpr,
-    HEAD_DIM: tl.constexpr, BLOCK_D0: tl.constexpr, BLOCK_D1: tl.constexpr, HAS_D1: tl.constexpr,
-    MASK_D0: tl.constexpr, MASK_D1: tl.constexpr, PRECISION: tl.constexpr,
+@triton.heuristics(
+    {
+        "MASK_M": lambda a: a["S_Q"] % a["BLOCK_M"] != 0,  # the last query block is partial
+        "BLOCK_N_TAIL": lambda a: tail_block(a["S_K"], a["BLOCK_N"]),
+        "BLOCK_D": lambda a: triton.next_power_of_2(max(a["HEAD_DIM"], 16)),
+    }
+)
+@triton.heuristics(HEAD_DIM_HEURISTICS)
+@triton.jit(do_not_specialize=["H", "S_Q", "S_K"])
+def _bwd_dq_kernel(
+    Q, K, V, Out, DO, DQ, LSE, DELTA,
+    stride_qb, stride_qh, stride_qm,
+    stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vn,
+    stride_ob, stride_oh, stride_om,
+    stride_dob, stride_doh, stride_dom,
+    stride_dqb, stride_dqh, stride_dqm,
+    H, S_Q, S_K, qk_scale, scale,
+    HEAD_DIM: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    MASK_M: tl.constexpr, BLOCK_N_TAIL: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_D0: tl.constexpr, BLOCK_D1: tl.constexpr, HAS_D1: tl.constexpr,
+    MASK_D0: tl.constexpr, MASK_D1: tl.constexpr,
 ):  # fmt: skip
-    offs_m = start_m + tl.arange(0, BLOCK_M)
+    # Grid (cdiv(S_Q, BLOCK_M), B * H); MASK_M: rows past S_Q load as 0 and are not stored.
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    off_b = (pid_bh // H).to(tl.int64)
+    off_h = (pid_bh % H).to(tl.int64)
+    Q += off_b * stride_qb + off_h * stride_qh
+    K += off_b * stride_kb + off_h * stride_kh
+    V += off_b * stride_vb + off_h * stride_vh
+    Out += off_b * stride_ob + off_h * stride_oh
+    DO += off_b * stride_dob + off_h * stride_doh
+    DQ += off_b * stride_dqb + off_h * stride_dqh
+    LSE += pid_bh.to(tl.int64) * S_Q
+    DELTA += pid_bh.to(tl.int64) * S_Q
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    # Delta = rowsum(dO * O) in fp32, stored for _bwd_dkdv_kernel (launched after this kernel).
+    # One (BLOCK_M, next_pow2(D)) tile each: O is read here only, once.
+    offs_d = tl.arange(0, BLOCK_D)
+    o = _load_tile(Out, offs_m, offs_d, stride_om, S_Q, HEAD_DIM, MASK_M, BLOCK_D != HEAD_DIM)
+    do = _load_tile(DO, offs_m, offs_d, stride_dom, S_Q, HEAD_DIM, MASK_M, BLOCK_D != HEAD_DIM)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    if MASK_M:
+        tl.store(DELTA + offs_m, delta, mask=offs_m < S_Q)
+        lse = tl.load(LSE + offs_m, mask=offs_m < S_Q, other=0.0)  # finite placeholders
+    else:
+        tl.store(DELTA + offs_m, delta)
+        lse = tl.load(LSE + offs_m)
+    lse2 = lse * 1.4426950408889634  # natural log -> log2 units of the scaled scores
+
     offs_d0 = tl.arange(0, BLOCK_D0)
     offs_d1 = BLOCK_D0 + tl.arange(0, BLOCK_D1)
     q0 = _load_tile(Q, offs_m, offs_d0, stride_qm, S_Q, HEAD_DIM, MASK_M, MASK_D0)
-    do0 = _load_tile(DO, offs_m, offs_d0, stride_dom, S_Q, HEAD_DIM, MASK_M, MASK_D0)
+    do0 = _load_tile(DO, offs_m, offs_d0, stride_dom, S_Q, HEAD_DIM, MASK_M, MASK_D0)  # (L1/L2 hit)
     q1 = q0  # placeholders when HAS_D1 is False (never used)
     do1 = do0
     if HAS_D1:
         q1 = _load_tile(Q, offs_m, offs_d1, stride_qm, S_Q, HEAD_DIM, MASK_M, MASK_D1)
         do1 = _load_tile(DO, offs_m, offs_d1, stride_dom, S_Q, HEAD_DIM, MASK_M, MASK_D1)
-    if MASK_M:  # rows past S_Q: finite placeholders, never stored
-        lse = tl.load(LSE + offs_m, mask=offs_m < S_Q, other=0.0)
-        delta = tl.load(DELTA + offs_m, mask=offs_m < S_Q, other=0.0)
-    else:
-        lse = tl.load(LSE + offs_m)
-        delta = tl.load(DELTA + offs_m)
-    lse2 = lse * 1.4426950408889634  # natural log -> log2 units of the scaled scores
     dq0 = tl.zeros([BLOCK_M, BLOCK_D0], dtype=tl.float32)
     dq1 = tl.zeros([BLOCK_M, BLOCK_D1], dtype=tl.float32)  # untouched (folded away) without D1
 
@@ -296,7 +281,7 @@ def _dq_tile(
             dq0, dq1, q0, q1, do0, do1, lse2, delta, K, V, stride_kn, stride_vn, start_n, S_K, qk_scale,
             BLOCK_N, False, HEAD_DIM, BLOCK_D0, BLOCK_D1, HAS_D1, MASK_D0, MASK_D1, PRECISION,
         )  # fmt: skip
-    if BLOCK_N_TAIL > 0:
+    if BLOCK_N_TAIL > 0:  # the last S_K % BLOCK_N keys: one masked step
         dq0, dq1 = _dq_step(
             dq0, dq1, q0, q1, do0, do1, lse2, delta, K, V, stride_kn, stride_vn, n_full, S_K, qk_scale,
             BLOCK_N_TAIL, True, HEAD_DIM, BLOCK_D0, BLOCK_D1, HAS_D1, MASK_D0, MASK_D1, PRECISION,
@@ -307,67 +292,12 @@ def _dq_tile(
         _store_tile(DQ, dq1 * scale, offs_m, offs_d1, stride_dqm, S_Q, HEAD_DIM, MASK_M, MASK_D1)
 
 
-@triton.heuristics(
-    {
-        "BLOCK_M_TAIL": lambda a: tail_block(a["S_Q"], a["BLOCK_M"]),
-        "BLOCK_N_TAIL": lambda a: tail_block(a["S_K"], a["BLOCK_N"]),
-    }
-)
-@triton.heuristics(HEAD_DIM_HEURISTICS)
-@triton.jit
-def _bwd_dq_kernel(
-    Q, K, V, DO, DQ, LSE, DELTA,
-    stride_qb, stride_qh, stride_qm,
-    stride_kb, stride_kh, stride_kn,
-    stride_vb, stride_vh, stride_vn,
-    stride_dob, stride_doh, stride_dom,
-    stride_dqb, stride_dqh, stride_dqm,
-    H, S_Q, S_K, qk_scale, scale,
-    HEAD_DIM: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_M_TAIL: tl.constexpr, BLOCK_N_TAIL: tl.constexpr,
-    BLOCK_D0: tl.constexpr, BLOCK_D1: tl.constexpr, HAS_D1: tl.constexpr,
-    MASK_D0: tl.constexpr, MASK_D1: tl.constexpr,
-):  # fmt: skip
-    # Grid (cdiv(S_Q, BLOCK_M), B * H).
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    off_b = (pid_bh // H).to(tl.int64)
-    off_h = (pid_bh % H).to(tl.int64)
-    Q += off_b * stride_qb + off_h * stride_qh
-    K += off_b * stride_kb + off_h * stride_kh
-    V += off_b * stride_vb + off_h * stride_vh
-    DO += off_b * stride_dob + off_h * stride_doh
-    DQ += off_b * stride_dqb + off_h * stride_dqh
-    LSE += pid_bh.to(tl.int64) * S_Q
-    DELTA += pid_bh.to(tl.int64) * S_Q
-    start_m = pid_m * BLOCK_M
-    if BLOCK_M_TAIL > 0:
-        if start_m + BLOCK_M > S_Q:  # the last, partial query block: a narrower tile
-            _dq_tile(
-                Q, K, V, DO, DQ, LSE, DELTA, stride_qm, stride_kn, stride_vn, stride_dom, stride_dqm,
-                start_m, S_Q, S_K, qk_scale, scale, BLOCK_M_TAIL, True, BLOCK_N, BLOCK_N_TAIL,
-                HEAD_DIM, BLOCK_D0, BLOCK_D1, HAS_D1, MASK_D0, MASK_D1, PRECISION,
-            )  # fmt: skip
-        else:
-            _dq_tile(
-                Q, K, V, DO, DQ, LSE, DELTA, stride_qm, stride_kn, stride_vn, stride_dom, stride_dqm,
-                start_m, S_Q, S_K, qk_scale, scale, BLOCK_M, False, BLOCK_N, BLOCK_N_TAIL,
-                HEAD_DIM, BLOCK_D0, BLOCK_D1, HAS_D1, MASK_D0, MASK_D1, PRECISION,
-            )  # fmt: skip
-    else:
-        _dq_tile(
-            Q, K, V, DO, DQ, LSE, DELTA, stride_qm, stride_kn, stride_vn, stride_dom, stride_dqm,
-            start_m, S_Q, S_K, qk_scale, scale, BLOCK_M, False, BLOCK_N, BLOCK_N_TAIL,
-            HEAD_DIM, BLOCK_D0, BLOCK_D1, HAS_D1, MASK_D0, MASK_D1, PRECISION,
-        )  # fmt: skip
-
-
-_bwd_dkdv_tuned = triton.autotune(
-    configs=autotune_configs(), key=["S_Q", "S_K", "HEAD_DIM", "PRECISION"], cache_results=True
-)(_bwd_dkdv_kernel)
 _bwd_dq_tuned = triton.autotune(
     configs=autotune_configs(), key=["S_Q", "S_K", "HEAD_DIM", "PRECISION"], cache_results=True
 )(_bwd_dq_kernel)
+_bwd_dkdv_tuned = triton.autotune(
+    configs=autotune_configs(), key=["S_Q", "S_K", "HEAD_DIM", "PRECISION"], cache_results=True
+)(_bwd_dkdv_kernel)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -399,40 +329,52 @@ def attention_bwd(
     s_k = k.shape[2]
     if dq.numel() == 0 and dk.numel() == 0:
         return
-    if s_q == 0 or s_k == 0:  # no scores: the gradients are zero (and o was all zero, or empty)
+    if s_q == 0 or s_k == 0:  # no scores: the gradients are zero
         dq.zero_(), dk.zero_(), dv.zero_()
         return
-    delta = torch.empty(b, h, s_q, dtype=torch.float32, device=q.device)  # (B, H, S_q)
-    _bwd_preprocess[(triton.cdiv(s_q, PRE_BLOCK_M), b * h)](
-        o, do, delta,
-        o.stride(0), o.stride(1), o.stride(2),
-        do.stride(0), do.stride(1), do.stride(2),
-        h, s_q,
-        HEAD_DIM=d, BLOCK_M=PRE_BLOCK_M, BLOCK_D=triton.next_power_of_2(max(d, 16)),
-    )  # fmt: skip
-    meta = {"HEAD_DIM": d, "PRECISION": dot_precision(q.dtype)}
-    qkv_strides = (
+    delta = torch.empty(b, h, s_q, dtype=torch.float32, device=q.device)  # (B, H, S_q), by the dq kernel
+    strides = (
         q.stride(0), q.stride(1), q.stride(2),
         k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2),
+    )  # fmt: skip
+    dq_args = (
+        q, k, v, o, do, dq, lse, delta, *strides,
+        o.stride(0), o.stride(1), o.stride(2),
         do.stride(0), do.stride(1), do.stride(2),
+        dq.stride(0), dq.stride(1), dq.stride(2),
+        h, s_q, s_k, scale * LOG2E, scale,
     )  # fmt: skip
     dkdv_args = (
-        q, k, v, do, dk, dv, lse, delta, *qkv_strides,
+        q, k, v, do, dk, dv, lse, delta, *strides,
+        do.stride(0), do.stride(1), do.stride(2),
         dk.stride(0), dk.stride(1), dk.stride(2),
         dv.stride(0), dv.stride(1), dv.stride(2),
         h, s_q, s_k, scale * LOG2E, scale,
     )  # fmt: skip
-    dq_args = (
-        q, k, v, do, dq, lse, delta, *qkv_strides,
-        dq.stride(0), dq.stride(1), dq.stride(2),
-        h, s_q, s_k, scale * LOG2E, scale,
-    )  # fmt: skip
+    precision = dot_precision(q.dtype)
+    meta = {"HEAD_DIM": d, "PRECISION": precision}
+    # dq first: it writes Delta, which every dK/dV program reads.
     if AUTOTUNE:
-        _bwd_dkdv_tuned[lambda m: (triton.cdiv(s_k, m["BLOCK_N"]), b * h)](*dkdv_args, **meta)
         _bwd_dq_tuned[lambda m: (triton.cdiv(s_q, m["BLOCK_M"]), b * h)](*dq_args, **meta)
-    else:
-        cfg = pinned(DKDV_CONFIGS, d)
-        _bwd_dkdv_kernel[(triton.cdiv(s_k, cfg.block_n), b * h)](*dkdv_args, **meta, **cfg.kwargs())
-        cfg = pinned(DQ_CONFIGS, d)
-        _bwd_dq_kernel[(triton.cdiv(s_q, cfg.block_m), b * h)](*dq_args, **meta, **cfg.kwargs())
+        _bwd_dkdv_tuned[lambda m: (triton.cdiv(s_k, m["BLOCK_N"]), b * h)](*dkdv_args, **meta)
+        return
+    ieee_on_gpu = precision == "ieee" and q.is_cuda
+    cfg = pinned(DQ_CONFIGS, d, ieee_on_gpu)
+    _bwd_dq_kernel[(triton.cdiv(s_q, cfg.block_m), b * h)](
+        *dq_args,
+        **meta,
+        BLOCK_M=cfg.block_m,
+        BLOCK_N=cfg.block_n,
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
+    )
+    cfg = pinned(DKDV_CONFIGS, d, ieee_on_gpu)
+    _bwd_dkdv_kernel[(triton.cdiv(s_k, cfg.block_n), b * h)](
+        *dkdv_args,
+        **meta,
+        BLOCK_M=cfg.block_m,
+        BLOCK_N=cfg.block_n,
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
+    )

@@ -14,8 +14,9 @@ Work and traffic per (batch, head), elt = bytes per element:
     FLOPs  4 * S_q * S_k * D (Q K^T and P V), plus S_q * S_k exp2
     bytes  (2 * S_q + 2 * S_k) * D * elt from HBM (q, o, k, v) + 4 * S_q (lse); K and V are read
            again by every query block, from L2 (S_k * D * elt * 2 * cdiv(S_q, BLOCK_M)).
-At ViT shapes (S ~ 200-400, D 64-80) this is ~130 FLOP/byte, close to the H200's balance point
-(~206 bf16 FLOP/byte), so padding waste costs time directly: see perf/notes_attention.md.
+At ViT shapes (S ~ 200-400, D 64-80) this is 100-130 FLOP/byte, below the H200's nominal
+balance point (~206 bf16 FLOP/byte at 989 TFLOP/s and 4.8 TB/s); counting the padding and the
+tensor cores' real efficiency on such short loops, both limits matter (perf/notes_attention.md).
 
 Two ways this avoids paying for padding (the Triton tutorial pads D to a power of two and S to a
 multiple of the block):
@@ -23,10 +24,15 @@ multiple of the block):
     128) and BLOCK_D1 the next power of two >= the rest, at least 16 (tl.dot's minimum K).
     80 = 64 + 16 and 96 = 64 + 32 cost exactly D; 40 = 32 + 16 costs 48 instead of 64. Every
     product over D is written as two dots (Q0 K0^T + Q1 K1^T; P V0 and P V1 into two accumulators).
-  * Sequence tails: full blocks run unmasked; the remainder r = S % BLOCK is one extra masked
-    step of width max(16, next_pow2(r)) (a constexpr, so a new compile per tail class), for the
-    key loop and for the last query block alike. S = 197 with 64-blocks costs 208 x 208 instead
-    of 256 x 256 score tiles (-34% work); S = 257 costs 272 x 272 instead of 320 x 320.
+  * Sequence tails: the streamed loop runs its full blocks unmasked and the remainder
+    r = S_k % BLOCK_N as one masked step of width max(16, next_pow2(r)) (a constexpr: one compile
+    per tail class), so S = 197 streams 192 + 16 keys, not 256. The held query block is 64 rows;
+    when S_q % 64 != 0 (MASK_M) every program masks its one Q load and O store (the loop
+    needs no row mask), and the last block computes up to 63 idle rows. Forward work at S = 197:
+    256 x 208 score tiles (128 x 128 blocks: 256 x 256; exact: 197 x 197).
+    A narrow (16-row) tile for the last block was tried and dropped: in one kernel it raises every
+    program's registers (mma.sync layout; D = 80: 127 -> 228 registers), and as a second launch it
+    re-reads every head's K and V from HBM (2 extra passes, +50% forward traffic).
 
 Limits: D in [1, 256] (D < 16 pads to 16); fp16, bf16 and fp32 inputs (q, k, v one dtype);
 accumulation and softmax statistics in fp32; fp32 inputs use IEEE fp32 products unless
@@ -52,6 +58,11 @@ AUTOTUNE = os.environ.get("CATLIP_AUTOTUNE", "0") == "1"
 # --------------------------------------------------------------------------------------------------
 # Block shapes shared by the forward and backward stages
 # --------------------------------------------------------------------------------------------------
+# Experiment switch (perf/bench_attention.py's "triton-pad" provider): pad D to one power-of-two
+# block as the Triton tutorial does (80 -> 128), to measure what the split saves. Read at launch.
+PAD_HEAD_DIM = False
+
+
 def head_dim_split(d: int) -> tuple[int, int]:
     """(BLOCK_D0, BLOCK_D1): a power-of-two part and a power-of-two remainder part (0 if none).
 
@@ -61,15 +72,17 @@ def head_dim_split(d: int) -> tuple[int, int]:
         raise ValueError(f"head dim must be in [1, 256], got {d}")
     if d <= 16:
         return 16, 0
+    if PAD_HEAD_DIM and d <= 128:
+        return triton.next_power_of_2(d), 0
     d0 = min(128, 1 << (d.bit_length() - 1))
     rest = d - d0
     return d0, (0 if rest == 0 else max(16, triton.next_power_of_2(rest)))
 
 
 def tail_block(n: int, block: int) -> int:
-    """Width of the one masked step after the full blocks: 0 when block divides n."""
+    """Width of the one masked step after the full blocks of a streamed loop (0: none)."""
     r = n % block
-    return 0 if r == 0 else max(16, triton.next_power_of_2(r))
+    return 0 if r == 0 else min(block, max(16, triton.next_power_of_2(r)))
 
 
 # triton.heuristics for HEAD_DIM: BLOCK_D0, BLOCK_D1 and whether each part needs a column mask.
@@ -92,39 +105,40 @@ class BlockConfig:
     num_warps: int
     num_stages: int
 
-    def kwargs(self) -> dict:
-        return {
-            "BLOCK_M": self.block_m,
-            "BLOCK_N": self.block_n,
-            "num_warps": self.num_warps,
-            "num_stages": self.num_stages,
-        }
 
-
-# Pinned by padded head width (BLOCK_D0 + BLOCK_D1). 64-row blocks keep the tail steps small at
-# S = 197 / 257 (a 128-row block would pad 197 to 256 again) and fill one warpgroup's wgmma
-# (M = 64 per 4 warps) on Hopper. Not yet measured on a GPU: perf/bench_attention.py --autotune
-# prints the winners to pin here.
+# Pinned by padded head width (BLOCK_D0 + BLOCK_D1: 48 for D = 40, 80 for 80, 96 for 96).
+# 64-row blocks keep the tails of S = 197 / 257 small (a 128-row block would pad 197 to 256 again)
+# and fill one warpgroup's wgmma (M = 64 per 4 warps) on Hopper. Registers and shared memory per
+# program as compiled for sm_90a (Triton 3.8, bf16, ptxas -v; no spills): D 64: 107 regs, 56 KB;
+# D 80: 128 regs, 70 KB; D 128: 161 regs, 112 KB (perf/bench_attention.py --compile-report).
+# Not yet timed on a GPU: perf/bench_attention.py --autotune prints the winners to pin here.
 FWD_CONFIGS = {
     64: BlockConfig(64, 64, 4, 3),
     128: BlockConfig(64, 64, 4, 3),
     256: BlockConfig(64, 32, 4, 2),
 }
+# IEEE fp32 products (fp32 inputs at "highest" matmul precision) run on the FMA units, not the
+# tensor cores: a test and debugging path. Small tiles keep its registers, spills and compile
+# time down on a GPU (64 x 64: 19 s to compile the dK/dV kernel, 43 KB of spills; 32 x 32: 3 s).
+IEEE_FMA_CONFIG = BlockConfig(32, 32, 4, 1)
 
 
-def pinned(table: dict[int, BlockConfig], d: int) -> BlockConfig:
+def pinned(table: dict[int, BlockConfig], d: int, ieee_on_gpu: bool = False) -> BlockConfig:
+    if ieee_on_gpu:
+        return IEEE_FMA_CONFIG
     d0, d1 = head_dim_split(d)
     return next(cfg for width, cfg in sorted(table.items()) if d0 + d1 <= width)
 
 
-def autotune_configs(block_ms=(64, 128), block_ns=(32, 64, 128)) -> list[triton.Config]:
+def autotune_configs() -> list[triton.Config]:
+    """CATLIP_AUTOTUNE=1: the search space (tried on the first call of each shape class)."""
     return [
-        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-        for bm in block_ms
-        for bn in block_ns
+        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st)
+        for bm in (64, 128)
+        for bn in (32, 64, 128)
         for w in (4, 8)
-        for s in (2, 3, 4)
-        if not (bm == 128 and bn == 128 and w == 4)  # too many registers for one warpgroup
+        for st in (2, 3, 4)
+        if not (bm == 128 and w == 4)  # a 128-row wgmma tile needs two warpgroups
     ]
 
 
@@ -139,7 +153,9 @@ def dot_precision(dtype: torch.dtype) -> str:
 # Tile loads and stores (masks only where the constexpr flags say a tile crosses an edge)
 # --------------------------------------------------------------------------------------------------
 @triton.jit
-def _load_tile(base, offs_r, offs_d, stride_r, n_rows, HEAD_DIM: tl.constexpr, MASK_R: tl.constexpr, MASK_D: tl.constexpr):
+def _load_tile(
+    base, offs_r, offs_d, stride_r, n_rows, HEAD_DIM: tl.constexpr, MASK_R: tl.constexpr, MASK_D: tl.constexpr
+):
     """(len(offs_r), len(offs_d)) tile of a row-major matrix; masked elements read as 0."""
     ptrs = base + offs_r[:, None] * stride_r + offs_d[None, :]
     if MASK_R:
@@ -156,7 +172,17 @@ def _load_tile(base, offs_r, offs_d, stride_r, n_rows, HEAD_DIM: tl.constexpr, M
 
 
 @triton.jit
-def _store_tile(base, x, offs_r, offs_d, stride_r, n_rows, HEAD_DIM: tl.constexpr, MASK_R: tl.constexpr, MASK_D: tl.constexpr):
+def _store_tile(
+    base,
+    x,
+    offs_r,
+    offs_d,
+    stride_r,
+    n_rows,
+    HEAD_DIM: tl.constexpr,
+    MASK_R: tl.constexpr,
+    MASK_D: tl.constexpr,
+):
     ptrs = base + offs_r[:, None] * stride_r + offs_d[None, :]
     x = x.to(base.dtype.element_ty)
     if MASK_R:
@@ -206,15 +232,40 @@ def _fwd_step(
     return acc0, acc1, m_new, l_i
 
 
-@triton.jit
-def _fwd_tile(
-    Q, K, V, O, LSE, stride_qm, stride_kn, stride_vn, stride_om, start_m, S_Q, S_K, qk_scale,
-    BLOCK_M: tl.constexpr, MASK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_N_TAIL: tl.constexpr,
-    HEAD_DIM: tl.constexpr, BLOCK_D0: tl.constexpr, BLOCK_D1: tl.constexpr, HAS_D1: tl.constexpr,
-    MASK_D0: tl.constexpr, MASK_D1: tl.constexpr, PRECISION: tl.constexpr,
+@triton.heuristics(
+    {
+        "MASK_M": lambda a: a["S_Q"] % a["BLOCK_M"] != 0,  # the last query block is partial
+        "BLOCK_N_TAIL": lambda a: tail_block(a["S_K"], a["BLOCK_N"]),
+    }
+)
+@triton.heuristics(HEAD_DIM_HEURISTICS)
+@triton.jit(do_not_specialize=["H", "S_Q", "S_K"])  # fewer compiled variants; S enters only bounds
+def _attn_fwd_kernel(
+    Q, K, V, Out, LSE,
+    stride_qb, stride_qh, stride_qm,
+    stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vn,
+    stride_ob, stride_oh, stride_om,
+    H, S_Q, S_K, qk_scale,
+    HEAD_DIM: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    MASK_M: tl.constexpr, BLOCK_N_TAIL: tl.constexpr,
+    BLOCK_D0: tl.constexpr, BLOCK_D1: tl.constexpr, HAS_D1: tl.constexpr,
+    MASK_D0: tl.constexpr, MASK_D1: tl.constexpr,
 ):  # fmt: skip
-    """Rows [start_m, start_m + BLOCK_M) of one head; MASK_M for the last, partial block."""
-    offs_m = start_m + tl.arange(0, BLOCK_M)
+    # Grid (cdiv(S_Q, BLOCK_M), B * H): the query blocks of one head are neighbours in launch
+    # order, so they run together and read the head's K and V from HBM once, from L2 after.
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    off_b = (pid_bh // H).to(tl.int64)  # int64: B * stride_b can pass 2^31 elements
+    off_h = (pid_bh % H).to(tl.int64)
+    Q += off_b * stride_qb + off_h * stride_qh
+    K += off_b * stride_kb + off_h * stride_kh
+    V += off_b * stride_vb + off_h * stride_vh
+    Out += off_b * stride_ob + off_h * stride_oh
+    LSE += pid_bh.to(tl.int64) * S_Q
+
+    # MASK_M: rows past S_Q load Q as 0 and store nothing; the key loop needs no row mask.
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d0 = tl.arange(0, BLOCK_D0)
     offs_d1 = BLOCK_D0 + tl.arange(0, BLOCK_D1)
     q0 = _load_tile(Q, offs_m, offs_d0, stride_qm, S_Q, HEAD_DIM, MASK_M, MASK_D0)
@@ -232,76 +283,22 @@ def _fwd_tile(
             acc0, acc1, m_i, l_i, q0, q1, K, V, stride_kn, stride_vn, start_n, S_K, qk_scale,
             BLOCK_N, False, HEAD_DIM, BLOCK_D0, BLOCK_D1, HAS_D1, MASK_D0, MASK_D1, PRECISION,
         )  # fmt: skip
-    if BLOCK_N_TAIL > 0:
+    if BLOCK_N_TAIL > 0:  # the last S_K % BLOCK_N keys: one masked step of 16, 32, ... columns
         acc0, acc1, m_i, l_i = _fwd_step(
             acc0, acc1, m_i, l_i, q0, q1, K, V, stride_kn, stride_vn, n_full, S_K, qk_scale,
             BLOCK_N_TAIL, True, HEAD_DIM, BLOCK_D0, BLOCK_D1, HAS_D1, MASK_D0, MASK_D1, PRECISION,
         )  # fmt: skip
 
     inv_l = 1.0 / l_i
-    _store_tile(O, acc0 * inv_l[:, None], offs_m, offs_d0, stride_om, S_Q, HEAD_DIM, MASK_M, MASK_D0)
+    _store_tile(Out, acc0 * inv_l[:, None], offs_m, offs_d0, stride_om, S_Q, HEAD_DIM, MASK_M, MASK_D0)
     if HAS_D1:
-        _store_tile(O, acc1 * inv_l[:, None], offs_m, offs_d1, stride_om, S_Q, HEAD_DIM, MASK_M, MASK_D1)
+        _store_tile(Out, acc1 * inv_l[:, None], offs_m, offs_d1, stride_om, S_Q, HEAD_DIM, MASK_M, MASK_D1)
     # Natural-log LSE of the scaled scores: (m + log2 l) / log2(e).
     lse = (m_i + tl.math.log2(l_i)) * 0.6931471805599453
     if MASK_M:
         tl.store(LSE + offs_m, lse, mask=offs_m < S_Q)
     else:
         tl.store(LSE + offs_m, lse)
-
-
-@triton.heuristics(
-    {
-        "BLOCK_M_TAIL": lambda a: tail_block(a["S_Q"], a["BLOCK_M"]),
-        "BLOCK_N_TAIL": lambda a: tail_block(a["S_K"], a["BLOCK_N"]),
-    }
-)
-@triton.heuristics(HEAD_DIM_HEURISTICS)
-@triton.jit
-def _attn_fwd_kernel(
-    Q, K, V, O, LSE,
-    stride_qb, stride_qh, stride_qm,
-    stride_kb, stride_kh, stride_kn,
-    stride_vb, stride_vh, stride_vn,
-    stride_ob, stride_oh, stride_om,
-    H, S_Q, S_K, qk_scale,
-    HEAD_DIM: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_M_TAIL: tl.constexpr, BLOCK_N_TAIL: tl.constexpr,
-    BLOCK_D0: tl.constexpr, BLOCK_D1: tl.constexpr, HAS_D1: tl.constexpr,
-    MASK_D0: tl.constexpr, MASK_D1: tl.constexpr,
-):  # fmt: skip
-    # Grid (cdiv(S_Q, BLOCK_M), B * H): the query blocks of one head run side by side, so its K
-    # and V are read from HBM about once and from L2 after.
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    off_b = (pid_bh // H).to(tl.int64)  # int64: B * stride_b can pass 2^31 elements
-    off_h = (pid_bh % H).to(tl.int64)
-    Q += off_b * stride_qb + off_h * stride_qh
-    K += off_b * stride_kb + off_h * stride_kh
-    V += off_b * stride_vb + off_h * stride_vh
-    O += off_b * stride_ob + off_h * stride_oh
-    LSE += pid_bh.to(tl.int64) * S_Q
-    start_m = pid_m * BLOCK_M
-    # The last, partial query block runs a narrower tile (a separate code path in the same kernel).
-    if BLOCK_M_TAIL > 0:
-        if start_m + BLOCK_M > S_Q:
-            _fwd_tile(
-                Q, K, V, O, LSE, stride_qm, stride_kn, stride_vn, stride_om, start_m, S_Q, S_K, qk_scale,
-                BLOCK_M_TAIL, True, BLOCK_N, BLOCK_N_TAIL,
-                HEAD_DIM, BLOCK_D0, BLOCK_D1, HAS_D1, MASK_D0, MASK_D1, PRECISION,
-            )  # fmt: skip
-        else:
-            _fwd_tile(
-                Q, K, V, O, LSE, stride_qm, stride_kn, stride_vn, stride_om, start_m, S_Q, S_K, qk_scale,
-                BLOCK_M, False, BLOCK_N, BLOCK_N_TAIL,
-                HEAD_DIM, BLOCK_D0, BLOCK_D1, HAS_D1, MASK_D0, MASK_D1, PRECISION,
-            )  # fmt: skip
-    else:
-        _fwd_tile(
-            Q, K, V, O, LSE, stride_qm, stride_kn, stride_vn, stride_om, start_m, S_Q, S_K, qk_scale,
-            BLOCK_M, False, BLOCK_N, BLOCK_N_TAIL,
-            HEAD_DIM, BLOCK_D0, BLOCK_D1, HAS_D1, MASK_D0, MASK_D1, PRECISION,
-        )  # fmt: skip
 
 
 _attn_fwd_tuned = triton.autotune(
@@ -337,6 +334,9 @@ def attention_fwd(
     lse = torch.empty(b, h, s_q, dtype=torch.float32, device=q.device)  # (B, H, S_q)
     if out.numel() == 0:
         return out, lse
+    if s_k == 0:  # softmax over no keys: define the output as 0 (SDPA gives NaN)
+        out.zero_(), lse.fill_(float("-inf"))
+        return out, lse
     args = (
         q, k, v, out, lse,
         q.stride(0), q.stride(1), q.stride(2),
@@ -345,11 +345,14 @@ def attention_fwd(
         out.stride(0), out.stride(1), out.stride(2),
         h, s_q, s_k, scale * LOG2E,
     )  # fmt: skip
-    meta = {"HEAD_DIM": d, "PRECISION": dot_precision(q.dtype)}
+    precision = dot_precision(q.dtype)
     if AUTOTUNE:
-        grid = lambda m: (triton.cdiv(s_q, m["BLOCK_M"]), b * h)  # noqa: E731
-        _attn_fwd_tuned[grid](*args, **meta)
+        grid = lambda meta: (triton.cdiv(s_q, meta["BLOCK_M"]), b * h)  # noqa: E731
+        _attn_fwd_tuned[grid](*args, HEAD_DIM=d, PRECISION=precision)
     else:
-        cfg = pinned(FWD_CONFIGS, d)
-        _attn_fwd_kernel[(triton.cdiv(s_q, cfg.block_m), b * h)](*args, **meta, **cfg.kwargs())
+        cfg = pinned(FWD_CONFIGS, d, precision == "ieee" and q.is_cuda)
+        _attn_fwd_kernel[(triton.cdiv(s_q, cfg.block_m), b * h)](
+            *args, HEAD_DIM=d, PRECISION=precision, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        )  # fmt: skip
     return out, lse

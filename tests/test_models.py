@@ -74,6 +74,24 @@ def test_attention_backends_and_checkpointing_agree():
     assert grads_math["encoder.blocks.0.attn.qkv.weight"].abs().sum() > 0
 
 
+def test_triton_attention_matches_math_in_the_model():
+    """The model's outputs and gradients agree across attn_impl triton / sdpa / math (fp32)."""
+    torch.manual_seed(0)
+    cfg = ViTConfig(image_size=32, patch_size=8, width=64, depth=1, heads=2)  # 17 tokens, head dim 32
+    model = CatLIPModel(cfg, 11)
+    torch.nn.init.normal_(model.head.weight, std=0.02)
+    images = torch.randn(2, 3, 32, 32)
+    labels = torch.tensor([[1, 5], [-1, -1]])
+    results = {}
+    for impl in ("math", "sdpa", "triton"):
+        model.encoder.set_attn_impl(impl)
+        results[impl] = _grads(model, images, labels)
+    for impl in ("sdpa", "triton"):
+        torch.testing.assert_close(results[impl][0], results["math"][0], rtol=1e-5, atol=1e-5)
+        for name, grad in results["math"][1].items():
+            torch.testing.assert_close(results[impl][1][name], grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
 def test_head_starts_at_the_label_prior():
     model = CatLIPModel(VIT_PRESETS["vit_tiny"], 1000)
     logits = model(torch.randn(2, 3, 64, 64))
