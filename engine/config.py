@@ -16,12 +16,17 @@ import yaml
 
 @dataclass
 class ModelConfig:
-    name: str = "vit_tiny"  # a catlip.models.VIT_PRESETS key
+    objective: str = "catlip"  # "catlip" | "clip" | "siglip" (the contrastive baselines)
+    name: str = "vit_tiny"  # a catlip.models.VIT_PRESETS key (CLIP: the clip_<name> preset)
     image_size: int | None = None  # override the preset's resolution
     attn_impl: str = "sdpa"  # "sdpa" | "math"
     loss_impl: str = "torch"  # "torch" (reference) | "triton" (fused kernel)
     grad_checkpointing: bool = False
     label_smoothing: float = 0.0
+    # contrastive baselines: open_clip's all-gather modes, SigLIP's exchange
+    local_loss: bool = True
+    gather_with_grad: bool = True
+    siglip_dist_impl: str = "bidir"  # "bidir" (neighbour exchange) | "gather"
 
 
 @dataclass
@@ -76,6 +81,9 @@ class TrainConfig:
 
 class ConfigError(ValueError):
     pass
+
+
+OBJECTIVES = ("catlip", "clip", "siglip")
 
 
 def _coerce(section: str, key: str, typ: Any, value: Any) -> Any:
@@ -142,7 +150,9 @@ def validate(cfg: TrainConfig) -> None:
     from catlip.models import ATTN_IMPLS, LOSS_IMPLS, VIT_PRESETS
 
     checks = [
+        (cfg.model.objective in OBJECTIVES, f"model.objective must be one of {OBJECTIVES}"),
         (cfg.model.name in VIT_PRESETS, f"model.name must be one of {list(VIT_PRESETS)}"),
+        (cfg.model.siglip_dist_impl in ("bidir", "gather"), "model.siglip_dist_impl: bidir | gather"),
         (cfg.model.attn_impl in ATTN_IMPLS, f"model.attn_impl must be one of {ATTN_IMPLS}"),
         (cfg.model.loss_impl in LOSS_IMPLS, f"model.loss_impl must be one of {LOSS_IMPLS}"),
         (0 <= cfg.model.label_smoothing < 1, "model.label_smoothing must be in [0, 1)"),

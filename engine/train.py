@@ -40,6 +40,43 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or inf."""
 
 
+def contrastive_objective(cfg: TrainConfig, vit_cfg: Any) -> Any:
+    """The CLIP or SigLIP baseline as one module: ``forward(images, tokens)`` -> loss.
+
+    The same image tower preset (and resolution) as CatLIP, open_clip's default text tower, and the
+    loss with embeddings all-gathered across ranks; the loss module's ``comm`` records the bytes.
+    """
+    import torch
+    from torch import nn
+
+    from catlip.clip import CLIPModel, clip_config
+    from catlip.contrastive import ContrastiveLoss, SigLipLoss
+
+    m = cfg.model
+    clip_cfg = clip_config(f"clip_{m.name}", siglip=m.objective == "siglip", vision=vit_cfg)
+    if m.objective == "siglip":
+        loss = SigLipLoss(dist_impl=m.siglip_dist_impl)
+    else:
+        loss = ContrastiveLoss(local_loss=m.local_loss, gather_with_grad=m.gather_with_grad)
+
+    class Objective(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = CLIPModel(clip_cfg, attn_impl=m.attn_impl, grad_checkpointing=m.grad_checkpointing)
+            # DeepSpeed 0.19 broadcasts parameters as byte views, which 0-dim tensors refuse:
+            # hold the temperature (and SigLIP's bias) as shape (1,); the losses broadcast it.
+            for name in ("logit_scale", "logit_bias"):
+                p = getattr(self.model, name)
+                if p is not None and p.dim() == 0:
+                    setattr(self.model, name, nn.Parameter(p.detach().reshape(1)))
+            self.loss = loss
+
+        def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+            return self.loss(*self.model(images, tokens))
+
+    return Objective()
+
+
 def lr_multiplier(step: int, warmup: int, total: int, min_ratio: float) -> float:
     """Linear warmup from ~0 to 1 over ``warmup`` steps, then cosine decay to ``min_ratio``."""
     if step < warmup:
@@ -177,6 +214,12 @@ class Trainer:
         if train_loader is None:
             train_loader, val_loader, vocab_size = self._dali_loaders()
         self.train_loader, self.val_loader = train_loader, val_loader
+        self.objective = cfg.model.objective
+        if model_fn is None and self.objective != "catlip":
+
+            def model_fn():
+                return contrastive_objective(cfg, self.vit_cfg)
+
         if model_fn is None:
             if vocab_size is None:
                 raise ConfigError("vocab_size is needed to build the CatLIP head")
@@ -237,8 +280,11 @@ class Trainer:
             max_labels=d.max_labels,
             num_threads=d.num_threads,
         )
-        train = make_loader(d.train, d.batch_size, train=True, scale=tuple(d.scale), **common)
-        val = make_loader(d.val, d.batch_size, train=False, **common) if d.val else None
+        captions = self.cfg.model.objective != "catlip"  # the contrastive baselines read the .txt
+        train = make_loader(
+            d.train, d.batch_size, train=True, scale=tuple(d.scale), captions=captions, **common
+        )
+        val = make_loader(d.val, d.batch_size, train=False, **common) if d.val and not captions else None
         return train, val, int(meta["vocab_size"])
 
     def _partition_report(self) -> str:
@@ -263,11 +309,18 @@ class Trainer:
             yield from self.train_loader
 
     def _to_device(self, batch: dict) -> tuple:
+        """(images, labels, sample weights) for CatLIP; (images, tokens) for CLIP and SigLIP."""
         import torch
 
         images = batch["image"].to(self.device, non_blocking=True)
         if use_bf16(self.cfg):
             images = images.to(torch.bfloat16)
+        if self.objective != "catlip":
+            from catlip.tokenizer import tokenize
+
+            # Images that failed to decode stay in the batch as zero images: InfoNCE has no
+            # per-sample weight, and dropping rows would unbalance the all-gather across ranks.
+            return images, tokenize(batch["caption"]).to(self.device, non_blocking=True)
         labels = batch["labels"].to(self.device, non_blocking=True)
         valid = batch.get("valid")
         weight = None if valid is None else valid.to(self.device, torch.float32)
@@ -291,9 +344,9 @@ class Trainer:
                 lr = self.scheduler.get_last_lr()[0]  # the rate this step uses
                 for _ in range(cfg.optim.grad_accum):
                     td = time.perf_counter()
-                    images, labels, weight = self._to_device(next(batches))
+                    inputs = self._to_device(next(batches))
                     data_time += time.perf_counter() - td
-                    loss = self.engine(images, labels, weight)
+                    loss = self.engine(*inputs)
                     finite = torch.isfinite(loss.detach()).float()
                     dist.all_reduce(finite, op=dist.ReduceOp.MIN)
                     if finite.item() < 1:
@@ -371,7 +424,7 @@ class Trainer:
         import torch
         import torch.distributed as dist
 
-        if self.val_loader is None:
+        if self.val_loader is None or self.objective != "catlip":
             return None
         self.engine.eval()
         scores, targets = [], []
