@@ -137,9 +137,23 @@ def main(argv: list[str] | None = None) -> int:
     for name, value in asdict(defaults).items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
     parser.add_argument("--models", nargs="+", default=["vit_b16", "vit_h16"])
+    parser.add_argument(
+        "--from-step-csv",
+        type=Path,
+        help="take mfu_catlip and mfu_clip from the last equal-batch rows of a GPU perf/bench_step.py CSV",
+    )
     parser.add_argument("--out", type=Path, help="folder for scaling_model.csv and .json")
     args = parser.parse_args(argv)
     a = Assumptions(**{k: getattr(args, k) for k in asdict(defaults)})
+    if args.from_step_csv:
+        measured = {}
+        for row in csv.DictReader(open(args.from_step_csv)):
+            if row["setting"] == "equal batch" and row["mfu"] not in ("", "nan"):
+                measured[row["objective"]] = float(row["mfu"])
+        if not {"catlip", "clip"} <= set(measured):
+            raise SystemExit(f"{args.from_step_csv}: no GPU MFU rows for both catlip and clip")
+        a.mfu_catlip, a.mfu_clip = measured["catlip"], measured["clip"]
+        print(f"MFU measured in {args.from_step_csv}: CatLIP {a.mfu_catlip:.3f}, CLIP {a.mfu_clip:.3f}")
     worlds = [2**i for i in range(11)]
     all_rows, papers = [], []
     print("assumptions:", json.dumps(asdict(a)))
