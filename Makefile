@@ -9,5 +9,5 @@ format:
 	bash -c 'source scripts/env.sh && ruff check --fix . && ruff format .'
 main:            ## the README's main job
 	bash scripts/run_main.sh
-bench:           ## CPU benchmarks that exist so far
-	bash -c 'source scripts/env.sh && python perf/bench_labeler.py && python perf/bench_data.py'
+bench:           ## the CPU benchmarks (GPU: perf/gpu_suite.sh)
+	bash -c 'source scripts/env.sh && python perf/bench_labeler.py && python perf/bench_data.py && python perf/bench_step.py --world 2 --model vit_tiny --batch 32 && python perf/scaling_model.py'

@@ -2,8 +2,15 @@
 # The one GPU run: correctness of every kernel on the device (bf16 included), then every benchmark,
 # CSVs and logs under $OUT. Sized for one H200 in under 8 minutes; installs nothing.
 #
-#   device tool:  run(command="bash perf/gpu_suite.sh", timeout_s=540)
+#   device tool:  run(command="bash perf/gpu_suite.sh", carry=[".whl", ".gpu_data"], timeout_s=540)
 #   by hand:      OUT=/tmp/gpu bash perf/gpu_suite.sh
+#
+# Prepare on the CPU host first (both folders are git-ignored, and travel only through `carry`):
+#   .whl/       the CLIP tokenizer's vocabulary ships in open-clip-torch, absent there:
+#               python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+#                 --platform manylinux2014_x86_64 -d .whl open-clip-torch==3.3.0   (pure Python, ~1.5 MB)
+#   .gpu_data/  JPEGs for the decode benchmark (../shared does not travel):
+#               mkdir -p .gpu_data/coco_photos && cp $(ls ../shared/data/coco_photos/*.jpg | head -64) .gpu_data/coco_photos/
 #
 # That machine has Python 3.12, torch 2.11, Triton 3.6 (no DeepSpeed, DALI or NLTK): the suite runs
 # the kernel and model tests and the benchmarks that need only torch/Triton, from the checkout
@@ -15,6 +22,9 @@ OUT=${OUT:-perf/results/gpu_$(date -u +%Y%m%d)}
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 CATLIP_RESULTS=$OUT
 unset TRITON_INTERPRET
+if compgen -G ".whl/*.whl" >/dev/null; then  # carried wheels, installed out of the way, no deps
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PYTHONPATH
+fi
 status=0
 stage() {  # stage NAME SECONDS CMD...: run, log to $OUT/NAME.log, remember a failure
   local name=$1 secs=$2
@@ -41,7 +51,7 @@ stage gpu_tests 180 python3 -m pytest -q -p no:cacheprovider -o addopts="" \
 stage bench_linear_bce 150 python3 perf/bench_linear_bce.py --quick --out "$OUT"
 stage bench_attention 120 python3 perf/bench_attention.py --quick --out "$OUT"
 stage bench_step 90 python3 perf/bench_step.py --device cuda --out "$OUT"
-stage bench_decode 40 python3 perf/bench_decode_gpu.py --out "$OUT"
+stage bench_decode 40 python3 perf/bench_decode_gpu.py --images .gpu_data/coco_photos --out "$OUT"
 
 echo "results in $OUT:"
 ls -l "$OUT"
