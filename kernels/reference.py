@@ -34,18 +34,20 @@ def check_labels(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     if labels.dtype not in (torch.int32, torch.int64):
         raise TypeError(f"labels must be int32 or int64, got {labels.dtype}")
     mask = labels >= 0
-    if labels.numel():
-        lo, hi = int(labels.min()), int(labels.max())
-        if lo < -1 or hi >= num_classes:
-            raise ValueError(
-                f"label ids must be in [0, {num_classes}) or -1 for padding; got min {lo}, max {hi}"
-            )
+    if labels.numel() == 0:
+        return mask
+    # min, max and "any duplicate in a row" come back to the host in one transfer (one device sync)
+    dup = torch.zeros_like(labels[:, :1], dtype=torch.bool).squeeze(1)  # (B,)
     if labels.size(1) > 1:
         ordered = labels.sort(dim=1).values
-        dup = (ordered[:, 1:] == ordered[:, :-1]) & (ordered[:, 1:] >= 0)
-        if bool(dup.any()):
-            row = int(dup.any(dim=1).nonzero()[0])
-            raise ValueError(f"duplicate label ids in row {row}: {labels[row].tolist()}")
+        dup = ((ordered[:, 1:] == ordered[:, :-1]) & (ordered[:, 1:] >= 0)).any(dim=1)
+    lo, hi = torch.aminmax(labels)
+    lo, hi, any_dup = torch.stack([lo.long(), hi.long(), dup.any().long()]).tolist()
+    if lo < -1 or hi >= num_classes:
+        raise ValueError(f"label ids must be in [0, {num_classes}) or -1 for padding; got min {lo}, max {hi}")
+    if any_dup:
+        row = int(dup.nonzero()[0])
+        raise ValueError(f"duplicate label ids in row {row}: {labels[row].tolist()}")
     return mask
 
 

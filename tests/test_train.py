@@ -37,11 +37,17 @@ def tiny_cfg(tmp: Path, stage: int, **run) -> TrainConfig:
     )
 
 
-def tiny_model():
+def tiny_model(loss_impl: str = "torch"):
     from catlip.models import CatLIPModel, ViTConfig
 
     torch.manual_seed(0)
-    return CatLIPModel(ViTConfig(image_size=16, patch_size=8, width=32, depth=2, heads=2), V)
+    return CatLIPModel(
+        ViTConfig(image_size=16, patch_size=8, width=32, depth=2, heads=2), V, loss_impl=loss_impl
+    )
+
+
+def tiny_model_fused_loss():
+    return tiny_model("triton")  # kernels.linear_bce (Triton interpreter on the CPU)
 
 
 def global_batches(n: int, world: int) -> list[dict]:
@@ -120,6 +126,13 @@ def _zero_parity(rank: int, tmp: str) -> dict:
             out["held"] = sum(p.ds_tensor.numel() for p in trainer.engine.module.parameters())
             out["full"] = sum(p.ds_numel for p in trainer.engine.module.parameters())
         trainer.close()
+    # ZeRO-3 with the fused Triton head: the partitioned head weight is gathered for the kernel, and
+    # its gradients must reach the shards, or the losses part from plain PyTorch's after step 1
+    trainer = Trainer(
+        tiny_cfg(Path(tmp) / "z3t", 3), model_fn=tiny_model_fused_loss, train_loader=rank_loader(rank, 2)
+    )
+    out["z3_triton"] = [e.loss for e in trainer.fit()]
+    trainer.close()
     cfg = tiny_cfg(Path(tmp) / "accum", 2)
     cfg.optim.grad_accum = 2
     trainer = Trainer(cfg, model_fn=tiny_model, train_loader=rank_loader(rank, 2, accum=2))
@@ -138,6 +151,9 @@ def test_zero_1_2_3_match_plain_pytorch_on_two_ranks(tmp_path):
         got = results[0][stage]["losses"]
         assert got == results[1][stage]["losses"]  # every rank logs the global mean
         np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5, err_msg=f"ZeRO-{stage}")
+    np.testing.assert_allclose(
+        results[0]["z3_triton"], expected, rtol=0, atol=1e-4, err_msg="ZeRO-3 + Triton head"
+    )
     # gradient accumulation: 2 micro-batches per rank and step = one batch of 4 x B
     np.testing.assert_allclose(results[0]["accum"], expected_accum, rtol=0, atol=1e-5, err_msg="grad_accum 2")
     # ZeRO-3 really partitions: each rank holds about half of the parameters
