@@ -18,7 +18,7 @@
 # the others' time; a failed stage is reported and the suite goes on.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-perf/results/gpu_$(date -u +%Y%m%d)}
+export OUT=${OUT:-perf/results/gpu_$(date -u +%Y%m%d)}
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 CATLIP_RESULTS=$OUT
 unset TRITON_INTERPRET
@@ -48,7 +48,7 @@ stage gpu_tests 180 python3 -m pytest -q -p no:cacheprovider -o addopts="" \
   tests/test_linear_bce.py tests/test_flash_attention.py tests/test_models.py
 
 # 2. benchmarks, side by side with the alternatives; each writes its CSV under $OUT
-stage bench_linear_bce 150 python3 perf/bench_linear_bce.py --quick --out "$OUT"
+stage bench_linear_bce 150 python3 perf/bench_linear_bce.py --quick  # writes $OUT/linear_bce.csv
 stage bench_attention 120 python3 perf/bench_attention.py --quick --out "$OUT"
 stage bench_step 90 python3 perf/bench_step.py --device cuda --out "$OUT"
 stage bench_decode 40 python3 perf/bench_decode_gpu.py --images .gpu_data/coco_photos --out "$OUT"
