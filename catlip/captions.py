@@ -58,8 +58,8 @@ def read_coco(path: Path) -> Iterator[Caption]:
         yield str(ann.get("image_id", i)), ann["caption"]
 
 
-def read_tsv(path: Path) -> Iterator[Caption]:
-    """``file<TAB>caption`` per line; blank lines are skipped; the key is the file name's stem."""
+def iter_tsv_rows(path: Path) -> Iterator[tuple[str, str]]:
+    """(file name, caption) of each ``file<TAB>caption`` line; blank lines and a header skipped."""
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
             try:
@@ -76,7 +76,13 @@ def read_tsv(path: Path) -> Iterator[Caption]:
                 ("filename", "caption"),
             }:
                 continue  # header
-            yield Path(name).stem, caption
+            yield name, caption
+
+
+def read_tsv(path: Path) -> Iterator[Caption]:
+    """``file<TAB>caption`` per line; the key is the file name's stem."""
+    for name, caption in iter_tsv_rows(path):
+        yield Path(name).stem, caption
 
 
 def read_webdataset(path: Path) -> Iterator[Caption]:

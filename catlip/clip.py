@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from catlip.models import VisionTransformer, ViTConfig, vit_config
+from catlip.models import Block, VisionTransformer, ViTConfig, vit_config
 
 TEXT_ATTN_IMPLS = ("sdpa", "math")  # backends with a causal mask
 
@@ -92,48 +92,6 @@ def clip_config(name: str, *, siglip: bool = False, **overrides) -> CLIPConfig:
     return replace(CLIP_PRESETS[name], **({**SIGLIP_INIT, **overrides} if siglip else overrides))
 
 
-class CausalSelfAttention(nn.Module):
-    """Multi-head self-attention where position i sees positions <= i (open_clip's text mask)."""
-
-    def __init__(self, width: int, heads: int, attn_impl: str = "sdpa") -> None:
-        super().__init__()
-        self.heads = heads
-        self.qkv = nn.Linear(width, 3 * width)
-        self.proj = nn.Linear(width, width)
-        self.attn_impl = attn_impl
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, s, w = x.shape
-        qkv = self.qkv(x).view(b, s, 3, self.heads, w // self.heads)  # (B, S, 3, H, Dh)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, S, Dh)
-        if self.attn_impl == "sdpa":
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        elif self.attn_impl == "math":
-            acc = torch.promote_types(q.dtype, torch.float32)  # at least fp32 (fp64 stays fp64)
-            scores = (q.to(acc) @ k.to(acc).transpose(-2, -1)) / math.sqrt(q.size(-1))  # (B, H, S, S)
-            future = torch.ones(s, s, dtype=torch.bool, device=x.device).triu(1)  # (S, S)
-            out = (scores.masked_fill(future, float("-inf")).softmax(dim=-1) @ v.to(acc)).to(q.dtype)
-        else:
-            raise ValueError(f"text attn_impl must be one of {TEXT_ATTN_IMPLS}, got {self.attn_impl!r}")
-        return self.proj(out.transpose(1, 2).reshape(b, s, w))
-
-
-class TextBlock(nn.Module):
-    """Pre-norm block: x + attn(norm(x)), then x + mlp(norm(x)); GELU MLP (open_clip's default)."""
-
-    def __init__(self, cfg: TextConfig, attn_impl: str) -> None:
-        super().__init__()
-        hidden = int(cfg.width * cfg.mlp_ratio)
-        self.norm1 = nn.LayerNorm(cfg.width, eps=cfg.norm_eps)
-        self.attn = CausalSelfAttention(cfg.width, cfg.heads, attn_impl)
-        self.norm2 = nn.LayerNorm(cfg.width, eps=cfg.norm_eps)
-        self.mlp = nn.Sequential(nn.Linear(cfg.width, hidden), nn.GELU(), nn.Linear(hidden, cfg.width))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
-
-
 class TextTransformer(nn.Module):
     """Token ids (B, context) -> end-of-text features (B, embed_dim), unnormalised."""
 
@@ -148,7 +106,17 @@ class TextTransformer(nn.Module):
         self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.width)
         # open_clip's name: decayed like the token embedding (models.no_weight_decay spares pos_embed).
         self.positional_embedding = nn.Parameter(torch.zeros(cfg.context_length, cfg.width))
-        self.blocks = nn.ModuleList(TextBlock(cfg, attn_impl) for _ in range(cfg.depth))
+        self.blocks = nn.ModuleList(
+            Block(
+                cfg.width,
+                cfg.heads,
+                mlp_ratio=cfg.mlp_ratio,
+                norm_eps=cfg.norm_eps,
+                attn_impl=attn_impl,
+                causal=True,
+            )
+            for _ in range(cfg.depth)
+        )
         self.norm = nn.LayerNorm(cfg.width, eps=cfg.norm_eps)
         self.proj = nn.Linear(cfg.width, embed_dim, bias=False)
         self.reset_parameters()

@@ -75,27 +75,35 @@ def vit_config(name: str, **overrides) -> ViTConfig:
 
 
 class Attention(nn.Module):
-    def __init__(self, width: int, heads: int, attn_impl: str = "sdpa") -> None:
+    """Multi-head self-attention over a packed qkv projection; ``causal``: position i sees <= i."""
+
+    def __init__(self, width: int, heads: int, attn_impl: str = "sdpa", *, causal: bool = False) -> None:
         super().__init__()
         self.heads = heads
         self.qkv = nn.Linear(width, 3 * width)
         self.proj = nn.Linear(width, width)
         self.attn_impl = attn_impl
+        self.causal = causal
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, s, w = x.shape
         qkv = self.qkv(x).view(b, s, 3, self.heads, w // self.heads)  # (B, S, 3, H, Dh)
         if self.attn_impl == "triton":
+            if self.causal:
+                raise ValueError("the Triton attention kernel is non-causal; use sdpa or math here")
             from kernels.flash_attention import attention_qkv
 
             # reads q, k, v straight from the packed buffer and writes (B, S, H, Dh): no copies
             return self.proj(attention_qkv(qkv, impl="triton").reshape(b, s, w))
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, S, Dh)
         if self.attn_impl == "sdpa":
-            out = F.scaled_dot_product_attention(q, k, v)
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
         elif self.attn_impl == "math":
             acc = torch.promote_types(q.dtype, torch.float32)  # at least fp32 statistics; fp64 stays fp64
             scores = (q.to(acc) @ k.to(acc).transpose(-2, -1)) / math.sqrt(q.size(-1))  # (B, H, S, S)
+            if self.causal:
+                future = torch.ones(s, s, dtype=torch.bool, device=x.device).triu(1)  # (S, S)
+                scores = scores.masked_fill(future, float("-inf"))
             out = (scores.softmax(dim=-1) @ v.to(acc)).to(q.dtype)
         else:
             raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}, got {self.attn_impl!r}")
@@ -103,15 +111,26 @@ class Attention(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x)) (GELU MLP).
 
-    def __init__(self, cfg: ViTConfig, attn_impl: str) -> None:
+    Shared by the ViT (non-causal) and the CLIP text tower (``causal=True``)."""
+
+    def __init__(
+        self,
+        width: int,
+        heads: int,
+        *,
+        mlp_ratio: float = 4.0,
+        norm_eps: float = 1e-6,
+        attn_impl: str = "sdpa",
+        causal: bool = False,
+    ) -> None:
         super().__init__()
-        hidden = int(cfg.width * cfg.mlp_ratio)
-        self.norm1 = nn.LayerNorm(cfg.width, eps=cfg.norm_eps)
-        self.attn = Attention(cfg.width, cfg.heads, attn_impl)
-        self.norm2 = nn.LayerNorm(cfg.width, eps=cfg.norm_eps)
-        self.mlp = nn.Sequential(nn.Linear(cfg.width, hidden), nn.GELU(), nn.Linear(hidden, cfg.width))
+        hidden = int(width * mlp_ratio)
+        self.norm1 = nn.LayerNorm(width, eps=norm_eps)
+        self.attn = Attention(width, heads, attn_impl, causal=causal)
+        self.norm2 = nn.LayerNorm(width, eps=norm_eps)
+        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.norm1(x))
@@ -130,7 +149,10 @@ class VisionTransformer(nn.Module):
         self.patch_embed = nn.Conv2d(3, cfg.width, kernel_size=cfg.patch_size, stride=cfg.patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.width))
         self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_tokens, cfg.width))
-        self.blocks = nn.ModuleList(Block(cfg, attn_impl) for _ in range(cfg.depth))
+        self.blocks = nn.ModuleList(
+            Block(cfg.width, cfg.heads, mlp_ratio=cfg.mlp_ratio, norm_eps=cfg.norm_eps, attn_impl=attn_impl)
+            for _ in range(cfg.depth)
+        )
         self.norm = nn.LayerNorm(cfg.width, eps=cfg.norm_eps)
         self.reset_parameters()
 

@@ -125,32 +125,18 @@ class TsvSource:
     """``file<TAB>caption`` TSV + image folder; ``file`` is relative to the folder."""
 
     def __init__(self, tsv: Path | str, images: Path | str, *, shuffle_seed: int | None = 0) -> None:
-        from catlip.captions import CaptionFileError
+        from catlip.captions import CaptionFileError, iter_tsv_rows
 
         self.tsv, self.images = Path(tsv), Path(images)
         if not self.tsv.is_file():
             raise CaptionFileError(f"{self.tsv}: no such file")
         seen: Counter[str] = Counter()
         self.items: list[RawSample] = []
-        with open(self.tsv, "rb") as f:
-            for lineno, raw in enumerate(f, start=1):
-                try:
-                    line = raw.decode("utf-8").rstrip("\r\n")
-                except UnicodeDecodeError as err:
-                    raise CaptionFileError(f"{self.tsv}:{lineno}: not UTF-8 ({err.reason})") from err
-                if not line.strip():
-                    continue
-                name, tab, caption = line.partition("\t")
-                if not tab or not name:
-                    raise CaptionFileError(
-                        f"{self.tsv}:{lineno}: expected 'file<TAB>caption', got {line!r:.80}"
-                    )
-                if lineno == 1 and name.lower() in ("file", "filename") and caption.lower() == "caption":
-                    continue  # header
-                stem = Path(name).with_suffix("").as_posix()
-                key = sanitize_key(f"{stem}_{seen[stem]}")
-                seen[stem] += 1
-                self.items.append(RawSample(key, name, caption, path=self.images / name))
+        for name, caption in iter_tsv_rows(self.tsv):
+            stem = Path(name).with_suffix("").as_posix()
+            key = sanitize_key(f"{stem}_{seen[stem]}")
+            seen[stem] += 1
+            self.items.append(RawSample(key, name, caption, path=self.images / name))
         if shuffle_seed is not None:
             random.Random(shuffle_seed).shuffle(self.items)
 

@@ -45,6 +45,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from perf.common import commit  # noqa: E402
 
 # name: (B, H, S, D). S = 401 is 20 x 20 patches + class token (B/16 at 320 px, H/14 at 280 px).
 SHAPES = {
@@ -63,19 +64,6 @@ FIELDS = [
     "date", "commit", "device", "torch", "triton", "shape", "B", "H", "S", "D", "dtype",
     "provider", "mode", "ms", "tflops", "peak_mem_mb", "max_err", "note",
 ]  # fmt: skip
-
-
-def commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-        )
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "kernels"], cwd=ROOT, capture_output=True, text=True
-        )
-        return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "") or "unknown"
-    except OSError:
-        return "unknown"
 
 
 def flops(b: int, h: int, s: int, d: int, mode: str) -> float:

@@ -29,15 +29,17 @@ import gc
 import json
 import math
 import os
-import platform
 import random
-import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script: the perf package sits at the root
+from perf.common import commit, cpu_name  # noqa: E402
+
 PHOTOS = ROOT.parent / "shared" / "data" / "coco_photos"
 OUT = ROOT / "perf" / "results" / "data.csv"
 FIELDS = [
@@ -54,25 +56,6 @@ FIELDS = [
     "cpu_seconds",
     "images_per_s_per_core",
 ]
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-        ).stdout.strip()
-    except OSError:
-        return "unknown"
 
 
 def cpu_seconds() -> float:

@@ -16,12 +16,13 @@ import csv
 import datetime
 import io
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script: the perf package sits at the root
+from perf.common import commit  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,9 +74,6 @@ def main(argv: list[str] | None = None) -> int:
         rate = len(blobs) / statistics.median(times)
         rows.append((name, rate))
         print(f"{name:<26} {rate:>10,.0f} images/s ({len(blobs)} COCO JPEGs, resize to 224)")
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-    ).stdout.strip()
     stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "decode_gpu.csv"
@@ -88,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             w.writerow(
                 [
                     stamp,
-                    commit,
+                    commit(),
                     torch.cuda.get_device_name(),
                     torchvision.__version__,
                     name,

@@ -20,32 +20,15 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
-import platform
-import subprocess
+import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script: the perf package sits at the root
+from perf.common import commit, cpu_name  # noqa: E402
+
 DEFAULT = ROOT.parent / "shared" / "data" / "coco_captions_val2017.json"
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-        ).stdout.strip()
-    except OSError:
-        return "unknown"
 
 
 def cpu_time(fn, items) -> float:

@@ -38,7 +38,6 @@ import datetime
 import math
 import os
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -49,9 +48,9 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
 from kernels.linear_bce import linear_bce  # noqa: E402
 from kernels.reference import dense_targets  # noqa: E402
+from perf.common import commit  # noqa: E402
 
 PROVIDERS = ("triton", "triton-eval", "eager", "compile", "chunked", "gemm3")
 FIELDS = [
@@ -64,19 +63,6 @@ DEVICE = "cuda"
 # eager's memory per logit: bf16 + fp32 logits, fp32 target, log_sigmoid and loss temporaries,
 # fp32 + bf16 gradients
 EAGER_BYTES_PER_LOGIT = 28
-
-
-def commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-        )
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "kernels"], cwd=ROOT, capture_output=True, text=True
-        )
-        return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
-    except OSError:
-        return "unknown"
 
 
 def make_inputs(b: int, d: int, v: int, seed: int = 0):

@@ -29,12 +29,12 @@ import csv
 import datetime
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from perf.common import commit, cpu_name  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("data", "image_fwd", "image_bwd", "text_fwd", "text_bwd", "loss", "allreduce", "optimizer")
@@ -291,15 +291,7 @@ def run_rank(rank: int, world: int, args, port: int, queue) -> None:
 def device_name(device: str) -> str:
     import torch
 
-    if device == "cuda":
-        return torch.cuda.get_device_name()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "cpu"
+    return torch.cuda.get_device_name() if device == "cuda" else cpu_name()
 
 
 def svg_chart(rows: list[dict], path: Path, title: str) -> None:
@@ -412,12 +404,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"CatLIP / {r['objective']} images/s ({r['setting']}): {ratio:.2f}x")
     if not args.no_csv:
         args.out.mkdir(parents=True, exist_ok=True)
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-        ).stdout.strip()
         stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         path = args.out / f"step_{args.device}.csv"
-        meta = {"date": stamp, "commit": commit, "device": name, "model": args.model, "vocab": args.vocab}
+        meta = {"date": stamp, "commit": commit(), "device": name, "model": args.model, "vocab": args.vocab}
         fields = list(meta) + list(rows[0])
         new = not path.exists()
         with open(path, "a", newline="") as f:
