@@ -174,8 +174,12 @@ def _try_nltk_download(target: Path, log: Log) -> bool:
     old_timeout = socket.getdefaulttimeout()
     socket.setdefaulttimeout(15)
     try:
-        # quiet=True still prints errors to stdout; the one line logged below says enough.
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        # quiet=True still prints its errors; the one line logged below says enough.
+        with (
+            warnings.catch_warnings(),
+            contextlib.redirect_stdout(io.StringIO()),
+            contextlib.redirect_stderr(io.StringIO()),
+        ):
             warnings.simplefilter("ignore")
             for name in ("wordnet", TAGGER_NAME):
                 nltk.download(name, download_dir=str(target), quiet=True, raise_on_error=True)
