@@ -40,8 +40,8 @@ def iter_captions(path: Path | str) -> Iterator[Caption]:
     yield from reader[caption_format(path)](path)
 
 
-def read_coco(path: Path) -> Iterator[Caption]:
-    """COCO ``captions_*.json``: the ``annotations`` list of {image_id, caption}."""
+def load_coco(path: Path) -> tuple[dict, list]:
+    """A COCO caption file's parsed JSON and its ``annotations`` list, or a CaptionFileError."""
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
@@ -52,6 +52,12 @@ def read_coco(path: Path) -> Iterator[Caption]:
     annotations = data.get("annotations") if isinstance(data, dict) else None
     if not isinstance(annotations, list):
         raise CaptionFileError(f"{path}: not a COCO caption file (no 'annotations' list)")
+    return data, annotations
+
+
+def read_coco(path: Path) -> Iterator[Caption]:
+    """COCO ``captions_*.json``: the ``annotations`` list of {image_id, caption}."""
+    _, annotations = load_coco(path)
     for i, ann in enumerate(annotations):
         if not isinstance(ann, dict) or "caption" not in ann:
             raise CaptionFileError(f"{path}: annotations[{i}] has no 'caption' field: {ann!r:.80}")

@@ -77,62 +77,15 @@ def sanitize_key(key: str) -> str:
     return clean
 
 
-class CocoSource:
-    """COCO ``captions_*.json`` + image folder: one sample per caption annotation.
+class _FolderSource:
+    """Captions naming image files in a folder: keys ``<image stem>_<caption ordinal>``, samples
+    shuffled with a fixed seed (see the module docstring), sized and re-iterable."""
 
-    The image of an annotation is the ``file_name`` the JSON's ``images`` list gives its
-    ``image_id``, else ``f"{image_id:012d}.jpg"``. Keys are ``<image stem>_<caption ordinal>``."""
-
-    def __init__(self, json_path: Path | str, images: Path | str, *, shuffle_seed: int | None = 0) -> None:
-        from catlip.captions import CaptionFileError
-
-        self.json_path, self.images = Path(json_path), Path(images)
-        path = self.json_path
-        if not path.is_file():
-            raise CaptionFileError(f"{path}: no such file")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise CaptionFileError(f"{path}:{err.lineno}:{err.colno}: invalid JSON ({err.msg})") from err
-        except UnicodeDecodeError as err:
-            raise CaptionFileError(f"{path}: not UTF-8 text ({err})") from err
-        annotations = data.get("annotations") if isinstance(data, dict) else None
-        if not isinstance(annotations, list):
-            raise CaptionFileError(f"{path}: not a COCO caption file (no 'annotations' list)")
-        files = {img.get("id"): img["file_name"] for img in data.get("images") or [] if "file_name" in img}
+    def __init__(self, images: Path | str, rows: Iterable[tuple[str, str]], shuffle_seed: int | None) -> None:
+        self.images = Path(images)
         seen: Counter[str] = Counter()
         self.items: list[RawSample] = []
-        for i, ann in enumerate(annotations):
-            if not isinstance(ann, dict) or "caption" not in ann or "image_id" not in ann:
-                raise CaptionFileError(f"{path}: annotations[{i}] lacks 'image_id' or 'caption': {ann!r:.80}")
-            ident = ann["image_id"]
-            name = files.get(ident) or (f"{ident:012d}.jpg" if isinstance(ident, int) else f"{ident}.jpg")
-            stem = Path(name).with_suffix("").as_posix()
-            key = sanitize_key(f"{stem}_{seen[stem]}")
-            seen[stem] += 1
-            self.items.append(RawSample(key, name, ann["caption"], path=self.images / name))
-        if shuffle_seed is not None:
-            random.Random(shuffle_seed).shuffle(self.items)
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __iter__(self) -> Iterator[RawSample]:
-        return iter(self.items)
-
-
-class TsvSource:
-    """``file<TAB>caption`` TSV + image folder; ``file`` is relative to the folder."""
-
-    def __init__(self, tsv: Path | str, images: Path | str, *, shuffle_seed: int | None = 0) -> None:
-        from catlip.captions import CaptionFileError, iter_tsv_rows
-
-        self.tsv, self.images = Path(tsv), Path(images)
-        if not self.tsv.is_file():
-            raise CaptionFileError(f"{self.tsv}: no such file")
-        seen: Counter[str] = Counter()
-        self.items: list[RawSample] = []
-        for name, caption in iter_tsv_rows(self.tsv):
+        for name, caption in rows:  # (file name relative to the folder, caption)
             stem = Path(name).with_suffix("").as_posix()
             key = sanitize_key(f"{stem}_{seen[stem]}")
             seen[stem] += 1
@@ -145,6 +98,48 @@ class TsvSource:
 
     def __iter__(self) -> Iterator[RawSample]:
         return iter(self.items)
+
+
+class CocoSource(_FolderSource):
+    """COCO ``captions_*.json`` + image folder: one sample per caption annotation.
+
+    The image of an annotation is the ``file_name`` the JSON's ``images`` list gives its
+    ``image_id``, else ``f"{image_id:012d}.jpg"``. Keys are ``<image stem>_<caption ordinal>``."""
+
+    def __init__(self, json_path: Path | str, images: Path | str, *, shuffle_seed: int | None = 0) -> None:
+        from catlip.captions import CaptionFileError, load_coco
+
+        self.json_path = path = Path(json_path)
+        if not path.is_file():
+            raise CaptionFileError(f"{path}: no such file")
+        data, annotations = load_coco(path)
+        files = {img.get("id"): img["file_name"] for img in data.get("images") or [] if "file_name" in img}
+
+        def rows() -> Iterator[tuple[str, str]]:
+            for i, ann in enumerate(annotations):
+                if not isinstance(ann, dict) or "caption" not in ann or "image_id" not in ann:
+                    raise CaptionFileError(
+                        f"{path}: annotations[{i}] lacks 'image_id' or 'caption': {ann!r:.80}"
+                    )
+                ident = ann["image_id"]
+                yield (
+                    files.get(ident) or (f"{ident:012d}.jpg" if isinstance(ident, int) else f"{ident}.jpg"),
+                    ann["caption"],
+                )
+
+        super().__init__(images, rows(), shuffle_seed)
+
+
+class TsvSource(_FolderSource):
+    """``file<TAB>caption`` TSV + image folder; ``file`` is relative to the folder."""
+
+    def __init__(self, tsv: Path | str, images: Path | str, *, shuffle_seed: int | None = 0) -> None:
+        from catlip.captions import CaptionFileError, iter_tsv_rows
+
+        self.tsv = Path(tsv)
+        if not self.tsv.is_file():
+            raise CaptionFileError(f"{self.tsv}: no such file")
+        super().__init__(images, iter_tsv_rows(self.tsv), shuffle_seed)
 
 
 class Img2DatasetSource:
