@@ -51,7 +51,7 @@ stage gpu_tests 150 python3 -m pytest -q -p no:cacheprovider -o addopts="" \
 # 2. benchmarks, side by side with the alternatives; each writes its CSV under $OUT
 stage bench_linear_bce 120 python3 perf/bench_linear_bce.py --quick  # writes $OUT/linear_bce.csv
 stage bench_attention 100 python3 perf/bench_attention.py --quick --out "$OUT"
-stage bench_step 70 python3 perf/bench_step.py --device cuda --out "$OUT"
+stage bench_step 70 python3 perf/bench_step.py --device cuda --model vit_b16 --batch 128 --vocab 24320 --out "$OUT"  # --max-batch: a longer run of its own
 stage bench_decode 30 python3 perf/bench_decode_gpu.py --images .gpu_data/coco_photos --out "$OUT"
 
 echo "results in $OUT:"
