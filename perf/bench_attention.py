@@ -33,7 +33,6 @@ spills, shared memory and the tensor-core instructions of each (kernel, shape) v
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
 import os
 import re
@@ -45,7 +44,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from perf.common import commit  # noqa: E402
+from perf.common import append_rows, commit  # noqa: E402
 
 # name: (B, H, S, D). S = 401 is 20 x 20 patches + class token (B/16 at 320 px, H/14 at 280 px).
 SHAPES = {
@@ -225,13 +224,7 @@ def summarize(rows: list[dict]) -> None:
 
 
 def write_rows(rows: list[dict], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    new = not path.exists()
-    with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
-        if new:
-            w.writeheader()
-        w.writerows(rows)
+    append_rows(path, FIELDS, rows, extrasaction="ignore")
     print(f"\nappended {len(rows)} rows to {path}")
 
 

@@ -23,7 +23,6 @@ Without --shards the 255 COCO photos of ../shared/data/coco_photos are packed (5
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
 import gc
 import json
@@ -38,7 +37,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script: the perf package sits at the root
-from perf.common import commit, cpu_name  # noqa: E402
+from perf.common import append_rows, commit, cpu_name  # noqa: E402
 
 PHOTOS = ROOT.parent / "shared" / "data" / "coco_photos"
 OUT = ROOT / "perf" / "results" / "data.csv"
@@ -278,13 +277,7 @@ def main() -> None:
         tmp.cleanup()
     if args.no_csv or not rows:
         return
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    new = not args.out.exists()
-    with open(args.out, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
-        if new:
-            writer.writeheader()
-        writer.writerows(rows)
+    append_rows(args.out, FIELDS, rows)
     print(f"appended {len(rows)} row(s) to {args.out}")
 
 

@@ -18,7 +18,6 @@ perf/results/labeler.csv with the CPU, commit and date.
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
 import sys
 import time
@@ -26,7 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script: the perf package sits at the root
-from perf.common import commit, cpu_name  # noqa: E402
+from perf.common import append_rows, commit, cpu_name  # noqa: E402
 
 DEFAULT = ROOT.parent / "shared" / "data" / "coco_captions_val2017.json"
 
@@ -130,15 +129,9 @@ def main() -> None:
                 **{f"us_{k}": round(v, 1) for k, v in split.items()},
             }
         )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     fields = ["date", "commit", "device", "provider", "captions", "captions_per_s_per_core", "us_per_caption"]
     fields += ["us_clean", "us_tokenize", "us_tag", "us_lookup"]
-    new = not args.out.exists()
-    with open(args.out, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        if new:
-            writer.writeheader()
-        writer.writerows(rows)
+    append_rows(args.out, fields, rows)
     print(f"appended to {args.out}")
 
 

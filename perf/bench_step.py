@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import datetime
 import os
 import statistics
@@ -34,7 +33,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from perf.common import commit, cpu_name  # noqa: E402
+from perf.common import append_rows, commit, cpu_name  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("data", "image_fwd", "image_bwd", "text_fwd", "text_bwd", "loss", "allreduce", "optimizer")
@@ -408,15 +407,8 @@ def main(argv: list[str] | None = None) -> int:
         path = args.out / f"step_{args.device}.csv"
         meta = {"date": stamp, "commit": commit(), "device": name, "model": args.model, "vocab": args.vocab}
         fields = list(meta) + list(rows[0])
-        new = not path.exists()
-        with open(path, "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=fields)
-            if new:
-                writer.writeheader()
-            for r in rows:
-                writer.writerow(
-                    {**meta, **{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}}
-                )
+        rounded = [{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in rows]
+        append_rows(path, fields, [{**meta, **r} for r in rounded])
         svg_chart(
             rows,
             args.out / f"step_{args.device}.svg",

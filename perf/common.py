@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import platform
 import subprocess
 from pathlib import Path
@@ -31,3 +32,14 @@ def commit() -> str:
     except OSError:
         return "unknown"
     return (head.stdout.strip() or "unknown") + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def append_rows(path: Path, fields: list[str], rows: list[dict], *, extrasaction: str = "raise") -> None:
+    """Append ``rows`` to the CSV at ``path``, writing the header first when the file is new."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = not path.exists()
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, extrasaction=extrasaction)
+        if new:
+            writer.writeheader()
+        writer.writerows(rows)
