@@ -1,6 +1,6 @@
 """The DALI loader: packed WebDataset shards -> normalised image batches and padded label lists.
 
-Pipeline (one per rank, ``engine/pack.py`` makes the shards)::
+Pipeline (one per rank, ``engine/packing/`` makes the shards)::
 
     readers.webdataset(ext=["jpg;jpeg;png;webp", "lbl"], shard_id=rank, num_shards=world_size,
                        pad_last_batch=True, missing_component_behavior="skip")

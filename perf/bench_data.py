@@ -166,7 +166,7 @@ def pack_photos(work: Path) -> Path:
     """Pack the COCO photos into ``work/shards`` with a min-count-2 vocabulary of their captions."""
     from catlip.captions import iter_captions
     from catlip.vocab import build_vocabulary
-    from engine.pack import TsvSource, pack
+    from engine.packing import TsvSource, pack
 
     vocab, _ = build_vocabulary(
         [c for _, c in iter_captions(PHOTOS / "captions.tsv")], min_count=2, workers=1, progress=False

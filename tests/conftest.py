@@ -57,7 +57,7 @@ def packed_photos(tmp_path_factory: pytest.TempPathFactory, shared_data: Path, n
 
     from catlip.captions import iter_captions
     from catlip.vocab import build_vocabulary
-    from engine.pack import TsvSource, pack
+    from engine.packing import TsvSource, pack
 
     root = tmp_path_factory.mktemp("photos")
     photos = shared_data / "coco_photos"

@@ -15,7 +15,7 @@ from PIL import Image
 from shard_utils import read_all
 
 from engine.data import CLIP_MEAN, CLIP_STD, make_loader
-from engine.pack import ShardWriter
+from engine.packing import ShardWriter
 
 pytestmark = pytest.mark.usefixtures("nltk_ready")
 SIZE = 48  # small images keep the resize and normalise cheap; decoding dominates
