@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_pack_parser(sub)
 
-    from engine.train import add_train_arguments
+    from engine.config import add_train_arguments
 
     p = sub.add_parser(
         "train",
@@ -356,7 +356,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from engine.train import export_fp32
+    from engine.checkpoint import export_fp32
 
     path = export_fp32(args.checkpoint, args.out)
     print(f"wrote {path}")

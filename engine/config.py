@@ -6,6 +6,7 @@ Unknown keys are errors (a typo must not silently fall back to a default). Comma
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,8 @@ class ModelConfig:
     image_size: int | None = None  # override the preset's resolution
     attn_impl: str = "sdpa"  # "sdpa" | "math"
     loss_impl: str = "torch"  # "torch" (reference) | "triton" (fused kernel)
-    grad_checkpointing: bool = False
+    grad_checkpointing: bool = False  # recompute each block in the backward (engine/parallel.py)
+    compile: bool = False  # torch.compile each transformer block (ZeRO 0-2)
     label_smoothing: float = 0.0
     # contrastive baselines: open_clip's all-gather modes, SigLIP's exchange
     local_loss: bool = True
@@ -167,3 +169,17 @@ def validate(cfg: TrainConfig) -> None:
     errors = [msg for ok, msg in checks if not ok]
     if errors:
         raise ConfigError("; ".join(errors))
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    """``--config`` and ``--set``, shared by ``catlip train`` and ``python -m engine.train``."""
+    p.add_argument("--config", type=Path, help="YAML run config (sections model, data, optim, run)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a config value, e.g. --set run.steps=200 (repeatable)",
+    )
+    p.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)  # deepspeed launcher

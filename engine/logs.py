@@ -1,0 +1,80 @@
+"""What a run reports: step lines on the console (under the progress bar), ``log.jsonl``,
+``eval.jsonl`` and TensorBoard (``<out_dir>/tb``). Only rank 0 writes."""
+
+from __future__ import annotations
+
+import json
+import resource
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from engine.distributed import cuda_available
+
+
+@dataclass
+class StepLog:
+    step: int
+    loss: float  # this step's loss, mean over ranks and micro-batches
+    lr: float
+    images_per_s: float  # over the steps since the previous log line
+    step_time: float  # seconds per step, same window
+    data_time: float  # seconds per step waiting for batches, same window
+    peak_mem_mb: float
+
+
+def peak_memory_mb() -> float:
+    import torch
+
+    if cuda_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+class RunLog:
+    def __init__(self, out_dir: Path, enabled: bool) -> None:
+        self.out_dir, self.enabled = Path(out_dir), enabled
+        self._tb = None
+
+    def _board(self):
+        if self._tb is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(self.out_dir / "tb"))
+        return self._tb
+
+    def step(self, e: StepLog, bar: Any, counters: dict[str, int]) -> None:
+        if not self.enabled:
+            return
+        line = (
+            f"step {e.step:>6} | loss {e.loss:.5f} | lr {e.lr:.3e} | {e.images_per_s:,.1f} img/s | "
+            f"step {e.step_time * 1e3:.0f} ms (data {e.data_time * 1e3:.0f} ms) | peak mem {e.peak_mem_mb:,.0f} MB"
+        )
+        skipped = {k: v for k, v in counters.items() if v}
+        if skipped:  # samples not trained on as packed (bad images, failed batches, cut labels)
+            line += " | rank-0 data: " + ", ".join(f"{k} {v}" for k, v in skipped.items())
+        bar.write(line)
+        with open(self.out_dir / "log.jsonl", "a") as f:
+            f.write(json.dumps({**asdict(e), **counters}) + "\n")
+        tb = self._board()
+        for key in ("loss", "lr", "images_per_s", "step_time", "data_time", "peak_mem_mb"):
+            tb.add_scalar(f"train/{key}", getattr(e, key), e.step)
+        tb.flush()
+
+    def eval(self, step: int, result: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        print(
+            f"eval step {step}: held-out mAP {100 * result['val_mAP']:.2f}% over {result['classes']} synsets "
+            f"with a positive ({result['images']} images, {result['samples']} captions); "
+            f"chance {100 * result['chance_mAP']:.2f}%"
+        )
+        tb = self._board()
+        tb.add_scalar("val/mAP", result["val_mAP"], step)
+        tb.flush()
+        with open(self.out_dir / "eval.jsonl", "a") as f:
+            f.write(json.dumps({"step": step, **result}) + "\n")
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()

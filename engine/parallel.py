@@ -1,0 +1,117 @@
+"""The "parallelize" step (torchtitan's term): what turns a plain model into a training engine.
+
+After the objective has built the model (pure PyTorch, identical on every rank), this applies, in
+order: activation checkpointing, ``torch.compile`` (``model.compile``), and DeepSpeed:
+``deepspeed.initialize`` with ZeRO stage 0-3, precision, AdamW, gradient clipping and accumulation,
+and the warmup + cosine learning-rate schedule. Nothing here knows which objective is trained.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from engine.config import ConfigError, TrainConfig
+from engine.distributed import cuda_available
+
+
+def lr_multiplier(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """Linear warmup from ~0 to 1 over ``warmup`` steps, then cosine decay to ``min_ratio``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def use_bf16(cfg: TrainConfig) -> bool:
+    return cfg.run.precision == "bf16" or (cfg.run.precision == "auto" and cuda_available())
+
+
+def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict[str, Any]:
+    o, r = cfg.optim, cfg.run
+    zero: dict[str, Any] = {"stage": r.zero_stage}
+    if r.zero_stage == 3:
+        zero.update(
+            stage3_param_persistence_threshold=r.persistence_threshold,
+            model_persistence_threshold=r.persistence_threshold,
+        )
+    return {
+        "train_micro_batch_size_per_gpu": cfg.data.batch_size,
+        "gradient_accumulation_steps": o.grad_accum,
+        "train_batch_size": cfg.data.batch_size * o.grad_accum * world_size,
+        "gradient_clipping": o.grad_clip,  # DeepSpeed's default is 1.0: always set it
+        "optimizer": {
+            "type": "AdamW",
+            # torch_adam: torch's AdamW instead of DeepSpeed's compiled op (no build on CPU hosts)
+            "params": {"lr": o.lr, "betas": list(o.betas), "eps": o.eps, "torch_adam": True},
+        },
+        "zero_optimization": zero,
+        "bf16": {"enabled": use_bf16(cfg)},
+        "steps_per_print": 10**9,  # logging is ours
+        "wall_clock_breakdown": False,
+    }
+
+
+def apply_activation_checkpointing(model: nn.Module) -> int:
+    """Recompute each transformer block in the backward: every submodule with a
+    ``grad_checkpointing`` switch (timm's convention) turns it on. Returns how many did."""
+    switched = 0
+    for module in model.modules():
+        if hasattr(module, "grad_checkpointing"):
+            module.grad_checkpointing = True
+            switched += 1
+    return switched
+
+
+def apply_compile(model: nn.Module, cfg: TrainConfig) -> int:
+    """``torch.compile`` each transformer block in place (torchtitan's per-block compile: one
+    graph reused by every layer; parameter names and checkpoints are unchanged). ZeRO-3 is
+    refused: its per-module parameter gathering hooks would break every compiled graph."""
+    if cfg.run.zero_stage == 3:
+        raise ConfigError("model.compile with run.zero_stage 3 is not supported (use stage 0-2)")
+    from catlip.models import Block
+
+    blocks = [m for m in model.modules() if isinstance(m, Block)]
+    for block in blocks:
+        block.compile(dynamic=False)
+    return len(blocks)
+
+
+def parallelize(model: nn.Module, cfg: TrainConfig, world_size: int, param_groups: list[dict]):
+    """Checkpointing, compile and DeepSpeed applied to ``model``: returns (engine, scheduler)."""
+    import deepspeed
+
+    if cfg.model.grad_checkpointing:
+        apply_activation_checkpointing(model)
+    if cfg.model.compile:
+        apply_compile(model, cfg)
+    total, min_ratio = cfg.run.steps, cfg.optim.min_lr / cfg.optim.lr
+
+    def scheduler(optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: lr_multiplier(s, cfg.optim.warmup_steps, total, min_ratio)
+        )
+
+    engine, _, _, sched = deepspeed.initialize(
+        model=model,
+        model_parameters=param_groups,
+        config=deepspeed_config(cfg, world_size),
+        lr_scheduler=scheduler,
+    )
+    return engine, sched
+
+
+def partition_report(engine: Any, zero_stage: int) -> str:
+    """How many parameters each rank holds (ZeRO-3 partitions them; the others hold all)."""
+    import torch.distributed as dist
+
+    params = list(engine.module.parameters())
+    full = sum(getattr(p, "ds_numel", p.numel()) for p in params)
+    held = torch.tensor([sum(p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel() for p in params)])
+    counts = [torch.zeros_like(held) for _ in range(dist.get_world_size())]
+    dist.all_gather(counts, held)
+    per_rank = ", ".join(f"rank {r}: {int(c):,}" for r, c in enumerate(counts))
+    return f"ZeRO-{zero_stage}: {full:,} parameters; held per rank: {per_rank}"
