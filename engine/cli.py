@@ -105,6 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_pack_parser(sub)
 
+    _add_train_parsers(sub)
+    return parser
+
+
+def _add_train_parsers(sub: argparse._SubParsersAction) -> None:
+    """``train`` and ``export``."""
     from engine.config import add_train_arguments
 
     p = sub.add_parser(
@@ -127,7 +133,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", type=Path, required=True, help="the .safetensors file to write")
     p.set_defaults(func=cmd_export)
-    return parser
 
 
 def _require_nltk(args: argparse.Namespace) -> None:
