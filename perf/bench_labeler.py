@@ -9,7 +9,7 @@ Providers (one process, one core, the same captions):
 
 Each is timed by process CPU time after a warm-up pass over a different slice (so per-token
 caches start warm on common words, as they are after the first minutes of a real run), and split
-into stages (clean+tokenise, tag, WordNet lookup) to say what limits it. Rows are appended to
+into stages (clean, sentence split + tokenise, tag, WordNet lookup) to say what limits it. Rows are appended to
 perf/results/labeler.csv with the CPU, commit and date.
 
     python perf/bench_labeler.py [--captions FILE ...] [--n 10000]
@@ -64,14 +64,18 @@ def nltk_eager():
 
 def stages(labeler, captions) -> dict[str, float]:
     """Per-caption CPU microseconds of each stage of the catlip labeler."""
-    from catlip.text import clean_caption, word_tokenize
+    from catlip.text import clean_caption, split_sentences, word_tokenize
+
+    def tokenize(text):
+        return [word_tokenize(s) for s in split_sentences(text)]
 
     texts = [clean_caption(c) for c in captions]
     t_clean = cpu_time(clean_caption, captions)
-    tokens = [word_tokenize(t) for t in texts]
-    t_tok = cpu_time(word_tokenize, texts)
+    sentences = [tokenize(t) for t in texts]
+    t_tok = cpu_time(tokenize, texts)
     if labeler.pos_filter:
-        t_tag = cpu_time(labeler._tagger.tag, tokens)
+        tag = labeler._tagger.tag
+        t_tag = cpu_time(lambda sents: [tag(s) for s in sents], sentences)
     else:
         t_tag = 0.0
     nouns = [labeler.nouns(c) for c in captions]

@@ -44,6 +44,41 @@ def test_men_falls_through_to_man(labeler):
     assert names(CaptionLabeler(official=True), "three men on a bench") == ["three.n.01", "bench.n.01"]
 
 
+@pytest.mark.parametrize(
+    ("caption", "expected"),
+    [
+        ("her teeth", ["tooth.n.01"]),  # teeth.n.01 is dentition.n.02; tooth from the exception list
+        ("graffiti on a wall", ["graffito.n.01", "wall.n.01"]),
+        ("two vases", ["vase.n.01"]),  # vas.n.01 is vessel.n.01; vase is the other base form
+        ("a plate of cookies", ["cookie.n.01"]),  # cooky.n.01 is cookie.n.02
+        # the token unchanged is never the fallback: these plural-only senses are wrong here
+        ("the ways to the beach", ["beach.n.01"]),  # not ways.n.01, a slipway
+        ("a dog between its masters feet", ["dog.n.01", "foot.n.01"]),  # not the poet masters.n.01
+        ("taxis on a street", ["street.n.01"]),  # not taxis.n.01, a cell's movement
+        ("architectural elements", []),  # not elements.n.01, the weather
+    ],
+)
+def test_second_lemma_is_a_base_form_never_the_token(labeler, caption, expected):
+    assert names(labeler, caption) == expected
+
+
+def test_sentence_final_periods_do_not_hide_nouns(labeler):
+    caption = "A view of a motorcycle. The picture is very close."
+    assert names(labeler, caption) == ["motorcycle.n.01", "picture.n.01"]
+    # the official mode splits sentences too (as corenet's nltk.word_tokenize does)
+    assert "motorcycle.n.01" in names(CaptionLabeler(official=True), caption)
+    assert labeler.sentences(caption)[0][-2:] == ["motorcycle", "."]
+
+
+@pytest.mark.parametrize(
+    "caption",
+    ["a+dog+on+a+beach", "A%20dog%20on%20a%20beach", "ａ ｄｏｇ ｏｎ ａ ｂｅａｃｈ", "a dog on a beach"],
+)
+@pytest.mark.parametrize("mode", [{}, {"official": True}])
+def test_web_alt_text_is_decoded(caption, mode):
+    assert names(CaptionLabeler(**mode), caption) == ["dog.n.01", "beach.n.01"]
+
+
 def test_pos_filter_drops_verbs_and_numbers(labeler):
     caption = "people watch a clock on the wall"
     assert names(labeler, caption) == ["people.n.01", "clock.n.01", "wall.n.01"]
@@ -88,6 +123,51 @@ def _corenet_labels(caption: str) -> list[str]:
             if key not in out:
                 out.append(key)
     return out
+
+
+class _TokenFallbackLabeler(CaptionLabeler):
+    """The second-lemma step as it was: every base form, shortest first, the token itself too."""
+
+    def _lemmas(self, token):
+        return sorted(self._wn._morphy(token, "n"), key=len) or [token]
+
+
+def test_default_differs_from_official_only_by_the_pos_filter_and_base_forms(shared_data):
+    """On the 25,014 COCO val2017 captions: with the POS filter off, the default mode gives the
+    official labels plus the synsets its second base form recovers, and nothing else."""
+    from collections import Counter
+
+    from catlip.captions import iter_captions
+
+    captions = [c for _, c in iter_captions(shared_data / "coco_captions_val2017.json")]
+    official, default = CaptionLabeler(official=True), CaptionLabeler(pos_filter=False)
+    old = _TokenFallbackLabeler(pos_filter=False)
+    extra, dropped = Counter(), Counter()
+    for caption in captions:
+        ours, theirs = default.synsets(caption), official.synsets(caption)
+        assert set(theirs) <= set(ours), caption
+        extra.update(default.name_of(k) for k in ours if k not in theirs)
+        dropped.update(old.name_of(k) for k in set(old.synsets(caption)) - set(ours))
+    assert extra == {
+        "man.n.01": 436,
+        "graffito.n.01": 59,
+        "tooth.n.01": 57,
+        "vase.n.01": 28,
+        "cookie.n.01": 9,
+        "use.n.01": 8,
+        "pantie.n.01": 1,
+    }
+    # What no longer comes from taking the token unchanged: the labels that change on COCO val.
+    assert dropped == {
+        "stairs.n.01": 18,
+        "ways.n.01": 8,
+        "elements.n.01": 2,
+        "cleaners.n.01": 2,
+        "masters.n.01": 1,
+        "taxis.n.01": 1,
+        "species.n.01": 1,
+        "teens.n.01": 1,
+    }
 
 
 def test_official_switch_reproduces_corenet(coco_captions):

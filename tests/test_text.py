@@ -1,11 +1,23 @@
-"""Cleaning, and the fast tokenizer and tagger against NLTK's own on real and tricky text."""
+"""Cleaning, and the fast sentence splitter, tokenizer and tagger against NLTK's own on real,
+tricky and random text."""
 
 from __future__ import annotations
 
+import random
+
+import ftfy
 import nltk
 import pytest
 
-from catlip.text import clean_caption, clean_caption_official, get_tagger, word_tokenize
+from catlip.text import (
+    _SIMPLE_RE,
+    clean_caption,
+    clean_caption_official,
+    fix_text,
+    get_tagger,
+    split_sentences,
+    word_tokenize,
+)
 
 TRICKY = [
     "a dog.",
@@ -30,6 +42,10 @@ TRICKY = [
     "'tis the season",
     "",
     "naïve café",
+    "a dog,,cat",
+    "a dog,,,cat, ,,",
+    "a,,.",
+    "dogs,1,2 and 1,000 cats,",
 ]
 
 
@@ -38,11 +54,69 @@ def test_tokenizer_matches_nltk_on_tricky_text(text):
     assert word_tokenize(text) == nltk.word_tokenize(text, preserve_line=True)
 
 
-def test_tokenizer_and_tagger_match_nltk_on_all_coco_captions(coco_captions, nltk_ready):
+# Characters the fast paths treat specially (commas, periods, the sentence ends), next to what
+# sends text to NLTK (quotes, other punctuation, digits, unicode quotes and letters, abbreviations).
+FUZZ_PIECES = list("ab cd e,,,. ..'\"019?!:;-()é“”’ａ\t") + [" ", " ", *"dog cat mr. st. u.s. ,".split()]
+
+
+FAST_PIECES = list("ab cd e,,,019 ") + ["dog", "cat", "cannot", " "]  # the fast tokenizer's alphabet
+
+
+def fuzz_texts(n: int, seed: int = 0) -> list[str]:
+    """Random strings; every other one from the fast path's alphabet, half of those with a period."""
+    rng = random.Random(seed)
+    texts = []
+    for i in range(n):
+        pieces = FUZZ_PIECES if i % 2 else FAST_PIECES
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 14)))
+        texts.append(text + "." if i % 4 == 2 else text)
+    return texts
+
+
+def test_tokenizer_matches_nltk_on_random_text():
+    texts = fuzz_texts(10_000)
+    fast = [t for t in texts if _SIMPLE_RE.fullmatch(t)]
+    assert len(fast) > 4_000 and sum(",," in t for t in fast) > 500  # the fast path is exercised
+    for text in texts:
+        assert word_tokenize(text) == nltk.word_tokenize(text, preserve_line=True), text
+
+
+def test_sentence_splitter_matches_nltk_on_random_text(nltk_ready):
+    texts = fuzz_texts(10_000, seed=1)
+    texts += [" ".join(t.split()) for t in texts[:5_000]]  # as cleaned captions are
+    punkt = nltk.tokenize.punkt.PunktTokenizer("english")
+    for text in texts:
+        assert split_sentences(text) == punkt.tokenize(text), text
+
+
+@pytest.mark.parametrize(
+    ("text", "sentences"),
+    [
+        ("a view of a motorcycle. the picture is very close.", 2),
+        ("mr. smith and his dog.", 1),  # an abbreviation from punkt_tab, not a sentence end
+        ("a dog on a beach", 1),
+        ("what is this? a dog!", 2),
+        ("", 0),
+    ],
+)
+def test_sentence_splits(text, sentences, nltk_ready):
+    assert len(split_sentences(text)) == sentences == len(nltk.sent_tokenize(text))
+
+
+def test_ftfy_shortcut_is_ftfy_on_random_ascii():
+    rng = random.Random(2)
+    texts = ["".join(chr(rng.randint(0, 127)) for _ in range(rng.randint(0, 12))) for _ in range(20_000)]
+    texts += ["a\x1b[31mred\x1b[0m dog", "tab\tnew\nline\r\n", "nul\x00 and del\x7f"]
+    for text in texts:
+        assert fix_text(text) == ftfy.fix_text(text, unescape_html=False), repr(text)
+
+
+def test_tokenizer_splitter_and_tagger_match_nltk_on_all_coco_captions(coco_captions, nltk_ready):
     tagger = get_tagger()
     texts = [clean_caption(c) for c in coco_captions]
     fast_path = 0
     for text in texts:
+        assert split_sentences(text) == nltk.sent_tokenize(text), text
         tokens = nltk.word_tokenize(text, preserve_line=True)
         assert word_tokenize(text) == tokens, text
         assert tagger.tag(tokens) == [t for _, t in nltk.pos_tag(tokens)], text
@@ -74,6 +148,13 @@ def test_tagger_tie_break_and_unscored_classes(nltk_ready):
         (3.5, ""),
         (b"bytes \xff caption", "bytes \ufffd caption"),
         ("Tabs\tand\r\nnewlines", "tabs and newlines"),
+        # web alt-text: URL-encoded, full-width, mis-decoded (as the official cleaning fixes it)
+        ("a+dog+on+a+beach", "a dog on a beach"),
+        ("A%20dog%20on%20a%20%3Cb%3Ebeach%3C%2Fb%3E", "a dog on a beach"),
+        ("ａ ｄｏｇ", "a dog"),
+        ("cafÃ© Dog", "café dog"),
+        ("“curly” ﬁsh", '"curly" fish'),
+        ("100% cotton", "100% cotton"),
     ],
 )
 def test_clean_caption(raw, clean):
