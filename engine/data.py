@@ -563,3 +563,25 @@ def make_loader(
         keys=keys,
         captions=captions,
     )
+
+
+def loaders_from_config(cfg: Any, rank: int, world_size: int, image_size: int, captions: bool):
+    """DALI loaders over ``data.train`` / ``data.val`` and the vocabulary size of the shards."""
+    from engine.config import ConfigError
+
+    d = cfg.data
+    if not d.train:
+        raise ConfigError("data.train is empty: point it at a directory made by `catlip pack`")
+    meta = json.loads((Path(d.train) / "dataset.json").read_text())
+    common = dict(
+        rank=rank,
+        world_size=world_size,
+        device=d.decode_device,
+        image_size=image_size,
+        seed=cfg.run.seed,
+        max_labels=d.max_labels,
+        num_threads=d.num_threads,
+    )
+    train = make_loader(d.train, d.batch_size, train=True, scale=tuple(d.scale), captions=captions, **common)
+    val = make_loader(d.val, d.batch_size, train=False, **common) if d.val and not captions else None
+    return train, val, int(meta["vocab_size"])

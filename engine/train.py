@@ -44,28 +44,6 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or inf."""
 
 
-def make_loaders(cfg: TrainConfig, rank: int, world_size: int, image_size: int, captions: bool):
-    """DALI loaders over ``data.train`` / ``data.val`` and the vocabulary size of the shards."""
-    from engine.data import make_loader
-
-    d = cfg.data
-    if not d.train:
-        raise ConfigError("data.train is empty: point it at a directory made by `catlip pack`")
-    meta = json.loads((Path(d.train) / "dataset.json").read_text())
-    common = dict(
-        rank=rank,
-        world_size=world_size,
-        device=d.decode_device,
-        image_size=image_size,
-        seed=cfg.run.seed,
-        max_labels=d.max_labels,
-        num_threads=d.num_threads,
-    )
-    train = make_loader(d.train, d.batch_size, train=True, scale=tuple(d.scale), captions=captions, **common)
-    val = make_loader(d.val, d.batch_size, train=False, **common) if d.val and not captions else None
-    return train, val, int(meta["vocab_size"])
-
-
 class Trainer:
     """Wires one run together: objective, loaders, DeepSpeed engine, checkpoints and logs.
 
@@ -103,7 +81,9 @@ class Trainer:
         self.vit_cfg = vit_config(cfg.model.name, **({"image_size": size} if size else {}))
         self.objective = make_objective(cfg, self.vit_cfg)
         if train_loader is None:
-            train_loader, val_loader, vocab_size = make_loaders(
+            from engine.data import loaders_from_config
+
+            train_loader, val_loader, vocab_size = loaders_from_config(
                 cfg, self.rank, self.world_size, self.vit_cfg.image_size, self.objective.captions
             )
         self.train_loader, self.val_loader = train_loader, val_loader
