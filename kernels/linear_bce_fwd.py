@@ -62,29 +62,41 @@ def _sigmoid_parts(z):
 
 
 @triton.jit
-def _mul(a, b):
-    return a * b
+def _excess_product(a, b):
+    """(1 + a)(1 + b) - 1: a product of factors 1 + e, carried as its excess over 1."""
+    return a + b + a * b
 
 
 @triton.jit
-def _row_log_sum(u, col_ok, LOG_PRODUCT: tl.constexpr):
-    """sum_j log(u_ij) over the valid columns of the tile: one log per row, or one per element.
+def _log1p_row_sum(e, u, r, col_ok, BLOCK_N: tl.constexpr, LOG_PRODUCT: tl.constexpr):
+    """sum_j log1p(e_ij) over the valid columns of the tile, for e = exp(-|z|) in [0, 1].
 
-    softplus needs log1p(e) for every logit, and libdevice's accurate logf is ~30 instructions
-    (the rest of the epilogue is ~20). With LOG_PRODUCT the row's factors are multiplied first
-    (a reduction, like the sum) and one log is taken: each factor is scaled by 1/sqrt(2) into
-    [0.71, 1.42], so a product of up to 128 stays within 2**+-64, and the scale comes back as
-    log(sqrt(2)) per valid column. The product's rounding (~log2(BLOCK_N) ulps) is below the fp32
-    rounding of the tile's sum itself. The interpreter runs a custom-combine reduction one
-    element at a time in Python, so it takes the per-element logs (numpy) unless a test asks.
+    softplus(z) = max(z, 0) + log1p(e), and libdevice's accurate logf is ~30 instructions (the
+    rest of the epilogue is ~20). With LOG_PRODUCT the factors 1 + e of a row are multiplied first
+    (a reduction, like the sum) and one log is taken per row of the tile. The product is carried
+    as its excess over 1, c = prod(1 + e) - 1 (combine a + b + ab), so every rounding is relative
+    to c itself and the result is as exact as a sum of per-element log1p (perf/notes_linear_bce.md,
+    "Loss epilogue", has the error analysis). Two ways that lose precision, measured there: a
+    product of the rounded factors 1 + e (drops e's low bits: ~4e-7 of random error per tile,
+    30-300x torch's fp32 error at the bias prior), and scaling the factors by a rounded constant
+    such as 1/sqrt(2) (a fixed error per column, growing with V). The factors stay in [1, 2], so
+    the product leaves fp32's range only when all BLOCK_N <= 128 columns have |z| < ~1e-7
+    (all-zero logits): c is inf, and the sum is BLOCK_N log 2 to within 6e-8. log1p(c) is
+    log(1 + c) corrected by the rounding error of 1 + c (tl has no log1p that the interpreter
+    runs). The interpreter reduces a custom combine one element at a time in Python, so it takes
+    the per-element path unless a test asks.
     """
     if LOG_PRODUCT:
-        # constants through tl.full in u's dtype: a Python float literal is an fp32 constant
-        f = tl.where(col_ok[None, :], u * tl.full((1, 1), 0.7071067811865476, u.dtype), 1.0)
-        n_valid = tl.sum(col_ok.to(u.dtype), axis=0)
-        return tl.log(tl.reduce(f, 1, _mul)) + n_valid * tl.full((1,), 0.34657359027997264, u.dtype)
+        c = tl.reduce(tl.where(col_ok[None, :], e, 0.0), 1, _excess_product)  # (BLOCK_M,)
+        full = c == float("inf")
+        c = tl.where(full, 0.0, c)
+        uc = 1.0 + c
+        return tl.where(full, BLOCK_N * 0.6931471805599453, tl.log(uc) + (c - (uc - 1.0)) / uc)
     else:
-        return tl.sum(tl.where(col_ok[None, :], tl.log(u), 0.0), axis=1)
+        # log1p(e) = log(u) + (e - (u - 1)) / u to first order: e - (u - 1) is exactly the
+        # rounding error of u = 1 + e (Sterbenz), all of e once e < 6e-8 (z < -16.6)
+        per = tl.log(u) + (e - (u - 1.0)) * r
+        return tl.sum(tl.where(col_ok[None, :], per, 0.0), axis=1)
 
 
 @triton.heuristics(
@@ -113,6 +125,7 @@ def _fwd_kernel(
     stride_xd,
     stride_wn,
     stride_wd,
+    stride_bv,
     stride_dz,
     stride_dbp,
     eps,
@@ -122,7 +135,7 @@ def _fwd_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
-    LOG_PRODUCT: tl.constexpr,  # one log per row of the tile (BLOCK_N <= 128; see _row_log_sum)
+    LOG_PRODUCT: tl.constexpr,  # one log per row of the tile (BLOCK_N <= 128; see _log1p_row_sum)
     HAS_BIAS: tl.constexpr,
     HAS_WEIGHT: tl.constexpr,
     HAS_SMOOTHING: tl.constexpr,
@@ -150,10 +163,15 @@ def _fwd_kernel(
     # then needs no row masks, and the results for those rows are masked out in the epilogue.
     rm_in = rm % B
     rn_in = rn % N
-    rk = tl.arange(0, BLOCK_K)
-    x_ptrs = x_ptr + rm_in[:, None] * stride_xb + rk[None, :] * stride_xd  # (BLOCK_M, BLOCK_K)
-    # int64 row offsets into W: a chunk may span all of V, and V * D passes 2**31 at V ~ 1.7M
+    # int64 offsets for x and W, rows and columns: x may be a row-strided view of a large
+    # activation (hidden[:, 0] of (B, S, W) passes 2**31 elements at B S W >= 2**31), a chunk of W
+    # may span all of V (V D passes 2**31 at V ~ 1.7M), and either may be a transposed view. They
+    # cost nothing in the main loop, which only adds a scalar step to the pointers.
+    rk = tl.arange(0, BLOCK_K).to(tl.int64)
+    x_ptrs = x_ptr + rm_in.to(tl.int64)[:, None] * stride_xb + rk[None, :] * stride_xd  # (BLOCK_M, BLOCK_K)
     w_ptrs = w_ptr + rn_in.to(tl.int64)[None, :] * stride_wn + rk[:, None] * stride_wd  # (BLOCK_K, BLOCK_N)
+    x_step = tl.cast(stride_xd, tl.int64) * BLOCK_K  # (tl.cast: a unit stride arrives as constexpr 1)
+    w_step = tl.cast(stride_wd, tl.int64) * BLOCK_K
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
     for k in range(0, (D + BLOCK_K - 1) // BLOCK_K):
@@ -165,23 +183,21 @@ def _fwd_kernel(
             a = tl.load(x_ptrs, mask=k_ok[None, :], other=0.0)
             w = tl.load(w_ptrs, mask=k_ok[:, None], other=0.0)
         acc = tl.dot(a, w, acc, input_precision=DOT_PRECISION, out_dtype=ACC)
-        x_ptrs += BLOCK_K * stride_xd
-        w_ptrs += BLOCK_K * stride_wd
+        x_ptrs += x_step
+        w_ptrs += w_step
 
     z = acc
     if HAS_BIAS:
-        z += tl.load(b_ptr + rn_in).to(ACC)[None, :]
+        z += tl.load(b_ptr + rn_in.to(tl.int64) * stride_bv).to(ACC)[None, :]
     e, u, r, sigmoid = _sigmoid_parts(z)
-    # softplus(z) = max(z, 0) + log1p(e) = max(z, 0) + log(u) + (e - (u - 1)) / u to first order:
-    # e - (u - 1) is exactly the rounding error of u = 1 + e (Sterbenz), which is all of e once
-    # e < 6e-8 (z < -16.6), where softplus(z) ~ e is what the loss sums over most of V. The logs
-    # are taken per row of the tile by _row_log_sum. Tail columns (wrapped copies of the first
-    # ones) leave the row sums through col selects; tail rows are dropped by the masked stores.
-    term = tl.maximum(z, 0.0) + (e - (u - 1.0)) * r
+    # softplus(z) - (eps/2) z = max(z, 0) - (eps/2) z + log1p(e), summed over the tile's valid
+    # columns (tail columns are wrapped copies of the first ones: they leave the row sums through
+    # the col selects; tail rows are dropped by the masked stores).
+    term = tl.maximum(z, 0.0)
     if HAS_SMOOTHING:
         term -= (0.5 * eps) * z
     row = tl.sum(tl.where(mask_n[None, :], term, 0.0), axis=1)  # (BLOCK_M,) in ACC
-    row += _row_log_sum(u, mask_n, LOG_PRODUCT)
+    row += _log1p_row_sum(e, u, r, mask_n, BLOCK_N, LOG_PRODUCT)
     tl.store(row_part_ptr + pid_n * B + rm, row, mask=mask_m)
 
     if WRITE_GRAD:
@@ -223,7 +239,9 @@ def _gather_kernel(
     stride_xd,
     stride_wv,
     stride_wd,
+    stride_bv,
     stride_lb,
+    stride_ll,
     ACC: tl.constexpr,
     BLOCK_P: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -233,18 +251,18 @@ def _gather_kernel(
     p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
     p_ok = p < P
     row = (p // L).to(tl.int64)
-    lab = tl.load(labels_ptr + row * stride_lb + p % L, mask=p_ok, other=-1)
+    lab = tl.load(labels_ptr + row * stride_lb + (p % L) * stride_ll, mask=p_ok, other=-1)
     is_pos = p_ok & (lab >= 0)
     j = tl.where(is_pos, lab, 0).to(tl.int64)  # int64: V * D passes 2**31 at V ~ 1.7M, D = 1280
     acc = tl.zeros((BLOCK_P,), dtype=ACC)
     for d0 in range(0, D, BLOCK_D):
-        rd = d0 + tl.arange(0, BLOCK_D)
+        rd = (d0 + tl.arange(0, BLOCK_D)).to(tl.int64)  # int64: transposed x or W views
         m = is_pos[:, None] & (rd < D)[None, :]
         xv = tl.load(x_ptr + row[:, None] * stride_xb + rd[None, :] * stride_xd, mask=m, other=0.0)
         wv = tl.load(w_ptr + j[:, None] * stride_wv + rd[None, :] * stride_wd, mask=m, other=0.0)
         acc += tl.sum(xv.to(ACC) * wv.to(ACC), axis=1)
     if HAS_BIAS:
-        acc += tl.load(b_ptr + j, mask=is_pos, other=0.0).to(ACC)
+        acc += tl.load(b_ptr + j * stride_bv, mask=is_pos, other=0.0).to(ACC)
     tl.store(zpos_ptr + p, tl.where(is_pos, acc, 0.0), mask=p_ok)
 
 
@@ -260,6 +278,7 @@ def _scatter_kernel(
     v0,
     N,
     stride_lb,
+    stride_ll,
     stride_dz,
     eps,
     ACC: tl.constexpr,
@@ -274,7 +293,7 @@ def _scatter_kernel(
     p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
     p_ok = p < P
     row = (p // L).to(tl.int64)
-    lab = tl.load(labels_ptr + row * stride_lb + p % L, mask=p_ok, other=-1)
+    lab = tl.load(labels_ptr + row * stride_lb + (p % L) * stride_ll, mask=p_ok, other=-1)
     j = lab.to(tl.int64) - v0
     hit = p_ok & (lab >= 0) & (j >= 0) & (j < N)
     _, _, _, sigmoid = _sigmoid_parts(tl.load(zpos_ptr + p, mask=hit, other=0.0).to(ACC))
@@ -309,7 +328,7 @@ class _FwdConfig:
     num_warps: int = 4
     num_stages: int = 4
     GROUP_M: int = 8
-    LOG_PRODUCT: bool = True  # see _row_log_sum; needs BLOCK_N <= 128
+    LOG_PRODUCT: bool = True  # see _log1p_row_sum; needs BLOCK_N <= 128
 
     def kwargs(self) -> dict:
         return {
@@ -466,6 +485,7 @@ def linear_bce_forward(
     grads = need_dx or need_dw or need_db
     s = None if sample_weight is None else sample_weight.to(device=dev, dtype=acc).contiguous()
     el = labels.shape[1]
+    stride_bv = 0 if bias is None else bias.stride(0)  # every input is read through its strides
 
     # The B x L positive logits, once for all chunks.
     zpos = _empty((b, el), acc, dev)  # (B, L)
@@ -474,7 +494,8 @@ def linear_bce_forward(
         block_d = min(_next_pow2(d), 256 if interpreting() else 128)
         _gather_kernel[(triton.cdiv(b * el, block_p),)](
             x, weight, bias, labels, zpos, b * el, el, d,
-            x.stride(0), x.stride(1), weight.stride(0), weight.stride(1), labels.stride(0),
+            x.stride(0), x.stride(1), weight.stride(0), weight.stride(1), stride_bv,
+            labels.stride(0), labels.stride(1),
             ACC=acc_tl, BLOCK_P=block_p, BLOCK_D=block_d, num_warps=4,
         )  # fmt: skip
 
@@ -488,7 +509,9 @@ def linear_bce_forward(
     vc = _chunk_cols(b, v, x.element_size(), params)
     n_m_max = triton.cdiv(b, min_bm)
     row_part = _empty((triton.cdiv(vc, min_bn), b), acc, dev)  # (Vc / BLOCK_N, B)
-    row_dense = torch.zeros(b, dtype=acc, device=dev)  # (B,)
+    # The tile partials (fp32, ~V / 128 a row) are summed in fp64: summed in fp32 the row total
+    # would carry ~1 ulp of error, twice torch's own (which sums V terms in one cascade).
+    row_dense = torch.zeros(b, dtype=torch.float64, device=dev)  # (B,)
     dz_buf = _empty((b, vc), dtype, dev) if grads else None  # (B, Vc)
     db_part = _empty((n_m_max, vc), acc, dev) if need_db else None  # (B / BLOCK_M, Vc)
     db_acc = _empty((v,), acc, dev) if need_db else None  # (V,)
@@ -501,7 +524,7 @@ def linear_bce_forward(
         args = (
             x, weight[v0 : v0 + n], None if bias is None else bias[v0 : v0 + n], s if grads else None,
             row_part, dz, None if db_part is None else db_part[:, :n],
-            b, n, d, x.stride(0), x.stride(1), weight.stride(0), weight.stride(1),
+            b, n, d, x.stride(0), x.stride(1), weight.stride(0), weight.stride(1), stride_bv,
             vc, vc, eps,
         )  # fmt: skip
         if tuned is not None:
@@ -515,12 +538,12 @@ def linear_bce_forward(
                 *args, ACC=acc_tl, DOT_PRECISION=_dot_precision(dtype), **cfg.kwargs(),
                 num_warps=cfg.num_warps, num_stages=cfg.num_stages,
             )  # fmt: skip
-        row_dense += row_part[: triton.cdiv(n, bn)].sum(0)
+        row_dense += row_part[: triton.cdiv(n, bn)].sum(0, dtype=torch.float64)
         if not grads:
             continue
         if el:
             _scatter_kernel[(triton.cdiv(b * el, 4 * block_p),)](
-                labels, zpos, s, dz, b * el, el, v0, n, labels.stride(0), vc, eps,
+                labels, zpos, s, dz, b * el, el, v0, n, labels.stride(0), labels.stride(1), vc, eps,
                 ACC=acc_tl, BLOCK_P=4 * block_p, num_warps=4,
             )  # fmt: skip
         if need_db:
@@ -530,10 +553,10 @@ def linear_bce_forward(
         if need_dw:
             _write_dw(dw[v0 : v0 + n], dz, x, scale)
 
-    per_sample = row_dense - (1.0 - eps) * zpos.sum(1)  # (B,)
+    per_sample = row_dense - (1.0 - eps) * zpos.double().sum(1)  # (B,) fp64
     if s is not None:
-        per_sample = per_sample * s
-    loss = per_sample.sum() * scale
+        per_sample = per_sample * s.double()
+    loss = (per_sample.sum() * scale).to(acc)
     dx = (dx_acc * scale).to(dtype) if need_dx else None
     db = None
     if need_db:
