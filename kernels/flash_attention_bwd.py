@@ -45,6 +45,7 @@ from kernels.flash_attention_fwd import (
     _store_tile,
     autotune_configs,
     dot_precision,
+    needs_int64_rows,
     pinned,
     tail_block,
 )
@@ -127,11 +128,19 @@ def _bwd_dkdv_kernel(
     stride_dvb, stride_dvh, stride_dvn,
     H, S_Q, S_K, qk_scale, scale,
     HEAD_DIM: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    INT64_ROWS: tl.constexpr,
     MASK_N: tl.constexpr, BLOCK_M_TAIL: tl.constexpr,
     BLOCK_D0: tl.constexpr, BLOCK_D1: tl.constexpr, HAS_D1: tl.constexpr,
     MASK_D0: tl.constexpr, MASK_D1: tl.constexpr,
 ):  # fmt: skip
     # Grid (cdiv(S_K, BLOCK_N), B * H); MASK_N: keys past S_K load as 0 and are not stored.
+    if INT64_ROWS:  # offsets inside one head pass 2**31: widen the row strides (forward's note)
+        stride_qm = tl.cast(stride_qm, tl.int64)
+        stride_kn = tl.cast(stride_kn, tl.int64)
+        stride_vn = tl.cast(stride_vn, tl.int64)
+        stride_dom = tl.cast(stride_dom, tl.int64)
+        stride_dkn = tl.cast(stride_dkn, tl.int64)
+        stride_dvn = tl.cast(stride_dvn, tl.int64)
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
     off_b = (pid_bh // H).to(tl.int64)
@@ -230,11 +239,19 @@ def _bwd_dq_kernel(
     stride_dqb, stride_dqh, stride_dqm,
     H, S_Q, S_K, qk_scale, scale,
     HEAD_DIM: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    INT64_ROWS: tl.constexpr,
     MASK_M: tl.constexpr, BLOCK_N_TAIL: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_D0: tl.constexpr, BLOCK_D1: tl.constexpr, HAS_D1: tl.constexpr,
     MASK_D0: tl.constexpr, MASK_D1: tl.constexpr,
 ):  # fmt: skip
     # Grid (cdiv(S_Q, BLOCK_M), B * H); MASK_M: rows past S_Q load as 0 and are not stored.
+    if INT64_ROWS:  # offsets inside one head pass 2**31: widen the row strides (forward's note)
+        stride_qm = tl.cast(stride_qm, tl.int64)
+        stride_kn = tl.cast(stride_kn, tl.int64)
+        stride_vn = tl.cast(stride_vn, tl.int64)
+        stride_om = tl.cast(stride_om, tl.int64)
+        stride_dom = tl.cast(stride_dom, tl.int64)
+        stride_dqm = tl.cast(stride_dqm, tl.int64)
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     off_b = (pid_bh // H).to(tl.int64)
@@ -353,7 +370,7 @@ def attention_bwd(
         h, s_q, s_k, scale * LOG2E, scale,
     )  # fmt: skip
     precision = dot_precision(q.dtype)
-    meta = {"HEAD_DIM": d, "PRECISION": precision}
+    meta = {"HEAD_DIM": d, "PRECISION": precision, "INT64_ROWS": needs_int64_rows(do, q, k, v, o, dq, dk, dv)}
     # dq first: it writes Delta, which every dK/dV program reads.
     if AUTOTUNE:
         _bwd_dq_tuned[lambda m: (triton.cdiv(s_q, m["BLOCK_M"]), b * h)](*dq_args, **meta)

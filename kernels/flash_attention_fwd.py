@@ -248,12 +248,18 @@ def _attn_fwd_kernel(
     stride_ob, stride_oh, stride_om,
     H, S_Q, S_K, qk_scale,
     HEAD_DIM: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    INT64_ROWS: tl.constexpr,
     MASK_M: tl.constexpr, BLOCK_N_TAIL: tl.constexpr,
     BLOCK_D0: tl.constexpr, BLOCK_D1: tl.constexpr, HAS_D1: tl.constexpr,
     MASK_D0: tl.constexpr, MASK_D1: tl.constexpr,
 ):  # fmt: skip
     # Grid (cdiv(S_Q, BLOCK_M), B * H): the query blocks of one head are neighbours in launch
     # order, so they run together and read the head's K and V from HBM once, from L2 after.
+    if INT64_ROWS:  # offsets inside one head pass 2**31 (see needs_int64_rows): widen the row strides
+        stride_qm = tl.cast(stride_qm, tl.int64)
+        stride_kn = tl.cast(stride_kn, tl.int64)
+        stride_vn = tl.cast(stride_vn, tl.int64)
+        stride_om = tl.cast(stride_om, tl.int64)
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     off_b = (pid_bh // H).to(tl.int64)  # int64: B * stride_b can pass 2^31 elements
@@ -316,6 +322,15 @@ def _check_rows(x: torch.Tensor, name: str) -> torch.Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
+def needs_int64_rows(*tensors: torch.Tensor) -> bool:
+    """Whether an offset inside one (batch, head) slice of a (B, H, S, D) view, row * stride + col,
+    can pass 2**31 elements. The kernels offset each slice's base in int64 and the rows inside it
+    in int32 unless told (INT64_ROWS): int64 row offsets cost registers in every tile load, and
+    only a view of a huge activation (e.g. S-stride 3 H D of a batch-major buffer seen sequence
+    first) needs them."""
+    return any(t.shape[2] * t.stride(2) + t.shape[3] >= 2**31 for t in tensors)
+
+
 def empty_bshd(b: int, h: int, s: int, d: int, like: torch.Tensor) -> torch.Tensor:
     """A (B, H, S, D) tensor laid out as (B, S, H, D) in memory (what the model reshapes next)."""
     return torch.empty(b, s, h, d, dtype=like.dtype, device=like.device).transpose(1, 2)
@@ -346,13 +361,14 @@ def attention_fwd(
         h, s_q, s_k, scale * LOG2E,
     )  # fmt: skip
     precision = dot_precision(q.dtype)
+    meta = {"HEAD_DIM": d, "PRECISION": precision, "INT64_ROWS": needs_int64_rows(q, k, v, out)}
     if AUTOTUNE:
         grid = lambda meta: (triton.cdiv(s_q, meta["BLOCK_M"]), b * h)  # noqa: E731
-        _attn_fwd_tuned[grid](*args, HEAD_DIM=d, PRECISION=precision)
+        _attn_fwd_tuned[grid](*args, **meta)
     else:
         cfg = pinned(FWD_CONFIGS, d, precision == "ieee" and q.is_cuda)
         _attn_fwd_kernel[(triton.cdiv(s_q, cfg.block_m), b * h)](
-            *args, HEAD_DIM=d, PRECISION=precision, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+            *args, **meta, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )  # fmt: skip
     return out, lse

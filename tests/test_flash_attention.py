@@ -406,3 +406,156 @@ def test_ieee_fp32_on_gpu(s: int, d: int, layout: str) -> None:
     _seed(s, d, "fp32-gpu", layout)
     q, k, v, do = _qkv(2, 3, s, s, d, torch.float32, layout)
     _compare(q, k, v, do, 1.0 / math.sqrt(d), torch.float32)
+
+
+# --------------------------------------------------------------------------------------------------
+# Strides and offsets of every input, through every entry point (issue 12, point 1)
+# --------------------------------------------------------------------------------------------------
+def _view(t: torch.Tensor, kind: str) -> torch.Tensor:
+    """t's values in another memory layout; gaps hold values that change the result if read."""
+    if kind == "heads-outer":  # (B, H, S, D) stored as (S, B, H, D): batch and head strides apart
+        return t.permute(2, 0, 1, 3).contiguous().permute(1, 2, 0, 3)
+    if kind == "rows-sliced":  # every other row of a buffer twice as long (stride 2 * D along S)
+        buf = torch.full((*t.shape[:2], 2 * t.shape[2], t.shape[3]), 9.0, dtype=t.dtype, device=t.device)
+        buf[:, :, ::2] = t
+        return buf[:, :, ::2]
+    if kind == "cols-sliced":  # stride 2 along D: the launchers copy it (the kernels need stride 1)
+        buf = torch.full((*t.shape[:3], 2 * t.shape[3]), 9.0, dtype=t.dtype, device=t.device)
+        buf[..., ::2] = t
+        return buf[..., ::2]
+    if kind == "offset":  # storage offset 5
+        buf = torch.full((t.numel() + 5,), 9.0, dtype=t.dtype, device=t.device)
+        buf[5:] = t.reshape(-1)
+        return buf[5:].view(t.shape)
+    if kind == "batch-expanded":  # one batch element broadcast (stride 0)
+        return t[:1].expand_as(t)
+    raise ValueError(kind)
+
+
+_ATTN_VIEWS = [(name, kind) for name in ("q", "k", "v", "do") for kind in
+               ("heads-outer", "rows-sliced", "cols-sliced", "offset", "batch-expanded")]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "kind"), _ATTN_VIEWS, ids=[f"{n}-{k}" for n, k in _ATTN_VIEWS])
+def test_flash_attention_honours_strides(name: str, kind: str) -> None:
+    """flash_attention (forward and backward through autograd) on a strided or offset view of
+    one input (dO: the incoming gradient) equals the float64 oracle on the same values."""
+    _seed("views", name, kind)
+    t = dict(zip(("q", "k", "v", "do"), _qkv(2, 2, 33, 33, 40, F32, "bhsd"), strict=True))
+    if kind == "batch-expanded":
+        t[name] = t[name][:1].expand_as(t[name]).contiguous()
+    ref = {k: x.clone() for k, x in t.items()}
+    t[name] = _view(t[name], kind)
+    q, k, v = (t[n].detach().requires_grad_() for n in ("q", "k", "v"))
+    o = flash_attention(q, k, v)
+    o.backward(t["do"])
+    (o64, dq64, dk64, dv64), _ = _oracle(*(ref[n] for n in ("q", "k", "v", "do")), 40**-0.5)
+    o_t, dq_t, dk_t, dv_t = _sdpa_grads(*(ref[n] for n in ("q", "k", "v", "do")), 40**-0.5)
+    for label, ours, same, want in (("o", o, o_t, o64), ("dq", q.grad, dq_t, dq64),
+                                    ("dk", k.grad, dk_t, dk64), ("dv", v.grad, dv_t, dv64)):  # fmt: skip
+        _check(f"{name} {kind}: {label}", ours, same, want, F32)
+
+
+@pytest.mark.parametrize("kind", ["seq-sliced", "offset", "qkv-outer", "dout-sliced"])
+def test_packed_qkv_honours_strides(kind: str) -> None:
+    """flash_attention_qkv on a (B, S, 3, H, D) view that is not contiguous, or with a strided
+    incoming gradient: the output and d(qkv) equal the oracle's."""
+    _seed("packed-views", kind)
+    b, s, h, d = 2, 33, 2, 40
+    qkv0 = torch.randn(b, s, 3, h, d, device=DEVICE).to(F32)
+    dout = torch.randn(b, s, h, d, device=DEVICE).to(F32)
+    qkv = qkv0
+    if kind == "seq-sliced":
+        buf = torch.full((b, 2 * s, 3, h, d), 9.0, device=DEVICE, dtype=F32)
+        buf[:, ::2] = qkv0
+        qkv = buf[:, ::2]
+    elif kind == "offset":
+        buf = torch.full((qkv0.numel() + 7,), 9.0, device=DEVICE, dtype=F32)
+        buf[7:] = qkv0.reshape(-1)
+        qkv = buf[7:].view(qkv0.shape)
+    elif kind == "qkv-outer":  # stored as (3, B, S, H, D), seen as (B, S, 3, H, D)
+        qkv = qkv0.permute(2, 0, 1, 3, 4).contiguous().permute(1, 2, 0, 3, 4)
+    else:
+        buf = torch.full((b, s, h, 2 * d), 9.0, device=DEVICE, dtype=F32)
+        buf[..., ::2] = dout
+        dout = buf[..., ::2]
+    qkv = qkv.detach().requires_grad_()
+    out = flash_attention_qkv(qkv)
+    out.backward(dout)
+    q, k, v = qkv0.permute(2, 0, 3, 1, 4).unbind(0)
+    do = dout.contiguous().transpose(1, 2)
+    (o64, dq64, dk64, dv64), _ = _oracle(q, k, v, do, d**-0.5)
+    o_t, dq_t, dk_t, dv_t = _sdpa_grads(q, k, v, do, d**-0.5)
+    dq, dk, dv = qkv.grad.permute(2, 0, 3, 1, 4).unbind(0)
+    for label, ours, same, want in (("o", out.transpose(1, 2), o_t, o64), ("dq", dq, dq_t, dq64),
+                                    ("dk", dk, dk_t, dk64), ("dv", dv, dv_t, dv64)):  # fmt: skip
+        _check(f"{kind}: {label}", ours, same, want, F32)
+
+
+# A child process: before int64 row offsets such views made the interpreter read outside the
+# storage (a crash). Each lies in a lazily allocated 4 GiB buffer of which only a few pages are used.
+_LARGE_STRIDE_CHILD = r"""
+import sys
+import torch
+from kernels.flash_attention import flash_attention, flash_attention_qkv
+
+torch.manual_seed(0)
+b, h, s, d = 1, 2, 9, 16
+row = 2**28  # rows 2**28 elements apart: row 8 at 2**31, past int32 offsets
+
+
+def lazily(shape, stride, values):
+    n = sum((size - 1) * st for size, st in zip(shape, stride)) + 1
+    view = torch.empty(n, dtype=values.dtype).as_strided(shape, stride)
+    view.copy_(values)
+    return view
+
+
+def run(fn, *inputs, grad):
+    xs = [t.detach().requires_grad_() for t in inputs]
+    out = fn(*xs)
+    out.backward(grad)
+    return [out.detach(), *(x.grad for x in xs)]
+
+
+q, k, v = (torch.randn(b, h, s, d).half() for _ in range(3))
+do = torch.randn(b, h, s, d).half()
+qkv = torch.randn(b, s, 3, h, d).half()
+dout = torch.randn(b, s, h, d).half()
+failed = 0
+for name in ("q", "k", "v"):
+    inputs = {"q": q, "k": k, "v": v}
+    inputs[name] = lazily((b, h, s, d), (h * d, d, row, 1), inputs[name])
+    got = run(flash_attention, *inputs.values(), grad=do)
+    ok = all(torch.equal(a, c) for a, c in zip(got, run(flash_attention, q, k, v, grad=do)))
+    print(("ok      " if ok else "WRONG   ") + f"flash_attention, {name} rows 2**28 apart", flush=True)
+    failed += not ok
+big = lazily((b, s, 3, h, d), (3 * h * d, row, h * d, d, 1), qkv)
+ok = all(torch.equal(a, c) for a, c in zip(run(flash_attention_qkv, big, grad=dout),
+                                           run(flash_attention_qkv, qkv, grad=dout)))
+print(("ok      " if ok else "WRONG   ") + "flash_attention_qkv, rows 2**28 apart", flush=True)
+sys.exit(1 if failed or not ok else 0)
+"""
+
+
+def test_int64_offsets_for_large_strides() -> None:
+    """Sequence strides whose offsets pass 2**31 elements (a (B, H, S, D) view of a huge
+    activation): the kernels must address rows in int64 and give the bits of a contiguous copy."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(root)}
+    res = subprocess.run(
+        [sys.executable, "-c", _LARGE_STRIDE_CHILD],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, (
+        f"child exited with {res.returncode} (negative: killed by a signal):\n{res.stdout}{res.stderr[-2000:]}"
+    )
