@@ -1,9 +1,12 @@
 """Vision transformers and the CatLIP model (image tower + linear head over the synset vocabulary).
 
-Pure PyTorch: no DeepSpeed, DALI or compile wrapping here (that lives in engine/). Attention goes
-through a backend switch (``attn_impl``): "sdpa" (torch.nn.functional.scaled_dot_product_attention),
-"math" (explicit softmax, the numerical reference), "triton" (kernels.flash_attention, reading the
-packed qkv buffer without copies).
+Pure PyTorch: no DeepSpeed, DALI or compile wrapping here (that lives in engine/). The backends are
+the kernels' own dispatchers, called with the module's setting: attention through
+``kernels.flash_attention.attention_qkv(qkv, causal=..., impl=attn_impl)`` ("sdpa":
+torch.nn.functional.scaled_dot_product_attention; "math": kernels.reference.attention_reference,
+the numerical reference; "triton": the fused kernel, reading the packed qkv buffer without
+copies, non-causal only), the head's loss through ``kernels.linear_bce.linear_bce(...,
+impl=loss_impl)`` ("torch" | "triton"). Triton is imported only when a "triton" backend runs.
 
 Presets (``VIT_PRESETS``):
   vit_tiny   64 px, patch 8, width 96, 4 layers, 3 heads: a CPU demo/test model (65 tokens)
@@ -20,14 +23,12 @@ import math
 from dataclasses import dataclass, replace
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from kernels.reference import linear_bce_reference
-
-ATTN_IMPLS = ("sdpa", "math", "triton")
-LOSS_IMPLS = ("torch", "triton")
+from kernels import linear_bce  # the function (kernels/linear_bce.py is its module)
+from kernels.flash_attention import ATTN_IMPLS, attention_qkv
+from kernels.linear_bce import IMPLS as LOSS_IMPLS
 
 
 @dataclass(frozen=True)
@@ -88,26 +89,9 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, s, w = x.shape
         qkv = self.qkv(x).view(b, s, 3, self.heads, w // self.heads)  # (B, S, 3, H, Dh)
-        if self.attn_impl == "triton":
-            if self.causal:
-                raise ValueError("the Triton attention kernel is non-causal; use sdpa or math here")
-            from kernels.flash_attention import attention_qkv
-
-            # reads q, k, v straight from the packed buffer and writes (B, S, H, Dh): no copies
-            return self.proj(attention_qkv(qkv, impl="triton").reshape(b, s, w))
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, S, Dh)
-        if self.attn_impl == "sdpa":
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
-        elif self.attn_impl == "math":
-            acc = torch.promote_types(q.dtype, torch.float32)  # at least fp32 statistics; fp64 stays fp64
-            scores = (q.to(acc) @ k.to(acc).transpose(-2, -1)) / math.sqrt(q.size(-1))  # (B, H, S, S)
-            if self.causal:
-                future = torch.ones(s, s, dtype=torch.bool, device=x.device).triu(1)  # (S, S)
-                scores = scores.masked_fill(future, float("-inf"))
-            out = (scores.softmax(dim=-1) @ v.to(acc)).to(q.dtype)
-        else:
-            raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}, got {self.attn_impl!r}")
-        return self.proj(out.transpose(1, 2).reshape(b, s, w))
+        # "triton" reads q, k, v straight from the packed buffer and writes (B, S, H, Dh) memory
+        out = attention_qkv(qkv, causal=self.causal, impl=self.attn_impl)  # (B, S, H, Dh)
+        return self.proj(out.reshape(b, s, w))
 
 
 class Block(nn.Module):
@@ -189,7 +173,7 @@ class CatLIPHead(nn.Linear):
     The loss is computed inside this module's forward so that, under DeepSpeed ZeRO-3, the forward
     hooks gather the (partitioned) weight for it and its gradients reach the shards, whichever
     ``loss_impl`` computes it: "torch" (kernels/reference.py) or "triton" (kernels.linear_bce,
-    which never materialises the (B, V) logits).
+    which never materialises the (B, V) logits), both behind kernels.linear_bce's dispatcher.
     """
 
     def __init__(
@@ -209,16 +193,9 @@ class CatLIPHead(nn.Linear):
     ) -> torch.Tensor:
         if labels is None:
             return super().forward(x)  # (B, V) logits
-        if self.loss_impl == "triton":
-            from kernels.linear_bce import linear_bce
-
-            return linear_bce(
-                x, self.weight, self.bias, labels, reduction="batch_mean",
-                label_smoothing=self.label_smoothing, sample_weight=sample_weight, impl="triton",
-            )  # fmt: skip
-        return linear_bce_reference(
+        return linear_bce(
             x, self.weight, self.bias, labels, reduction="batch_mean",
-            label_smoothing=self.label_smoothing, sample_weight=sample_weight,
+            label_smoothing=self.label_smoothing, sample_weight=sample_weight, impl=self.loss_impl,
         )  # fmt: skip
 
 

@@ -5,8 +5,12 @@ The op in four layers, top to bottom:
     log-sum-exp saved), its launcher, and the block shapes shared with the backward;
   * kernels/flash_attention_bwd.py: the backward (a dQ kernel that also computes Delta, then a
     dK/dV kernel; deterministic, no atomics);
-  * this file: the autograd Functions, the public aliases and the `impl` dispatcher;
-  * `attention_reference`: the plain-PyTorch math every test and benchmark compares against.
+  * this file: the autograd Functions, the public aliases and the `impl` dispatcher
+    (`attention`, `attention_qkv`: "triton" | "sdpa" | "math", with a `causal` flag), which the
+    model calls. It imports Triton only when impl="triton" runs, so a model on "sdpa" or "math"
+    never loads it (`import catlip.models` stays free of Triton);
+  * `kernels.reference.attention_reference`: the plain-PyTorch math ("math") that the model's
+    math path, every test and every benchmark share.
 
 Layouts (no copies for the ViT):
   * `flash_attention(q, k, v)`: q (B, H, S_q, D), k and v (B, H, S_k, D) with any strides whose
@@ -25,15 +29,13 @@ TRITON_INTERPRET=1 (tests). `impl="sdpa"` and `impl="math"` run anywhere.
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from kernels.flash_attention_bwd import attention_bwd
-from kernels.flash_attention_fwd import attention_fwd, empty_bshd
+from kernels.reference import attention_reference, resolve_scale
 
 ATTN_IMPLS = ("triton", "sdpa", "math")
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -47,10 +49,6 @@ class AttentionParams:
     """
 
     scale: float
-
-
-def resolve_scale(scale: float | None, head_dim: int) -> float:
-    return 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
 
 
 def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -81,6 +79,8 @@ class FlashAttention(torch.autograd.Function):
     def forward(
         ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: AttentionParams
     ) -> torch.Tensor:
+        from kernels.flash_attention_fwd import attention_fwd  # Triton, on first use
+
         o, lse = attention_fwd(q, k, v, params.scale)
         ctx.save_for_backward(q, k, v, o, lse)
         ctx.params = params
@@ -88,6 +88,9 @@ class FlashAttention(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, do: torch.Tensor):
+        from kernels.flash_attention_bwd import attention_bwd
+        from kernels.flash_attention_fwd import empty_bshd
+
         q, k, v, o, lse = ctx.saved_tensors
         b, h, s_q, d = q.shape
         s_k = k.shape[2]
@@ -109,6 +112,8 @@ class FlashAttentionQKV(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, qkv: torch.Tensor, params: AttentionParams) -> torch.Tensor:
+        from kernels.flash_attention_fwd import attention_fwd
+
         b, s, _, h, d = qkv.shape
         out = torch.empty(b, s, h, d, dtype=qkv.dtype, device=qkv.device)  # (B, S, H, D)
         q, k, v = _unpack(qkv)
@@ -119,6 +124,8 @@ class FlashAttentionQKV(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout: torch.Tensor):
+        from kernels.flash_attention_bwd import attention_bwd
+
         qkv, out, lse = ctx.saved_tensors
         dqkv = torch.empty_like(qkv, memory_format=torch.contiguous_format)  # (B, S, 3, H, D)
         q, k, v = _unpack(qkv)
@@ -145,38 +152,62 @@ def flash_attention_qkv(qkv: torch.Tensor, scale: float | None = None) -> torch.
 
 
 # --------------------------------------------------------------------------------------------------
-# Reference and dispatcher
+# The dispatcher: one switch for the model, the tests and the benchmarks
 # --------------------------------------------------------------------------------------------------
-def attention_reference(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None
-) -> torch.Tensor:
-    """The math, in fp32 (fp64 for fp64 inputs), cast back: materialises (B, H, S_q, S_k) scores."""
-    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
-    scores = (q.to(acc) @ k.to(acc).transpose(-2, -1)) * resolve_scale(scale, q.shape[-1])  # (B, H, S_q, S_k)
-    return (scores.softmax(dim=-1) @ v.to(acc)).to(q.dtype)
+def _check_impl(impl: str, causal: bool) -> None:
+    if impl not in ATTN_IMPLS:
+        raise ValueError(f"impl must be one of {ATTN_IMPLS}, got {impl!r}")
+    if causal and impl == "triton":
+        raise ValueError(
+            "the Triton attention kernel is non-causal; use impl='sdpa' or 'math' for causal attention"
+        )
 
 
 def attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float | None = None, impl: str = "triton"
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    causal: bool = False,
+    scale: float | None = None,
+    impl: str = "triton",
 ) -> torch.Tensor:
-    """(B, H, S_q, D) attention through `impl`: "triton" (this op), "sdpa" (PyTorch's fused
-    backends), "math" (attention_reference)."""
+    """(B, H, S_q, D) attention through `impl`: "triton" (this op, non-causal), "sdpa" (PyTorch's
+    fused backends), "math" (kernels.reference.attention_reference). ``causal``: query i sees keys
+    <= i (top-left aligned, as SDPA's is_causal)."""
+    _check_impl(impl, causal)
     if impl == "triton":
         return flash_attention(q, k, v, scale)
     if impl == "sdpa":
-        return F.scaled_dot_product_attention(q, k, v, scale=scale)
-    if impl == "math":
-        return attention_reference(q, k, v, scale)
-    raise ValueError(f"impl must be one of {ATTN_IMPLS}, got {impl!r}")
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
+    return attention_reference(q, k, v, scale, causal=causal)
 
 
-def attention_qkv(qkv: torch.Tensor, *, scale: float | None = None, impl: str = "triton") -> torch.Tensor:
-    """Packed self-attention for the ViT: qkv (B, S, 3, H, D) -> (B, S, H, D) through `impl`.
+def attention_qkv(
+    qkv: torch.Tensor, *, causal: bool = False, scale: float | None = None, impl: str = "triton"
+) -> torch.Tensor:
+    """Packed self-attention: qkv (B, S, 3, H, D) -> (B, S, H, D) through `impl` (as `attention`).
 
     With impl="triton" nothing is copied in either direction; "sdpa" and "math" permute to
-    (B, H, S, D) views and transpose back (the reshape to (B, S, H * D) then copies).
+    (B, H, S, D) views and transpose back (the model's reshape to (B, S, H * D) then copies).
     """
+    _check_impl(impl, causal)
     if impl == "triton":
         return flash_attention_qkv(qkv, scale)
+    if qkv.dim() != 5 or qkv.shape[2] != 3:
+        raise ValueError(f"qkv must be (B, S, 3, H, D), got shape {tuple(qkv.shape)}")
     q, k, v = _unpack(qkv)
-    return attention(q, k, v, scale=scale, impl=impl).transpose(1, 2)
+    return attention(q, k, v, causal=causal, scale=scale, impl=impl).transpose(1, 2)
+
+
+__all__ = [
+    "ATTN_IMPLS",
+    "AttentionParams",
+    "FlashAttention",
+    "FlashAttentionQKV",
+    "attention",
+    "attention_qkv",
+    "attention_reference",
+    "flash_attention",
+    "flash_attention_qkv",
+]

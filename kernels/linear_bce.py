@@ -45,18 +45,37 @@ torch.no_grad() for evaluation. Runs on CUDA, or on the CPU under TRITON_INTERPR
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
+
 import torch
 
-from kernels.linear_bce_fwd import (
-    AUTOTUNE_ENV,
-    CHUNK_MB_ENV,
-    LinearBCEParams,
-    interpreting,
-    linear_bce_forward,
-)
 from kernels.reference import REDUCTIONS, check_labels, linear_bce_reference
 
 IMPLS = ("triton", "torch")
+CHUNK_MB_ENV = "CATLIP_LINEAR_BCE_CHUNK_MB"
+AUTOTUNE_ENV = "CATLIP_AUTOTUNE"
+DEFAULT_CHUNK_MB = 256
+
+
+@dataclass(frozen=True)
+class LinearBCEParams:
+    """Everything about a linear_bce call that is not a tensor."""
+
+    reduction: str = "batch_mean"
+    label_smoothing: float = 0.0
+    chunk_cols: int | None = None  # columns of V per chunk; None: from CATLIP_LINEAR_BCE_CHUNK_MB
+    # Grad mode at the call: inside forward it is always off, and ctx.needs_input_grad still says
+    # True under torch.no_grad(), so the caller records it (linear_bce does).
+    grad_enabled: bool = True
+    # check_labels' range and duplicate checks (one host sync a call); off where the caller has
+    # validated the labels already (the packer and the loader do). Malformed labels are then a
+    # silently wrong loss, or an out-of-bounds read.
+    validate_labels: bool = True
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def _check_inputs(x, weight, bias, labels, sample_weight, params: LinearBCEParams) -> None:
@@ -83,7 +102,8 @@ def _check_inputs(x, weight, bias, labels, sample_weight, params: LinearBCEParam
             "linear_bce(impl='triton') needs a CUDA device, or TRITON_INTERPRET=1 set before triton is "
             "imported (slow; for tests); use impl='torch' on the CPU"
         )
-    check_labels(labels, weight.shape[0])
+    if params.validate_labels:
+        check_labels(labels, weight.shape[0])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -96,6 +116,8 @@ class LinearBCEFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, labels, sample_weight, params: LinearBCEParams):
+        from kernels.linear_bce_fwd import linear_bce_forward  # Triton, on first use
+
         _check_inputs(x, weight, bias, labels, sample_weight, params)
         need = tuple(ctx.needs_input_grad[:3]) if params.grad_enabled else (False, False, False)
         with torch.autocast(x.device.type, enabled=False):  # our GEMMs run in the inputs' dtype
@@ -113,6 +135,8 @@ class LinearBCEFunction(torch.autograd.Function):
             dx, dw, db = ctx.grads
             ctx.grads = None  # hand the tensors over: autograd keeps them as .grad without a copy
         else:  # backward again through a retained graph (gradcheck does): recompute, rarely needed
+            from kernels.linear_bce_fwd import linear_bce_forward
+
             x, weight, bias, labels, sample_weight = ctx.saved_tensors
             with torch.autocast(x.device.type, enabled=False):
                 need = tuple(ctx.needs_input_grad[:3])
@@ -136,20 +160,22 @@ def linear_bce(
     label_smoothing: float = 0.0,
     impl: str = "triton",
     sample_weight: torch.Tensor | None = None,
+    validate_labels: bool = True,
 ) -> torch.Tensor:
     """Sigmoid BCE of x @ weight^T + bias against padded (B, L) labels (-1 = padding).
 
     x (B, D), weight (V, D), bias (V,) or None, sample_weight (B,) or None. reduction:
     "batch_mean" (sum over all B x V terms / B), "mean" (/ (B * V)) or "sum". impl="torch" runs
-    kernels.reference.linear_bce_reference; impl="triton" the fused kernels of this module. Under
-    autocast the inputs are cast to the autocast dtype, as F.linear would be.
+    kernels.reference.linear_bce_reference (Triton is never imported); impl="triton" the fused
+    kernels of kernels/linear_bce_fwd.py. Under autocast the inputs are cast to the autocast dtype,
+    as F.linear would be. validate_labels=False skips the label checks (see LinearBCEParams).
     """
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     if impl == "torch":
         return linear_bce_reference(
-            x, weight, bias, labels,
-            reduction=reduction, label_smoothing=label_smoothing, sample_weight=sample_weight,
+            x, weight, bias, labels, reduction=reduction, label_smoothing=label_smoothing,
+            sample_weight=sample_weight, validate_labels=validate_labels,
         )  # fmt: skip
     if torch.is_autocast_enabled(x.device.type):
         dtype = torch.get_autocast_dtype(x.device.type)
@@ -161,9 +187,12 @@ def linear_bce(
             reduction=reduction, label_smoothing=label_smoothing, sample_weight=sample_weight,
         )  # fmt: skip
     params = LinearBCEParams(
-        reduction=reduction, label_smoothing=float(label_smoothing), grad_enabled=torch.is_grad_enabled()
+        reduction=reduction,
+        label_smoothing=float(label_smoothing),
+        grad_enabled=torch.is_grad_enabled(),
+        validate_labels=validate_labels,
     )
     return LinearBCEFunction.apply(x, weight, bias, labels, sample_weight, params)
 
 
-__all__ = ["AUTOTUNE_ENV", "CHUNK_MB_ENV", "LinearBCEFunction", "LinearBCEParams", "linear_bce"]
+__all__ = ["AUTOTUNE_ENV", "CHUNK_MB_ENV", "IMPLS", "LinearBCEFunction", "LinearBCEParams", "linear_bce"]

@@ -40,9 +40,8 @@ import torch
 import triton
 import triton.language as tl
 
-CHUNK_MB_ENV = "CATLIP_LINEAR_BCE_CHUNK_MB"
-AUTOTUNE_ENV = "CATLIP_AUTOTUNE"
-DEFAULT_CHUNK_MB = 256
+from kernels.linear_bce import AUTOTUNE_ENV, CHUNK_MB_ENV, DEFAULT_CHUNK_MB, LinearBCEParams, interpreting
+
 # Tests set this to fill every buffer with NaN (ids with -2**31) before a kernel writes it.
 _POISON = False
 
@@ -309,18 +308,6 @@ def _scatter_kernel(
 
 
 @dataclass(frozen=True)
-class LinearBCEParams:
-    """Everything about a linear_bce call that is not a tensor."""
-
-    reduction: str = "batch_mean"
-    label_smoothing: float = 0.0
-    chunk_cols: int | None = None  # columns of V per chunk; None: from CATLIP_LINEAR_BCE_CHUNK_MB
-    # Grad mode at the call: inside forward it is always off, and ctx.needs_input_grad still says
-    # True under torch.no_grad(), so the caller records it (linear_bce does).
-    grad_enabled: bool = True
-
-
-@dataclass(frozen=True)
 class _FwdConfig:
     BLOCK_M: int
     BLOCK_N: int
@@ -360,10 +347,6 @@ _TUNE_CONFIGS_16 = [
 ]
 _PINNED_32 = _FwdConfig(64, 128, 32, num_warps=4, num_stages=3)
 _TUNE_CONFIGS_32 = [_PINNED_32, _FwdConfig(128, 128, 32, num_warps=8, num_stages=3)]
-
-
-def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def _next_pow2(n: int) -> int:
