@@ -289,6 +289,7 @@ def pack(
         {
             "vocab": str(vocab.resolve()),
             "vocab_size": len(encoder.vocab),
+            "vocab_sha256": hashlib.sha256(vocab.read_bytes()).hexdigest(),  # checked by training
             "pos_filter": pos_filter and not official,
             "official": official,
             "shard_size": shard_size,
