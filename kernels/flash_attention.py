@@ -38,6 +38,11 @@ import torch.nn.functional as F
 from kernels.reference import attention_reference, resolve_scale
 
 ATTN_IMPLS = ("triton", "sdpa", "math")
+# Which Triton backward: "split" (two launches, kernels/flash_attention_bwd.py) or "onepass" (one
+# program per (batch, head), kernels/flash_attention_bwd_onepass.py, S_q <= 512; longer sequences
+# fall back to "split"). Read at each call; the GPU benchmark compares both.
+BWD_ENV = "CATLIP_ATTN_BWD"
+BWD_VARIANTS = ("split", "onepass")
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
@@ -45,10 +50,26 @@ DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 class AttentionParams:
     """Non-tensor arguments of the autograd Functions.
 
-    scale: multiplies Q K^T (1 / sqrt(D) by default).
+    scale: multiplies Q K^T (1 / sqrt(D) by default). bwd: one of BWD_VARIANTS.
     """
 
     scale: float
+    bwd: str = "split"
+
+
+def _params(scale: float | None, head_dim: int) -> AttentionParams:
+    bwd = os.environ.get(BWD_ENV, "split")
+    if bwd not in BWD_VARIANTS:
+        raise ValueError(f"{BWD_ENV} must be one of {BWD_VARIANTS}, got {bwd!r}")
+    return AttentionParams(resolve_scale(scale, head_dim), bwd)
+
+
+def _onepass(params: AttentionParams, s_q: int) -> bool:
+    if params.bwd != "onepass":
+        return False
+    from kernels.flash_attention_bwd_onepass import onepass_supported
+
+    return onepass_supported(s_q)
 
 
 def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -97,7 +118,7 @@ class FlashAttention(torch.autograd.Function):
         dq = empty_bshd(b, h, s_q, d, q)
         dk = empty_bshd(b, h, s_k, d, k)
         dv = empty_bshd(b, h, s_k, d, v)
-        attention_bwd(do, q, k, v, o, lse, ctx.params.scale, dq, dk, dv)
+        attention_bwd(do, q, k, v, o, lse, ctx.params.scale, dq, dk, dv, onepass=_onepass(ctx.params, s_q))
         return dq, dk, dv, None
 
 
@@ -131,7 +152,10 @@ class FlashAttentionQKV(torch.autograd.Function):
         q, k, v = _unpack(qkv)
         dq, dk, dv = _unpack(dqkv)
         p = ctx.params
-        attention_bwd(dout.transpose(1, 2), q, k, v, out.transpose(1, 2), lse, p.scale, dq, dk, dv)
+        attention_bwd(
+            dout.transpose(1, 2), q, k, v, out.transpose(1, 2), lse, p.scale, dq, dk, dv,
+            onepass=_onepass(p, qkv.shape[1]),
+        )  # fmt: skip
         return dqkv, None
 
 
@@ -140,7 +164,7 @@ def flash_attention(
 ) -> torch.Tensor:
     """softmax(scale * q k^T) v with the Triton kernels; q (B, H, S_q, D), k, v (B, H, S_k, D)."""
     _check(q, k, v)
-    return FlashAttention.apply(q, k, v, AttentionParams(resolve_scale(scale, q.shape[-1])))
+    return FlashAttention.apply(q, k, v, _params(scale, q.shape[-1]))
 
 
 def flash_attention_qkv(qkv: torch.Tensor, scale: float | None = None) -> torch.Tensor:
@@ -148,7 +172,7 @@ def flash_attention_qkv(qkv: torch.Tensor, scale: float | None = None) -> torch.
     if qkv.dim() != 5 or qkv.shape[2] != 3:
         raise ValueError(f"qkv must be (B, S, 3, H, D), got shape {tuple(qkv.shape)}")
     _check(*_unpack(qkv))
-    return FlashAttentionQKV.apply(qkv, AttentionParams(resolve_scale(scale, qkv.shape[-1])))
+    return FlashAttentionQKV.apply(qkv, _params(scale, qkv.shape[-1]))
 
 
 # --------------------------------------------------------------------------------------------------

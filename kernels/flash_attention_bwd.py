@@ -335,9 +335,12 @@ def attention_bwd(
     dq: torch.Tensor,
     dk: torch.Tensor,
     dv: torch.Tensor,
+    *,
+    onepass: bool = False,
 ) -> None:
     """Write dq (B, H, S_q, D), dk and dv (B, H, S_k, D) through their strides (each with a
-    contiguous last dim); every element is written. lse is the forward's (B, H, S_q) fp32."""
+    contiguous last dim); every element is written. lse is the forward's (B, H, S_q) fp32.
+    onepass: the one-launch backward of kernels/flash_attention_bwd_onepass.py (S_q <= 512)."""
     do, q, k, v, o = _rows(do), _rows(q), _rows(k), _rows(v), _rows(o)
     for name, g in (("dq", dq), ("dk", dk), ("dv", dv)):
         if g.stride(-1) != 1:
@@ -348,6 +351,11 @@ def attention_bwd(
         return
     if s_q == 0 or s_k == 0:  # no scores: the gradients are zero
         dq.zero_(), dk.zero_(), dv.zero_()
+        return
+    if onepass:
+        from kernels.flash_attention_bwd_onepass import attention_bwd_onepass
+
+        attention_bwd_onepass(do, q, k, v, o, lse, scale, dq, dk, dv)
         return
     delta = torch.empty(b, h, s_q, dtype=torch.float32, device=q.device)  # (B, H, S_q), by the dq kernel
     strides = (

@@ -56,6 +56,15 @@ IMPLS = ("triton", "torch")
 CHUNK_MB_ENV = "CATLIP_LINEAR_BCE_CHUNK_MB"
 AUTOTUNE_ENV = "CATLIP_AUTOTUNE"
 DEFAULT_CHUNK_MB = 256
+# Designs the first GPU run compares (issue 12, point 4; read at each call):
+#   CATLIP_LINEAR_BCE_DESIGN  fused (default: GEMM + epilogue in one Triton kernel) | cublas (design
+#                             E: cuBLAS logits, then a Triton epilogue kernel, kernels/linear_bce_split.py)
+#   CATLIP_LINEAR_BCE_DX      mm (default: dz W_c into an fp32 product, added to dx) | addmm (cuBLAS
+#                             accumulates into dx itself: addmm(dx, dz, W_c, out_dtype=float32, out=dx))
+DESIGN_ENV = "CATLIP_LINEAR_BCE_DESIGN"
+DESIGNS = ("fused", "cublas")
+DX_ENV = "CATLIP_LINEAR_BCE_DX"
+DX_MODES = ("mm", "addmm")
 
 
 @dataclass(frozen=True)
@@ -72,6 +81,15 @@ class LinearBCEParams:
     # validated the labels already (the packer and the loader do). Malformed labels are then a
     # silently wrong loss, or an out-of-bounds read.
     validate_labels: bool = True
+    design: str = "fused"  # one of DESIGNS
+    dx_accumulate: str = "mm"  # one of DX_MODES
+
+
+def _env_choice(name: str, choices: tuple[str, ...]) -> str:
+    value = os.environ.get(name, choices[0])
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    return value
 
 
 def interpreting() -> bool:
@@ -191,8 +209,19 @@ def linear_bce(
         label_smoothing=float(label_smoothing),
         grad_enabled=torch.is_grad_enabled(),
         validate_labels=validate_labels,
+        design=_env_choice(DESIGN_ENV, DESIGNS),
+        dx_accumulate=_env_choice(DX_ENV, DX_MODES),
     )
     return LinearBCEFunction.apply(x, weight, bias, labels, sample_weight, params)
 
 
-__all__ = ["AUTOTUNE_ENV", "CHUNK_MB_ENV", "IMPLS", "LinearBCEFunction", "LinearBCEParams", "linear_bce"]
+__all__ = [
+    "AUTOTUNE_ENV",
+    "CHUNK_MB_ENV",
+    "DESIGN_ENV",
+    "DX_ENV",
+    "IMPLS",
+    "LinearBCEFunction",
+    "LinearBCEParams",
+    "linear_bce",
+]

@@ -405,10 +405,30 @@ def _cuda_mm_out_dtype() -> bool:
         return False
 
 
-def _accumulate_dx(dx_acc: torch.Tensor | None, dz: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """dx_acc += dz @ w with 16-bit (or fp32/fp64) operands and an fp32 (fp64) accumulator."""
+@functools.cache
+def _cuda_addmm_out_dtype() -> bool:
+    """torch.addmm(fp32 C, bf16, bf16, out_dtype=fp32, out=C) (cuBLAS accumulating into C) exists."""
+    try:
+        a = torch.ones(16, 16, dtype=torch.bfloat16, device="cuda")
+        c = torch.ones(16, 16, dtype=torch.float32, device="cuda")
+        torch.addmm(c, a, a, out_dtype=torch.float32, out=c)
+        return bool((c == 17).all())
+    except (TypeError, RuntimeError):
+        return False
+
+
+def _accumulate_dx(
+    dx_acc: torch.Tensor | None, dz: torch.Tensor, w: torch.Tensor, mode: str = "mm"
+) -> torch.Tensor:
+    """dx_acc += dz @ w with 16-bit (or fp32/fp64) operands and an fp32 (fp64) accumulator.
+
+    mode "mm": the chunk's product into a fresh fp32 (B, D) tensor, then added (three passes over
+    B x D fp32 a chunk besides the GEMM's own write); "addmm": cuBLAS adds it into dx_acc itself
+    (beta = 1: one read and one write), where this torch has addmm(..., out_dtype=float32)."""
     if dz.dtype in (torch.float32, torch.float64):
         return torch.mm(dz, w) if dx_acc is None else dx_acc.addmm_(dz, w)
+    if mode == "addmm" and dx_acc is not None and dz.is_cuda and _cuda_addmm_out_dtype():
+        return torch.addmm(dx_acc, dz, w, out_dtype=torch.float32, out=dx_acc)
     if dz.is_cuda and _cuda_mm_out_dtype():
         part = torch.mm(dz, w, out_dtype=torch.float32)  # cuBLAS: 16-bit in, fp32 out
     else:
@@ -495,7 +515,8 @@ def linear_bce_forward(
     # The tile partials (fp32, ~V / 128 a row) are summed in fp64: summed in fp32 the row total
     # would carry ~1 ulp of error, twice torch's own (which sums V terms in one cascade).
     row_dense = torch.zeros(b, dtype=torch.float64, device=dev)  # (B,)
-    dz_buf = _empty((b, vc), dtype, dev) if grads else None  # (B, Vc)
+    cublas = params.design == "cublas"  # design E: cuBLAS logits into this buffer, then an epilogue
+    dz_buf = _empty((b, vc), dtype, dev) if grads or cublas else None  # (B, Vc)
     db_part = _empty((n_m_max, vc), acc, dev) if need_db else None  # (B / BLOCK_M, Vc)
     db_acc = _empty((v,), acc, dev) if need_db else None  # (V,)
     dw = _empty(tuple(weight.shape), weight.dtype, dev) if need_dw else None  # (V, D)
@@ -510,7 +531,16 @@ def linear_bce_forward(
             b, n, d, x.stride(0), x.stride(1), weight.stride(0), weight.stride(1), stride_bv,
             vc, vc, eps,
         )  # fmt: skip
-        if tuned is not None:
+        if cublas:
+            from kernels.linear_bce_split import cublas_logits_then_epilogue
+
+            bm, bn = cfg.BLOCK_M, cfg.BLOCK_N
+            cublas_logits_then_epilogue(
+                x, weight[v0 : v0 + n], None if bias is None else bias[v0 : v0 + n], s if grads else None,
+                dz_buf[:, :n], row_part, None if db_part is None else db_part[:, :n], eps, grads,
+                acc_tl=acc_tl, block_m=bm, block_n=bn, log_product=cfg.LOG_PRODUCT,
+            )  # fmt: skip
+        elif tuned is not None:
             grid = lambda meta, n=n: (triton.cdiv(b, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
             tuned[grid](*args, ACC=acc_tl, DOT_PRECISION=_dot_precision(dtype))
             bm, bn = tuned.best_config.kwargs["BLOCK_M"], tuned.best_config.kwargs["BLOCK_N"]
@@ -532,7 +562,7 @@ def linear_bce_forward(
         if need_db:
             db_acc[v0 : v0 + n] = db_part[: triton.cdiv(b, bm), :n].sum(0)
         if need_dx:
-            dx_acc = _accumulate_dx(dx_acc, dz, weight[v0 : v0 + n])
+            dx_acc = _accumulate_dx(dx_acc, dz, weight[v0 : v0 + n], params.dx_accumulate)
         if need_dw:
             _write_dw(dw[v0 : v0 + n], dz, x, scale)
 

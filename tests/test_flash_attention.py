@@ -104,8 +104,9 @@ def _check(
     assert err <= bound, f"{name}: error {err:.3e} > 2 x PyTorch's {ref_err:.3e} + floor {floor:.1e}"
 
 
-def _run_kernels(q, k, v, do, scale):
-    """The launchers with NaN-poisoned outputs; o and the gradients in (B, S, H, D) memory."""
+def _run_kernels(q, k, v, do, scale, onepass: bool = False):
+    """The launchers with NaN-poisoned outputs; o and the gradients in (B, S, H, D) memory.
+    onepass: the one-launch backward (kernels/flash_attention_bwd_onepass.py) instead of two."""
     b, h, s_q, d = q.shape
     s_k = k.shape[2]
 
@@ -114,12 +115,12 @@ def _run_kernels(q, k, v, do, scale):
 
     o, lse = attention_fwd(q, k, v, scale, out=poisoned(s_q))
     dq, dk, dv = poisoned(s_q), poisoned(s_k), poisoned(s_k)
-    attention_bwd(do, q, k, v, o, lse, scale, dq, dk, dv)
+    attention_bwd(do, q, k, v, o, lse, scale, dq, dk, dv, onepass=onepass)
     return o, lse, dq, dk, dv
 
 
-def _compare(q, k, v, do, scale, dtype) -> None:
-    o, lse, dq, dk, dv = _run_kernels(q, k, v, do, scale)
+def _compare(q, k, v, do, scale, dtype, onepass: bool = False) -> None:
+    o, lse, dq, dk, dv = _run_kernels(q, k, v, do, scale, onepass)
     (o64, dq64, dk64, dv64), lse64 = _oracle(q, k, v, do, scale)
     o_t, dq_t, dk_t, dv_t = _sdpa_grads(q, k, v, do, scale)
     _check("o", o, o_t, o64, dtype)
@@ -559,3 +560,64 @@ def test_int64_offsets_for_large_strides() -> None:
     assert res.returncode == 0, (
         f"child exited with {res.returncode} (negative: killed by a signal):\n{res.stdout}{res.stderr[-2000:]}"
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# The one-launch backward (issue 12, point 4): same oracle, same bounds
+# --------------------------------------------------------------------------------------------------
+_ONEPASS_CASES = [
+    # (B, H, S_q, S_k, D, dtype, layout): ViT lengths, every head-dim split, tails on both axes
+    (1, 2, 197, 197, 64, torch.float16, "qkv"),
+    (1, 2, 257, 257, 80, F32, "bshd"),
+    (2, 1, 65, 65, 40, F32, "bhsd"),
+    (1, 1, 129, 129, 128, torch.float16, "qkv"),
+    (2, 1, 70, 33, 96, F32, "bhsd"),  # cross-attention: S_q != S_k, D = 64 + 32
+    (3, 2, 1, 1, 64, F32, "bhsd"),
+    (1, 1, 48, 48, 8, torch.float16, "bhsd"),  # D < 16
+    (1, 1, 401, 401, 64, F32, "bhsd"),  # multi-scale: 20 x 20 patches + class token
+]
+
+
+@pytest.mark.parametrize(("b", "h", "s_q", "s_k", "d", "dtype", "layout"), _ONEPASS_CASES)
+def test_onepass_backward_matches_float64(b, h, s_q, s_k, d, dtype, layout) -> None:
+    _seed("onepass", b, h, s_q, s_k, d, dtype, layout)
+    q, k, v, do = _qkv(b, h, s_q, s_k, d, dtype, layout)
+    _compare(q, k, v, do, 1.0 / math.sqrt(d), dtype, onepass=True)
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in exp2:RuntimeWarning")
+@pytest.mark.filterwarnings("ignore:invalid value encountered in matmul:RuntimeWarning")
+def test_onepass_very_negative_scores_and_determinism() -> None:
+    """Masked keys with exp(0 - lse) = inf must not reach dQ; two runs give the same bits."""
+    _seed("onepass-negative")
+    b, h, s, d = 1, 2, 65, 64
+    u = torch.nn.functional.normalize(torch.randn(d), dim=0).to(DEVICE)
+    q = (-10 * u + 0.1 * torch.randn(b, h, s, d, device=DEVICE)).to(F32)
+    k = (10 * u + 0.1 * torch.randn(b, h, s, d, device=DEVICE)).to(F32)
+    v, do = torch.randn(b, h, s, d, device=DEVICE).to(F32), torch.randn(b, h, s, d, device=DEVICE).to(F32)
+    _compare(q, k, v, do, 1.0, F32, onepass=True)
+    first, second = _run_kernels(q, k, v, do, 1.0, True), _run_kernels(q, k, v, do, 1.0, True)
+    for a, c in zip(first, second, strict=True):
+        assert torch.equal(a, c)
+
+
+def test_onepass_switch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CATLIP_ATTN_BWD=onepass routes the autograd Functions to it (S <= 512; longer: split)."""
+    from kernels import flash_attention_bwd_onepass as onepass
+
+    calls = []
+    real = onepass.attention_bwd_onepass
+    monkeypatch.setattr(onepass, "attention_bwd_onepass", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setenv("CATLIP_ATTN_BWD", "onepass")
+    _seed("onepass-switch")
+    qkv = torch.randn(1, 33, 3, 2, 40, device=DEVICE).to(F32).requires_grad_()
+    flash_attention_qkv(qkv).sum().backward()
+    q, k, v = (t.detach().requires_grad_() for t in qkv.detach().permute(2, 0, 3, 1, 4).unbind(0))
+    flash_attention(q, k, v).sum().backward()
+    assert len(calls) == 2
+    monkeypatch.setattr(onepass, "DQ_ONEPASS_MAX_S", 16)  # too long now: the split backward
+    flash_attention(q, k, v).sum().backward()
+    assert len(calls) == 2
+    monkeypatch.setenv("CATLIP_ATTN_BWD", "fused")
+    with pytest.raises(ValueError, match="CATLIP_ATTN_BWD"):
+        flash_attention(q, k, v)

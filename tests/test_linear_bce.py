@@ -617,3 +617,56 @@ def test_emulated_epilogue_is_the_kernel(monkeypatch, logits):
         kernel = linear_bce(x, w, b, labels).double()
     emulated = loss_with_emulated_epilogue(monkeypatch, x, w, b, labels, 0.0).double()
     torch.testing.assert_close(kernel, emulated, rtol=2e-7, atol=0)
+
+
+# --------------------------------------------------------------------------------------------
+# The designs the GPU run compares (issue 12, point 4): same oracle, same bounds
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("b", "d", "v", "dtype", "bias", "eps", "reduction", "weights"),
+    [CPU_CASES[0], CPU_CASES[2], CPU_CASES[4], CPU_CASES[5]],
+)
+def test_cublas_design_matches_fp64_oracle(monkeypatch, b, d, v, dtype, bias, eps, reduction, weights):
+    """Design E (CATLIP_LINEAR_BCE_DESIGN=cublas): torch's GEMM for the logits, then the Triton
+    epilogue kernel; its loss comes from logits in the input dtype, like the same-dtype reference."""
+    monkeypatch.setenv(lb.DESIGN_ENV, "cublas")
+    x, w, bb, labels, s = make_case(b, d, v, bias=bias, seed=b + d + v + 1, weights=weights)
+    check_against_oracle(x, w, bb, labels, dtype=dtype, reduction=reduction, eps=eps, s=s)
+
+
+def test_cublas_design_chunks_and_no_grad(monkeypatch):
+    monkeypatch.setenv(lb.DESIGN_ENV, "cublas")
+    x, w, bb, labels, s = make_case(37, 80, 1009, bias=True, seed=21, max_pos=16, weights=True)
+
+    def fn(x, w, b, labels, *, reduction, label_smoothing, sample_weight):
+        params = LinearBCEParams(reduction, label_smoothing, chunk_cols=300, design="cublas")
+        return LinearBCEFunction.apply(x, w, b, labels, sample_weight, params)
+
+    check_against_oracle(x, w, bb, labels, dtype=torch.float32, eps=0.1, s=s, fn=fn)
+    with torch.no_grad():
+        fused = linear_bce(x, w, bb, labels, label_smoothing=0.1, sample_weight=s, impl="triton")
+        monkeypatch.setenv(lb.DESIGN_ENV, "fused")
+        torch.testing.assert_close(fused, linear_bce(x, w, bb, labels, label_smoothing=0.1, sample_weight=s))
+
+
+def test_design_switches_are_checked(monkeypatch):
+    x, w, bb, labels, _ = make_case(4, 16, 40, bias=True)
+    for env in (lb.DESIGN_ENV, lb.DX_ENV):
+        monkeypatch.setenv(env, "fastest")
+        with pytest.raises(ValueError, match=env):
+            linear_bce(x, w, bb, labels)
+        monkeypatch.delenv(env)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, pytest.param(torch.bfloat16, marks=[gpu, needs_cuda])])
+def test_dx_accumulated_by_addmm(monkeypatch, dtype):
+    """CATLIP_LINEAR_BCE_DX=addmm (cuBLAS accumulates dx in place; on the CPU the same fallback as
+    "mm"): the same oracle bound, over several chunks."""
+    monkeypatch.setenv(lb.DX_ENV, "addmm")
+    x, w, bb, labels, s = make_case(37, 80, 1009, bias=True, seed=22, max_pos=16, weights=True)
+
+    def fn(x, w, b, labels, *, reduction, label_smoothing, sample_weight):
+        params = LinearBCEParams(reduction, label_smoothing, chunk_cols=256, dx_accumulate="addmm")
+        return LinearBCEFunction.apply(x, w, b, labels, sample_weight, params)
+
+    check_against_oracle(x, w, bb, labels, dtype=dtype, eps=0.1, s=s, fn=fn)
