@@ -6,6 +6,7 @@ string is passed on as is: the labeler turns it into an empty label list, it doe
 
 from __future__ import annotations
 
+import gzip
 import json
 import tarfile
 from collections.abc import Iterator
@@ -91,19 +92,35 @@ def read_tsv(path: Path) -> Iterator[Caption]:
         yield Path(name).stem, caption
 
 
-def read_webdataset(path: Path) -> Iterator[Caption]:
-    """The ``.txt`` member of each sample of a WebDataset (or img2dataset) tar shard."""
+def iter_tar_files(path: Path) -> Iterator[tuple[str, bytes]]:
+    """(member name, bytes) of each regular file of a tar, streamed; a CaptionFileError for a tar
+    that is unreadable or truncated. Python's tarfile ends quietly at a cut inside a member header;
+    a tar that is complete ends with zero blocks after its last member, so that is checked."""
+    opener = gzip.open if str(path).lower().endswith((".gz", ".tgz")) else open
     try:
-        with tarfile.open(path, mode="r|*") as tar:
+        with opener(path, "rb") as f, tarfile.open(fileobj=f, mode="r|") as tar:
             for member in tar:
-                if not member.isfile() or not member.name.endswith(".txt"):
-                    continue
-                data = tar.extractfile(member).read()
-                base = member.name.rsplit("/", 1)
-                key = (base[0] + "/" if len(base) == 2 else "") + base[-1].split(".", 1)[0]
-                try:
-                    yield key, data.decode("utf-8")
-                except UnicodeDecodeError as err:
-                    raise CaptionFileError(f"{path}: member {member.name}: not UTF-8 ({err.reason})") from err
+                if member.isfile():
+                    yield member.name, tar.extractfile(member).read()
+            end = tar.offset  # just past the last member's data
+            f.seek(end)
+            tail = f.read(2 * tarfile.BLOCKSIZE)
+            if len(tail) < 2 * tarfile.BLOCKSIZE or tail.strip(b"\0"):
+                raise CaptionFileError(
+                    f"{path}: unreadable tar shard (truncated: no end-of-archive blocks after byte {end:,})"
+                )
     except (tarfile.TarError, EOFError, OSError) as err:
         raise CaptionFileError(f"{path}: unreadable tar shard ({err})") from err
+
+
+def read_webdataset(path: Path) -> Iterator[Caption]:
+    """The ``.txt`` member of each sample of a WebDataset (or img2dataset) tar shard."""
+    for name, data in iter_tar_files(path):
+        if not name.endswith(".txt"):
+            continue
+        base = name.rsplit("/", 1)
+        key = (base[0] + "/" if len(base) == 2 else "") + base[-1].split(".", 1)[0]
+        try:
+            yield key, data.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise CaptionFileError(f"{path}: member {name}: not UTF-8 ({err.reason})") from err

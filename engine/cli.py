@@ -63,9 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "vocab",
         help="build the synset vocabulary from captions",
-        description="Count each caption's noun synsets (once per caption) over several processes, "
+        description="Count each caption's noun synsets (once per caption) over local worker "
+        "processes or Ray tasks (a WebDataset tar is one task, other files are cut into chunks), "
         "keep those seen in at least --min-count captions (the --top-k most frequent), write a TSV "
-        "with index, wnid, synset, lemma, count.",
+        "with index, wnid, synset, lemma, count: byte for byte the same however many workers ran.",
     )
     p.add_argument(
         "--captions",
@@ -78,7 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-count", type=int, default=5, help="minimum captions per synset (default 5)")
     p.add_argument("--top-k", type=int, help="keep at most this many synsets, most frequent first")
     p.add_argument("--out", type=Path, required=True, help="vocabulary TSV to write")
-    p.add_argument("--workers", type=int, help="processes (default: all usable cores)")
+    from engine.executor import add_executor_arguments
+
+    add_executor_arguments(p)
     _add_labeler_options(p)
     p.set_defaults(func=cmd_vocab)
 
@@ -170,27 +173,28 @@ def cmd_setup_nltk(args: argparse.Namespace) -> int:
 
 
 def cmd_vocab(args: argparse.Namespace) -> int:
-    from catlip.captions import iter_captions
-    from catlip.vocab import build_vocabulary
+    from catlip.captions import caption_format
+    from catlip.vocab import TaskError, build_vocabulary
+    from engine.executor import WorkerDied, executor_from_args
 
     _require_nltk(args)
     for path in args.captions:  # fail before any work on a path that is not there
         if not path.is_file():
             raise SystemExit(f"catlip vocab: {path}: no such file")
-
-    def captions():
-        for path in args.captions:
-            for _, caption in iter_captions(path):
-                yield caption
-
-    vocab, stats = build_vocabulary(
-        captions(),
-        min_count=args.min_count,
-        top_k=args.top_k,
-        workers=args.workers,
-        pos_filter=args.pos_filter,
-        official=args.official,
-    )
+        caption_format(path)
+    try:
+        with executor_from_args(args) as executor:
+            vocab, stats = build_vocabulary(
+                files=args.captions,
+                min_count=args.min_count,
+                top_k=args.top_k,
+                executor=executor,
+                pos_filter=args.pos_filter,
+                official=args.official,
+                nltk_data=(str(args.nltk_data.resolve()),) if args.nltk_data else (),
+            )
+    except (TaskError, WorkerDied) as err:
+        raise SystemExit(f"catlip vocab: {err}; no vocabulary written") from err
     vocab.save(args.out)
     meta = {
         "sources": [str(p) for p in args.captions],

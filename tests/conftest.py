@@ -62,7 +62,7 @@ def packed_photos(tmp_path_factory: pytest.TempPathFactory, shared_data: Path, n
     root = tmp_path_factory.mktemp("photos")
     photos = shared_data / "coco_photos"
     captions = [c for _, c in iter_captions(photos / "captions.tsv")]
-    vocab, _ = build_vocabulary(captions, min_count=2, workers=1, progress=False)
+    vocab, _ = build_vocabulary(captions, min_count=2, progress=False)
     vocab.save(root / "vocab.tsv")
     pack(
         TsvSource(photos / "captions.tsv", photos),

@@ -90,10 +90,13 @@ def test_malformed_files_name_the_file_and_line(tmp_path, name, content, message
         list(iter_captions(path))
 
 
-def test_truncated_shard_names_the_file(tmp_path):
+@pytest.mark.parametrize("cut", ["half", 1024, 1500, "no end blocks"])
+def test_truncated_shard_names_the_file(tmp_path, cut):
     path = write_shard(tmp_path / "s.tar")
     data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2 + 100])
+    # 1024 and 1500: at and inside the second member's header, where Python's tarfile just stops
+    end = {"half": len(data) // 2 + 100, "no end blocks": data.rindex(b"{}") + 512}.get(cut, cut)
+    path.write_bytes(data[:end])
     with pytest.raises(CaptionFileError, match=r"s\.tar: unreadable tar shard"):
         list(iter_captions(path))
 

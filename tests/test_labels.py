@@ -213,27 +213,35 @@ def test_html_does_not_hide_nouns(labeler):
 # ------------------------------------------------------------------------------------- vocabulary
 def test_vocabulary_counts_once_per_caption_and_prunes():
     captions = ["dog dog dog", "a dog and a cat", "a cat", "a bird", "the dog"]
-    vocab, stats = build_vocabulary(captions, min_count=2, workers=1, pos_filter=False, progress=False)
+    vocab, stats = build_vocabulary(captions, min_count=2, pos_filter=False, progress=False)
     assert vocab.synsets == ["dog.n.01", "cat.n.01"]
     assert vocab.counts == [3, 2]
     assert stats.captions == 5 and stats.no_synset == 0 and stats.no_label == 1  # "a bird"
-    top1, _ = build_vocabulary(captions, min_count=1, top_k=1, workers=1, pos_filter=False, progress=False)
+    top1, _ = build_vocabulary(captions, min_count=1, top_k=1, pos_filter=False, progress=False)
     assert top1.synsets == ["dog.n.01"]
     with pytest.raises(ValueError, match="min_count"):
-        build_vocabulary(captions, min_count=0, workers=1)
+        build_vocabulary(captions, min_count=0)
 
 
 def test_vocabulary_ties_are_broken_by_wnid():
-    vocab, _ = build_vocabulary(["cat", "dog"], workers=1, pos_filter=False, progress=False)
+    vocab, _ = build_vocabulary(["cat", "dog"], pos_filter=False, progress=False)
     assert vocab.wnids == sorted(vocab.wnids)
 
 
-def test_parallel_build_equals_serial(coco_captions):
+def test_parallel_build_equals_serial(coco_captions, tmp_path):
+    from engine.executor import LocalExecutor
+
     sample = coco_captions[:3000]
-    serial, s1 = build_vocabulary(sample, min_count=2, workers=1, progress=False)
-    parallel, s2 = build_vocabulary(sample, min_count=2, workers=2, progress=False)
+    serial, s1 = build_vocabulary(sample, min_count=2, progress=False)
+    with LocalExecutor(2) as executor:
+        parallel, s2 = build_vocabulary(sample, min_count=2, executor=executor, progress=False)
     assert serial == parallel
-    assert (s1.no_label, s1.no_synset) == (s2.no_label, s2.no_synset)
+    assert (
+        (s1.captions, s1.no_label, s1.no_synset) == (s2.captions, s2.no_label, s2.no_synset) == (3000, 15, 9)
+    )
+    serial.save(tmp_path / "1.tsv")
+    parallel.save(tmp_path / "2.tsv")
+    assert (tmp_path / "1.tsv").read_bytes() == (tmp_path / "2.tsv").read_bytes()
 
 
 def test_vocabulary_roundtrip_and_encoding(tmp_path):
