@@ -1,122 +1,325 @@
 """Checkpoints: save, resume, prune, the ``latest`` pointer, RNG state, and the fp32 export.
 
 A checkpoint is a tag directory ``step_<N>`` under ``<out_dir>/checkpoints`` holding DeepSpeed's
-model/optimizer/scheduler states (partitioned by ZeRO) and one ``extra_rank<R>.pt`` per rank: the
-RNG states, the loader position and the EMA weights. DeepSpeed moves ``latest`` only after its
-own files are written, so a crash while saving leaves the previous checkpoint usable.
+model/optimizer/scheduler states (partitioned by ZeRO) and, per rank, ``extra_rank<R>.json`` (RNG
+states, the loader position) and ``extra_rank<R>.safetensors`` (the torch RNG state, EMA weights).
+
+Complete before anything points at it: every rank writes and fsyncs its files, then (after a
+barrier) rank 0 writes ``complete.json`` listing every file of the tag with its size, and only then
+``latest`` (atomically). DeepSpeed's own ``latest``, written by rank 0 without waiting for the
+others, is not used. ``resume: auto`` takes the newest complete checkpoint and falls back to older
+complete ones, saying why; pruning never removes the newest complete one.
+
+Nothing read here can run code: the engine's own state is JSON and safetensors, and DeepSpeed's
+``.pt`` files are loaded with ``torch.load(weights_only=True)`` allowing only the few DeepSpeed
+classes its optimizer states hold (:func:`safe_load`, also through :class:`SafeCheckpointEngine`,
+DeepSpeed's checkpoint-engine hook, and around DeepSpeed's ``zero_to_fp32`` for the export).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import os
+import pickle
 import random
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
 from engine.distributed import cuda_available
 
 CKPT_DIR = "checkpoints"
+COMPLETE = "complete.json"
 
 
-def rng_state() -> dict[str, Any]:
-    import numpy as np
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used (incomplete, unsafe, or from another setup)."""
 
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+
+# ------------------------------------------------------------------------------------ safe loading
+def _allowed_globals() -> list:
+    """The classes DeepSpeed 0.19's checkpoints pickle besides tensors and containers: plain data
+    records (a dataclass, an enum, the loss scaler's few numbers), no code."""
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, ZeroStageEnum, fragment_address]
+
+
+def safe_load(path: str | Path, map_location: Any = "cpu", **kwargs: Any) -> Any:
+    """``torch.load`` that refuses any pickled callable outside the allow-list, with a clear error."""
+    try:
+        with torch.serialization.safe_globals(_allowed_globals()):
+            return _torch_load(path, map_location=map_location, weights_only=True, **kwargs)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"{path}: refused to load: it asks to build objects this engine does not allow "
+            f"(a file from another program, or a crafted one); nothing in it was run. ({str(err)[:300]})"
+        ) from None
+
+
+_torch_load = torch.load
+
+
+@contextlib.contextmanager
+def _torch_load_weights_only() -> Iterator[None]:
+    """Within the block, every ``torch.load`` (DeepSpeed's ``zero_to_fp32`` calls it with
+    ``weights_only=False``) goes through :func:`safe_load`."""
+
+    def load(f, map_location=None, weights_only=None, **kwargs):
+        return safe_load(f, map_location=map_location, **kwargs)
+
+    torch.load = load
+    try:
+        yield
+    finally:
+        torch.load = _torch_load
+
+
+def safe_checkpoint_engine(config: Any) -> Any:
+    """DeepSpeed's torch checkpoint engine with :func:`safe_load` as its ``load``."""
+    from deepspeed.runtime.checkpoint_engine import TorchCheckpointEngine
+
+    class SafeCheckpointEngine(TorchCheckpointEngine):
+        def load(self, path: str, map_location: Any = None) -> Any:
+            return safe_load(path, map_location=map_location)
+
+    return SafeCheckpointEngine(config)
+
+
+# ------------------------------------------------------------------------------------ RNG and extras
+def rng_state() -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(JSON-able states, tensor states) of Python's, NumPy's, torch's and CUDA's generators."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state = {
+        "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(gauss)],
+        "python": [version, list(internal), gauss_next],
+    }
+    tensors = {"rng.torch": torch.get_rng_state()}
     if cuda_available():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
+        tensors["rng.cuda"] = torch.cuda.get_rng_state()
+    return state, tensors
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
-    import numpy as np
+def set_rng_state(state: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    torch.set_rng_state(tensors["rng.torch"])
+    if "rng.cuda" in tensors and cuda_available():
+        torch.cuda.set_rng_state(tensors["rng.cuda"])
 
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if "cuda" in state and cuda_available():
-        torch.cuda.set_rng_state(state["cuda"])
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+
+
+# ------------------------------------------------------------------------------------ the checkpointer
 class Checkpointer:
     """Saves and restores one run's checkpoints; every rank calls :meth:`save` and :meth:`resume`."""
 
     def __init__(self, engine: Any, out_dir: Path, *, keep: int, log: Callable[[str], None] = print) -> None:
-        self.engine, self.dir, self.keep, self.log = engine, Path(out_dir) / CKPT_DIR, keep, log
+        self.engine, self.dir, self.keep, self.log = engine, Path(out_dir) / CKPT_DIR, max(keep, 1), log
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+        engine.checkpoint_engine = safe_checkpoint_engine(engine._config)
+
+    # ---------------------------------------------------------------------------- what is on disk
+    @staticmethod
+    def is_complete(tag: Path) -> bool:
+        """Whether ``tag`` has its completion marker and every file the marker lists, at its size."""
+        try:
+            files = json.loads((tag / COMPLETE).read_text())["files"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+        return all(
+            (tag / name).is_file() and (tag / name).stat().st_size == size for name, size in files.items()
+        )
+
+    def complete_tags(self) -> list[Path]:
+        """Complete checkpoints, newest first."""
+        tags = sorted((p for p in self.dir.glob("step_*") if p.is_dir()), reverse=True)
+        return [t for t in tags if self.is_complete(t)]
 
     def latest(self) -> Path | None:
-        latest = self.dir / "latest"
-        return self.dir / latest.read_text().strip() if latest.is_file() else None
+        """The newest complete checkpoint (``latest`` names it; it is not trusted blindly)."""
+        tags = self.complete_tags()
+        return tags[0] if tags else None
 
-    def save(self, step: int, *, loader: Any, ema: dict | None, config: dict) -> Path:
-        """Write tag ``step_<N>``; ``latest`` moves to it only once every rank has written."""
+    # ---------------------------------------------------------------------------- save
+    def save(
+        self, step: int, *, loader: Any, ema: dict | None, config: dict, vocab: dict | None = None
+    ) -> Path:
+        """Write tag ``step_<N>``: all ranks' files, then the marker, then ``latest``."""
         tag = f"step_{step:08d}"
         path = self.dir / tag
-        path.mkdir(parents=True, exist_ok=True)
-        extra = {
-            "rng": rng_state(),
-            "data": loader.state_dict() if hasattr(loader, "state_dict") else None,
-            "ema": ema,
-        }
-        tmp = path / f"extra_rank{self.rank}.pt.tmp"
-        torch.save(extra, tmp)
-        tmp.replace(path / f"extra_rank{self.rank}.pt")
-        dist.barrier()
-        self.engine.save_checkpoint(
-            str(self.dir),
-            tag=tag,
-            client_state={"step": step, "config": config, "world_size": self.world_size},
-        )
-        dist.barrier()
+        try:
+            self._write(path, tag, step, loader, ema, {"config": config, "vocab": vocab or {}})
+        except OSError as err:
+            if err.errno == errno.ENOSPC:
+                intact = self.latest()
+                raise CheckpointError(
+                    f"disk full at {path}; "
+                    + (f"checkpoint {intact.name} is intact" if intact else "no earlier checkpoint exists")
+                ) from None
+            raise
+        dist.barrier()  # every rank's files are written and flushed
         if self.rank == 0:
-            self._prune(keep=tag)
+            files = {
+                p.name: p.stat().st_size for p in sorted(path.iterdir()) if p.is_file() and p.name != COMPLETE
+            }
+            _write_atomic(path / COMPLETE, json.dumps({"step": step, "files": files}, indent=1) + "\n")
+            _write_atomic(self.dir / "latest", tag)
+            self._prune()
             self.log(f"checkpoint: {path}")
         dist.barrier()
         return path
 
-    def _prune(self, keep: str) -> None:
-        tags = sorted(p for p in self.dir.glob("step_*") if p.is_dir())
-        for old in tags[: max(0, len(tags) - self.keep)]:
-            if old.name != keep:
-                shutil.rmtree(old, ignore_errors=True)
+    def _write(self, path: Path, tag: str, step: int, loader: Any, ema: dict | None, client: dict) -> None:
+        from safetensors.torch import save_file
 
-    def resume(self, path: str | Path | None, *, loader: Any) -> tuple[int, dict | None] | None:
-        """Restore model, optimizer, scheduler, data position and RNG from ``path`` (a tag
-        directory) or, by default, the latest checkpoint: returns (step, EMA weights), or None
-        when there is no checkpoint."""
-        if path is None:
-            path = self.latest()
-            if path is None:
-                return None
-        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        if self.rank == 0:
+            (path / COMPLETE).unlink(missing_ok=True)  # a re-save of this step is incomplete until done
+        state, tensors = rng_state()
+        extra = {"rng": state, "data": loader.state_dict() if hasattr(loader, "state_dict") else None}
+        if ema is not None:
+            tensors.update({f"ema.{k}": v.contiguous() for k, v in ema.items()})
+        json_path, st_path = path / f"extra_rank{self.rank}.json", path / f"extra_rank{self.rank}.safetensors"
+        _write_atomic(json_path, json.dumps(extra))
+        save_file(tensors, str(st_path) + ".tmp")
+        os.replace(str(st_path) + ".tmp", st_path)
+        dist.barrier()
+        self.engine.save_checkpoint(
+            str(self.dir),
+            tag=tag,
+            client_state={"step": step, "world_size": self.world_size, **client},
+            save_latest=False,  # ours, after the marker
+        )
+        for f in path.iterdir():  # this rank's files, and any it can see, reach the disk
+            if f.is_file():
+                _fsync(f)
+
+    def _prune(self) -> None:
+        """Keep the newest ``keep`` complete checkpoints; drop older ones and incomplete leftovers
+        older than the newest complete one."""
+        complete = self.complete_tags()
+        keep = {t.name for t in complete[: self.keep]}
+        newest = complete[0].name if complete else ""
+        for tag in (p for p in self.dir.glob("step_*") if p.is_dir()):
+            if tag.name not in keep and tag.name < newest:
+                shutil.rmtree(tag, ignore_errors=True)
+
+    # ---------------------------------------------------------------------------- resume
+    def resume(self, path: str | Path | None, *, loader: Any) -> tuple[int, dict | None, dict] | None:
+        """Restore from ``path`` (a tag directory) or, by default, the newest complete checkpoint,
+        falling back to older complete ones if one fails to load. Returns (step, EMA weights, the
+        checkpoint's client state: config, vocab), or None when there is no checkpoint."""
+        if path is not None:
+            path = Path(path)
+            if not path.is_dir():
+                raise CheckpointError(f"run.resume: {path} is not a checkpoint directory")
+            if not self.is_complete(path):
+                raise CheckpointError(f"run.resume: {path} is incomplete (no {COMPLETE} or files missing)")
+            return self._load(path, loader)
+        self._report_pointer()
+        candidates = self.complete_tags()
+        for i, tag in enumerate(candidates):
+            try:
+                return self._load(tag, loader)
+            except CheckpointError:
+                raise  # unsafe or from another setup: never silently skipped
+            except (OSError, RuntimeError, KeyError, ValueError) as err:
+                older = candidates[i + 1].name if i + 1 < len(candidates) else None
+                if older is None:
+                    raise CheckpointError(
+                        f"{tag} failed to load ({err}) and no older checkpoint is complete"
+                    ) from err
+                self.log(f"resume: {tag} failed to load ({str(err)[:200]}); trying {older}")
+        return None
+
+    def _report_pointer(self) -> None:
+        pointer = self.dir / "latest"
+        if not pointer.exists():
+            return
+        name = pointer.read_text().strip()
+        if not name:
+            self.log(f"resume: {pointer} is empty; using the newest complete checkpoint")
+        elif not self.is_complete(self.dir / name):
+            self.log(
+                f"resume: {pointer} names {name}, which is missing or incomplete; using the newest complete one"
+            )
+        for tag in sorted((p for p in self.dir.glob("step_*") if p.is_dir()), reverse=True):
+            if not self.is_complete(tag):
+                self.log(f"resume: skipping {tag.name}: incomplete (a save that did not finish)")
+
+    def _load(self, path: Path, loader: Any) -> tuple[int, dict | None, dict]:
+        from safetensors.torch import load_file
+
+        extra_json = path / f"extra_rank{self.rank}.json"
+        if not extra_json.is_file():
+            raise CheckpointError(
+                f"{path} has no {extra_json.name}: written by fewer ranks than this run's {self.world_size}"
+            )
         load_path, client = self.engine.load_checkpoint(str(path.parent), tag=path.name)
         if load_path is None:
             raise FileNotFoundError(f"no DeepSpeed checkpoint in {path}")
         if client.get("world_size") != self.world_size:
-            raise RuntimeError(
+            raise CheckpointError(
                 f"{path} was written by {client.get('world_size')} ranks, this run has {self.world_size}: "
                 "the per-rank data positions do not carry over (export the weights and start a new run)"
             )
-        extra = torch.load(path / f"extra_rank{self.rank}.pt", weights_only=False)
+        extra = json.loads(extra_json.read_text())
+        tensors = load_file(str(path / f"extra_rank{self.rank}.safetensors"))
         if extra["data"] is not None:
             loader.load_state_dict(extra["data"])
-        set_rng_state(extra["rng"])
+        set_rng_state(extra["rng"], tensors)
+        ema = {k[len("ema.") :]: v for k, v in tensors.items() if k.startswith("ema.")} or None
         self.log(f"resumed from {path} at step {int(client['step'])}")
-        return int(client["step"]), extra["ema"]
+        return (
+            int(client["step"]),
+            ema,
+            {"config": client.get("config") or {}, "vocab": client.get("vocab") or {}, "path": path},
+        )
 
 
+# ------------------------------------------------------------------------------------ export
 def export_fp32(checkpoint: str | Path, out: str | Path) -> Path:
     """Consolidate a (ZeRO-partitioned) checkpoint tag directory into one fp32 safetensors file."""
     from safetensors.torch import save_file
 
     checkpoint = Path(checkpoint)
-    if (checkpoint / "latest").is_file():  # the checkpoints directory itself: take its latest tag
-        checkpoint = checkpoint / (checkpoint / "latest").read_text().strip()
+    if (checkpoint / CKPT_DIR).is_dir():  # a run's out_dir
+        checkpoint = checkpoint / CKPT_DIR
+    if not (checkpoint / COMPLETE).is_file() and any(checkpoint.glob("step_*")):  # the checkpoints dir
+        tags = sorted((p for p in checkpoint.glob("step_*") if Checkpointer.is_complete(p)), reverse=True)
+        if not tags:
+            raise CheckpointError(f"{checkpoint} holds no complete checkpoint")
+        checkpoint = tags[0]
+    if not checkpoint.is_dir():
+        raise FileNotFoundError(f"{checkpoint}: no such checkpoint directory")
     # ZeRO-3 names the model-states file per rank; stages 0-2 write one.
     files = [
         checkpoint / "mp_rank_00_model_states.pt",
@@ -127,12 +330,13 @@ def export_fp32(checkpoint: str | Path, out: str | Path) -> Path:
         raise FileNotFoundError(
             f"{checkpoint} holds no DeepSpeed model states (looked for {[f.name for f in files]})"
         )
-    states = torch.load(found[0], map_location="cpu", weights_only=False)
+    states = safe_load(found[0])
     stage = (states.get("ds_config") or {}).get("zero_optimization", {}).get("stage", 0)
     if stage:
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-        state = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint.parent), tag=checkpoint.name)
+        with _torch_load_weights_only():
+            state = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint.parent), tag=checkpoint.name)
     else:
         state = states["module"]
     state = {k: v.detach().float().contiguous().clone() for k, v in state.items()}

@@ -68,6 +68,7 @@ class RunConfig:
     keep_checkpoints: int = 2
     resume: str = "auto"  # "auto" (latest in out_dir if any) | "never" | a checkpoint directory
     persistence_threshold: int = 100_000  # ZeRO-3: params smaller than this stay whole on every rank
+    max_skipped_steps: int = 10  # DeepSpeed overflow-skipped optimizer steps in a row before stopping
 
 
 @dataclass
@@ -165,6 +166,20 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.run.zero_stage in (0, 1, 2, 3), "run.zero_stage must be 0, 1, 2 or 3"),
         (cfg.run.precision in ("auto", "bf16", "fp32"), "run.precision: auto | bf16 | fp32"),
         (cfg.run.steps >= 1, "run.steps must be >= 1"),
+        (cfg.optim.lr > 0, f"optim.lr must be > 0, got {cfg.optim.lr}"),
+        (0 <= cfg.optim.min_lr <= cfg.optim.lr, "optim.min_lr must be in [0, optim.lr]"),
+        (cfg.optim.warmup_steps >= 0, "optim.warmup_steps must be >= 0"),
+        (cfg.run.log_every >= 1, f"run.log_every must be >= 1, got {cfg.run.log_every}"),
+        (
+            cfg.run.ckpt_every >= 0 and cfg.run.eval_every >= 0,
+            "run.ckpt_every and run.eval_every must be >= 0",
+        ),
+        (cfg.run.keep_checkpoints >= 1, "run.keep_checkpoints must be >= 1"),
+        (cfg.run.max_skipped_steps >= 0, "run.max_skipped_steps must be >= 0"),
+        (
+            0 < cfg.data.scale[0] <= cfg.data.scale[1] <= 1,
+            f"data.scale must be [min, max] with 0 < min <= max <= 1, got {list(cfg.data.scale)}",
+        ),
     ]
     errors = [msg for ok, msg in checks if not ok]
     if errors:

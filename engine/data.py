@@ -280,6 +280,8 @@ class DaliLoader:
         shuffle_buffer: int,
         keys: bool,
         captions: bool = False,
+        num_classes: int | None = None,
+        expected_samples: int | None = None,
     ) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
@@ -313,6 +315,7 @@ class DaliLoader:
         )
         self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
         self.seed, self.num_threads, self.drop_last = seed, num_threads, drop_last
+        self.num_classes = num_classes  # labels outside [0, num_classes) stop the run, naming the sample
         self.device = device
         # DALI device_id None = a CPU-only pipeline; images then come out on the CPU.
         self._device_id = device_id if device == "mixed" else None
@@ -329,6 +332,14 @@ class DaliLoader:
         self.samples = int(self._pipe.reader_meta("Reader")["epoch_size"])  # N, all ranks
         if self.samples == 0:
             raise ValueError(f"no samples with an image and a .lbl in {len(paths)} shard(s)")
+        # DALI skips samples missing a member (missing_component_behavior="skip"): count them
+        self.missing_members = max(0, (expected_samples or 0) - self.samples)
+        if self.missing_members and rank == 0:
+            log.warning(
+                "%d of the %d samples dataset.json lists lack an image or a .lbl member and are skipped",
+                self.missing_members,
+                expected_samples,
+            )
         shard_max = math.ceil(self.samples / world_size)
         self._reader_batches = math.ceil(shard_max / batch_size)  # what DALI produces per epoch
         self._len = (self.samples // world_size) // batch_size if drop_last else self._reader_batches
@@ -393,6 +404,19 @@ class DaliLoader:
                 )
         raise AssertionError("unreachable")
 
+    def _check_labels(self, labels: torch.Tensor, is_real: torch.Tensor, source_info: Any) -> None:
+        """Host-side (labels stay on the CPU until the step): an id outside the vocabulary names its
+        shard and sample, instead of failing later inside the loss."""
+        bad = ((labels >= self.num_classes) | (labels < -1)) & is_real.view(-1, 1)
+        if bool(bad.any()):
+            row = int(bad.any(dim=1).nonzero()[0])
+            where = bytes(np.array(source_info[row])).decode("utf-8", "replace").rsplit(":", 2)
+            raise DataError(
+                f"{where[0]}: sample {where[-1].split('.', 1)[0]} has label id {int(labels[row][bad[row]][0])}, "
+                f"outside the vocabulary of {self.num_classes} synsets: these shards were packed with "
+                "another vocabulary, or the .lbl member is corrupt"
+            )
+
     def _next_batch(self) -> dict[str, Any]:
         outputs, replayed = self._run()
         real = self._real_in_batch()
@@ -419,6 +443,8 @@ class DaliLoader:
         if not bool(valid_t.all()):  # placeholders and padding come out as zero images
             invalid = ~valid_t.to(self._image_device, non_blocking=True)
             batch["image"].masked_fill_(invalid.view(-1, 1, 1, 1), 0.0)  # no host sync on a GPU
+        if self.num_classes is not None:
+            self._check_labels(batch["labels"], is_real, source_info)
         batch["label_counts"] = raw_count.clamp(max=self.spec.max_labels)  # (B,) entries in labels
         batch["valid"] = valid_t  # (B,)
         if self.spec.keys:
@@ -490,7 +516,12 @@ class DaliLoader:
             "failed_batches": self.failed_batches,
             "lost_samples": self.lost_samples,
             "truncated_labels": self.truncated_labels,
+            "missing_members": self.missing_members,
         }
+
+
+class DataError(ValueError):
+    """Shards whose content cannot be trained on as they are (e.g. labels of another vocabulary)."""
 
 
 def _error_summary(err: BaseException) -> str:
@@ -534,6 +565,8 @@ def make_loader(
     shuffle_buffer: int = 1024,
     keys: bool = False,
     captions: bool = False,
+    num_classes: int | None = None,
+    expected_samples: int | None = None,
 ) -> DaliLoader:
     """A DALI loader over packed shards (a folder with ``dataset.json``, or tar paths) for one rank.
 
@@ -562,17 +595,45 @@ def make_loader(
         shuffle_buffer=shuffle_buffer,
         keys=keys,
         captions=captions,
+        num_classes=num_classes,
+        expected_samples=expected_samples,
     )
 
 
+def read_dataset_meta(folder: str | Path, option: str) -> dict[str, Any]:
+    """``dataset.json`` of a ``catlip pack`` output folder, or a ConfigError naming the option."""
+    from engine.config import ConfigError
+
+    path = Path(folder) / "dataset.json"
+    if not path.is_file():
+        raise ConfigError(
+            f"{option}: {folder} has no dataset.json (point it at a folder made by `catlip pack`)"
+        )
+    try:
+        return json.loads(path.read_text())
+    except ValueError as err:
+        raise ConfigError(f"{option}: {path} is not valid JSON ({err})") from None
+
+
 def loaders_from_config(cfg: Any, rank: int, world_size: int, image_size: int, captions: bool):
-    """DALI loaders over ``data.train`` / ``data.val`` and the vocabulary size of the shards."""
+    """DALI loaders over ``data.train`` / ``data.val`` and the vocabulary size of the shards.
+
+    Train and val shards must have been labelled with the same vocabulary (its size and, where
+    dataset.json records it, its SHA-256): a mismatch stops here, naming both folders."""
     from engine.config import ConfigError
 
     d = cfg.data
     if not d.train:
         raise ConfigError("data.train is empty: point it at a directory made by `catlip pack`")
-    meta = json.loads((Path(d.train) / "dataset.json").read_text())
+    meta = read_dataset_meta(d.train, "data.train")
+    if d.val and not captions:
+        val_meta = read_dataset_meta(d.val, "data.val")
+        for key in ("vocab_size", "vocab_sha256"):
+            if key in meta and key in val_meta and meta[key] != val_meta[key]:
+                raise ConfigError(
+                    f"data.train ({d.train}) and data.val ({d.val}) were packed with different vocabularies "
+                    f"({key} {meta[key]} vs {val_meta[key]}): pack both with the same vocab.tsv"
+                )
     common = dict(
         rank=rank,
         world_size=world_size,
@@ -581,7 +642,20 @@ def loaders_from_config(cfg: Any, rank: int, world_size: int, image_size: int, c
         seed=cfg.run.seed,
         max_labels=d.max_labels,
         num_threads=d.num_threads,
+        num_classes=int(meta["vocab_size"]),
     )
-    train = make_loader(d.train, d.batch_size, train=True, scale=tuple(d.scale), captions=captions, **common)
-    val = make_loader(d.val, d.batch_size, train=False, **common) if d.val and not captions else None
-    return train, val, int(meta["vocab_size"])
+    for folder in (d.train, d.val if not captions else None):
+        if folder:
+            try:
+                resolve_shards(folder)
+            except (ValueError, FileNotFoundError) as err:
+                raise ConfigError(f"data: {err}") from None
+    train = make_loader(
+        d.train, d.batch_size, train=True, scale=tuple(d.scale), captions=captions,
+        expected_samples=meta.get("samples"), **common,
+    )  # fmt: skip
+    val = None
+    if d.val and not captions:
+        val_samples = read_dataset_meta(d.val, "data.val").get("samples")
+        val = make_loader(d.val, d.batch_size, train=False, expected_samples=val_samples, **common)
+    return train, val, meta

@@ -21,6 +21,7 @@ class StepLog:
     step_time: float  # seconds per step, same window
     data_time: float  # seconds per step waiting for batches, same window
     peak_mem_mb: float
+    skipped_steps: int = 0  # optimizer steps DeepSpeed skipped so far (gradient overflow)
 
 
 def peak_memory_mb() -> float:
@@ -50,6 +51,8 @@ class RunLog:
             f"step {e.step:>6} | loss {e.loss:.5f} | lr {e.lr:.3e} | {e.images_per_s:,.1f} img/s | "
             f"step {e.step_time * 1e3:.0f} ms (data {e.data_time * 1e3:.0f} ms) | peak mem {e.peak_mem_mb:,.0f} MB"
         )
+        if e.skipped_steps:
+            line += f" | skipped steps {e.skipped_steps}"
         skipped = {k: v for k, v in counters.items() if v}
         if skipped:  # samples not trained on as packed (bad images, failed batches, cut labels)
             line += " | rank-0 data: " + ", ".join(f"{k} {v}" for k, v in skipped.items())

@@ -22,6 +22,7 @@ import os
 import random
 import sys
 import time
+import traceback
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
@@ -31,12 +32,13 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from engine.checkpoint import Checkpointer
+from engine.checkpoint import Checkpointer, CheckpointError
 from engine.config import ConfigError, TrainConfig, add_train_arguments, load_config
+from engine.data import DataError
 from engine.distributed import cuda_available, init_distributed, prepare_env, shutdown
 from engine.logs import RunLog, StepLog, peak_memory_mb
 from engine.objectives import make_objective
-from engine.parallel import parallelize, partition_report, use_bf16
+from engine.parallel import apply_hyperparameters, parallelize, partition_report, use_bf16
 from engine.prefetch import Prefetcher
 
 
@@ -65,6 +67,7 @@ class Trainer:
         from catlip.models import param_groups, vit_config
 
         self.cfg = cfg
+        self.dataset_meta: dict[str, Any] = {}  # the train shards' dataset.json (vocabulary identity)
         self.rank, self.world_size, self.local_rank = init_distributed()
         self.is_main = self.rank == 0
         self.out_dir = Path(cfg.run.out_dir)
@@ -83,9 +86,10 @@ class Trainer:
         if train_loader is None:
             from engine.data import loaders_from_config
 
-            train_loader, val_loader, vocab_size = loaders_from_config(
+            train_loader, val_loader, self.dataset_meta = loaders_from_config(
                 cfg, self.rank, self.world_size, self.vit_cfg.image_size, self.objective.captions
             )
+            vocab_size = int(self.dataset_meta["vocab_size"])
         self.train_loader, self.val_loader = train_loader, val_loader
         if self.objective.host_work:  # tokenising etc. in a thread, one batch ahead of the step
             self.train_loader = Prefetcher(train_loader, self.objective.prepare)
@@ -102,6 +106,7 @@ class Trainer:
             self.engine, self.out_dir, keep=cfg.run.keep_checkpoints, log=self._log
         )
         self.step = 0
+        self._skipped_in_a_row = 0
         self.history: list[StepLog] = []
         self.ema: dict[str, torch.Tensor] | None = None
         if cfg.optim.ema_decay:
@@ -130,12 +135,23 @@ class Trainer:
         batches = self._batches()
         bar = tqdm(total=last, initial=self.step, disable=not self.is_main, unit="step", dynamic_ncols=True)
         self._health = _Health(self.device)
+        start = self.step
         window = _Window(self.step)
         self.engine.train()
         try:
             while self.step < last:
                 lr = self.scheduler.get_last_lr()[0]  # the rate this step uses
-                loss = self._train_step(batches, window)
+                loss, applied = self._train_step(batches, window)
+                if not applied:  # DeepSpeed found inf/nan gradients and skipped the update
+                    self._skipped_in_a_row += 1
+                    if self._skipped_in_a_row > run.max_skipped_steps:
+                        raise TrainingDiverged(
+                            f"DeepSpeed skipped {self._skipped_in_a_row} optimizer steps in a row (gradient "
+                            f"overflow) after step {self.step}; stopping without saving. The last good "
+                            f"checkpoint is {self.checkpoints.latest() or 'none'} (lower optim.lr?)"
+                        )
+                    continue  # not a trained step: the same step is tried on the next batch
+                self._skipped_in_a_row = 0
                 self._update_ema()
                 self.step += 1
                 bar.update(1)
@@ -147,12 +163,15 @@ class Trainer:
                     self.evaluate()
         finally:
             bar.close()
-        self.save()
+        if self.step > start:  # a resumed, finished run does not re-write its last checkpoint
+            self.save()
         return self.history
 
-    def _train_step(self, batches: Iterator[dict], window: _Window) -> torch.Tensor:
-        """One optimizer step (``grad_accum`` micro-steps); returns its mean loss, on the device."""
+    def _train_step(self, batches: Iterator[dict], window: _Window) -> tuple[torch.Tensor, bool]:
+        """One optimizer step (``grad_accum`` micro-steps): its mean loss, on the device, and
+        whether DeepSpeed applied the update (ZeRO 1-3 skip it on inf/nan gradients)."""
         accum = self.cfg.optim.grad_accum
+        skipped = self.engine.skipped_steps
         total = torch.zeros((), device=self.device)
         for _ in range(accum):
             t0 = time.perf_counter()
@@ -163,7 +182,7 @@ class Trainer:
             self.engine.backward(loss)
             self.engine.step()
             total += loss.detach().float()
-        return total / accum
+        return total / accum, self.engine.skipped_steps == skipped
 
     def _log_step(self, loss: torch.Tensor, lr: float, window: _Window, bar: Any) -> None:
         self.check_finite()
@@ -179,6 +198,7 @@ class Trainer:
             step_time=seconds / steps,
             data_time=window.data_time / steps,
             peak_mem_mb=peak_memory_mb(),
+            skipped_steps=self.engine.skipped_steps,
         )
         window.data_time = 0.0
         self.history.append(entry)
@@ -228,7 +248,11 @@ class Trainer:
     def save(self) -> Path:
         self.check_finite()  # never write a diverged model over the last good checkpoint
         return self.checkpoints.save(
-            self.step, loader=self.train_loader, ema=self.ema, config=self.cfg.to_dict()
+            self.step,
+            loader=self.train_loader,
+            ema=self.ema,
+            config=self.cfg.to_dict(),
+            vocab=self.vocab_identity(),
         )
 
     def resume(self, path: str | Path | None = None) -> bool:
@@ -236,8 +260,26 @@ class Trainer:
         restored = self.checkpoints.resume(path, loader=self.train_loader)
         if restored is None:
             return False
-        self.step, self.ema = restored
+        self.step, self.ema, saved = restored
+        self._check_vocab(saved["vocab"], saved["path"])
+        for line in apply_hyperparameters(self.engine, self.scheduler, self.cfg, saved["config"]):
+            self._log(f"resume: {line}")
         return True
+
+    def vocab_identity(self) -> dict[str, Any]:
+        """The vocabulary the train shards were labelled with (from their dataset.json)."""
+        keys = ("vocab", "vocab_size", "vocab_sha256")
+        return {k: self.dataset_meta[k] for k in keys if k in self.dataset_meta}
+
+    def _check_vocab(self, saved: dict[str, Any], path: Path) -> None:
+        now = self.vocab_identity()
+        for key in ("vocab_sha256", "vocab_size"):
+            if key in saved and key in now and saved[key] != now[key]:
+                raise CheckpointError(
+                    f"{path} was trained on vocabulary {saved.get('vocab', '?')} ({key} {saved[key]}), but "
+                    f"data.train ({self.cfg.data.train}) was packed with {now.get('vocab', '?')} ({key} "
+                    f"{now[key]}): resume on shards of the same vocabulary, or start a new run"
+                )
 
     def close(self) -> None:
         self.logs.close()
@@ -291,12 +333,13 @@ class _Health:
 def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     trainer = Trainer(cfg)
-    if trainer.is_main:
-        (Path(cfg.run.out_dir) / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
     if cfg.run.resume == "auto":
         trainer.resume()
     elif cfg.run.resume != "never":
         trainer.resume(cfg.run.resume)
+    if trainer.is_main:  # what this run uses (a resumed run: the settings given now, applied)
+        used = {**cfg.to_dict(), "resumed_at_step": trainer.step or None}
+        (Path(cfg.run.out_dir) / "config.json").write_text(json.dumps(used, indent=2) + "\n")
     try:
         history = trainer.fit()
         result = trainer.evaluate()
@@ -324,19 +367,26 @@ def main(argv: list[str] | None = None) -> int:
     )
     add_train_arguments(parser)
     args = parser.parse_args(argv)
-    code = 1
     try:
         code = run(args)
-    except (ConfigError, TrainingDiverged) as err:
-        print(f"engine.train: error: {err}", file=sys.stderr)
-        code = 2
-    finally:
+    except (ConfigError, TrainingDiverged, CheckpointError, DataError) as err:
+        code = _fail(f"engine.train: error: {err}", 2)
+    except BaseException:  # noqa: BLE001 - any rank's failure ends the job, its own error first
+        code = _fail(f"engine.train: rank {os.environ.get('RANK', 0)} failed:\n{traceback.format_exc()}", 1)
+    else:
         with contextlib.suppress(Exception):
-            shutdown()
+            shutdown()  # barrier + destroy: only when every rank got here
     sys.stdout.flush()
     sys.stderr.flush()
     # A finished gloo rank sometimes aborts in static destructors at interpreter exit: skip them.
     os._exit(code)
+
+
+def _fail(message: str, code: int) -> int:
+    """Report and leave at once: no barrier (the other ranks may wait in a collective that will
+    never complete); torchrun / the deepspeed launcher then stop them within seconds."""
+    print(message, file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

@@ -8,17 +8,32 @@
 #   3. 300 training steps (configs/coco_tiny_cpu.yaml), printing the falling loss and the held-out
 #      mAP over the vocabulary next to the chance level.
 # Where ../shared is absent, steps 1-2 use scikit-image's 19 documented photos from PyPI instead
-# (engine/sample_data.py). Outputs go to runs/main/. Extra arguments go to the trainer,
-# e.g. --set run.steps=100.
+# (engine/sample_data.py). Each invocation writes a new folder runs/main/<date-time>/ (vocabulary,
+# shards, training) and points runs/main/latest at it; nothing earlier is deleted. With
+# `--set run.resume=auto` it continues the newest run in that run's folder instead (its shards are
+# reused). Extra arguments go to the trainer, e.g. --set run.steps=100.
 source "$(dirname "$0")/env.sh"
 SHARED=${CATLIP_SHARED:-$CATLIP_ROOT/../shared}
 DATA=$SHARED/data
-RUN=runs/main
+ROOT_RUNS=runs/main
 catlip setup-nltk
-rm -rf "$RUN/shards" "$RUN/train"
-mkdir -p "$RUN"
+resume=0
+for arg in "$@"; do [[ "$arg" == *run.resume=auto* ]] && resume=1; done
+if [ "$resume" = 1 ] && [ -e "$ROOT_RUNS/latest" ]; then
+  RUN=$ROOT_RUNS/$(readlink "$ROOT_RUNS/latest")
+  echo "[catlip] continuing the newest run in $RUN"
+else
+  RUN=$ROOT_RUNS/$(date +%Y%m%d-%H%M%S)
+  while [ -e "$RUN" ]; do RUN=${RUN}_; done  # two runs started within one second
+  mkdir -p "$RUN"
+  ln -sfn "$(basename "$RUN")" "$ROOT_RUNS/latest"
+  echo "[catlip] new run in $RUN (earlier runs are kept; runs/main/latest points here)"
+fi
 extra=()
-if [ -f "$DATA/coco_captions_val2017.json" ]; then
+if [ -f "$RUN/shards/train/dataset.json" ]; then
+  echo "[catlip] 1-2/3 vocabulary and shards of this run exist: reused"
+  extra=($(cat "$RUN/extra_args" 2>/dev/null || true))
+elif [ -f "$DATA/coco_captions_val2017.json" ]; then
   echo "[catlip] 1/3 vocabulary of the COCO val2017 captions"
   catlip vocab --captions "$DATA/coco_captions_val2017.json" --min-count 5 --out "$RUN/vocab.tsv"
   TSV=$DATA/coco_photos/captions.tsv
@@ -32,9 +47,12 @@ else
   catlip vocab --captions "$TSV" --min-count 1 --out "$RUN/vocab.tsv"
   extra=(--set data.batch_size=4 --set run.steps=150)
 fi
-echo "[catlip] 2/3 shards"
-catlip pack --tsv "$TSV" --images "$IMAGES" --vocab "$RUN/vocab.tsv" --out "$RUN/shards" \
-  --shard-size 256 --holdout-fraction 0.2
+if [ ! -f "$RUN/shards/train/dataset.json" ]; then
+  echo "[catlip] 2/3 shards"
+  catlip pack --tsv "$TSV" --images "$IMAGES" --vocab "$RUN/vocab.tsv" --out "$RUN/shards" \
+    --shard-size 256 --holdout-fraction 0.2
+  echo "${extra[*]}" > "$RUN/extra_args"
+fi
 echo "[catlip] 3/3 training: tiny ViT, ZeRO-2, 2 CPU ranks (gloo)"
 OMP_NUM_THREADS=1 torchrun --standalone --nproc_per_node 2 -m engine.train --config configs/coco_tiny_cpu.yaml \
   --set data.train="$RUN/shards/train" --set data.val="$RUN/shards/val" --set run.out_dir="$RUN/train" \
