@@ -65,8 +65,9 @@ def read_coco(path: Path) -> Iterator[Caption]:
         yield str(ann.get("image_id", i)), ann["caption"]
 
 
-def iter_tsv_rows(path: Path) -> Iterator[tuple[str, str]]:
-    """(file name, caption) of each ``file<TAB>caption`` line; blank lines and a header skipped."""
+def iter_tsv_rows(path: Path, *, lines: bool = False) -> Iterator[tuple]:
+    """(file name, caption) of each ``file<TAB>caption`` line, ``(line number, file name, caption)``
+    with ``lines``; blank lines and a header skipped."""
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
             try:
@@ -83,7 +84,7 @@ def iter_tsv_rows(path: Path) -> Iterator[tuple[str, str]]:
                 ("filename", "caption"),
             }:
                 continue  # header
-            yield name, caption
+            yield (lineno, name, caption) if lines else (name, caption)
 
 
 def read_tsv(path: Path) -> Iterator[Caption]:

@@ -220,9 +220,17 @@ class Vocabulary:
 class LabelEncoder:
     """caption -> sorted unique label indices into a vocabulary (sparse, never multi-hot)."""
 
-    def __init__(self, vocab: Vocabulary | Path | str, *, pos_filter: bool = True, official: bool = False):
+    def __init__(
+        self,
+        vocab: Vocabulary | Path | str,
+        *,
+        pos_filter: bool = True,
+        official: bool = False,
+        labeler: CaptionLabeler | None = None,
+    ):
+        """``labeler``: one already made (its own settings apply), else one for ``pos_filter``/``official``."""
         self.vocab = vocab if isinstance(vocab, Vocabulary) else Vocabulary.load(vocab)
-        self.labeler = CaptionLabeler(pos_filter=pos_filter, official=official)
+        self.labeler = labeler or CaptionLabeler(pos_filter=pos_filter, official=official)
 
     def __call__(self, caption: object) -> list[int]:
         return self.vocab.encode_synsets(self.labeler.synsets(caption))

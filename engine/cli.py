@@ -254,12 +254,19 @@ PACK_EPILOG = """examples:
   catlip pack --coco captions_val2017.json --images val2017/ --vocab vocab.tsv --out shards/coco
   catlip pack --tsv photos/captions.tsv --images photos/ --vocab vocab.tsv --out shards/photos \\
       --shard-size 500 --holdout-fraction 0.05
-  catlip pack --img2dataset laion_part/ --vocab vocab.tsv --out shards/laion
+  catlip pack --img2dataset laion_part/ --vocab vocab.tsv --out shards/laion --workers 16
+  catlip pack --img2dataset /shared/laion/ --vocab vocab.tsv --out /shared/shards --ray auto
 
 Each sample is KEY.jpg|png|webp (original bytes), KEY.txt (caption) and KEY.lbl (sorted label
-indices, int32 little-endian); each shard-NNNNNN.tar has a DALI index shard-NNNNNN.idx. Images
-are decoded in full while packing; bad ones are skipped with a message, counted by reason in
-dataset.json, and listed in rejects.tsv.
+indices, int32 little-endian); each shard-NNNNNN.tar has a DALI index shard-NNNNNN.idx. Every
+image is checked with DALI's own CPU decoder; bad ones are skipped with a message, counted by
+reason in dataset.json, and listed in rejects.tsv.
+
+The pack is built in OUT.partial and moved to OUT when complete; an existing OUT is replaced only
+with --overwrite, and only then. Each finished shard is marked done: after an interruption (a
+killed worker, a corrupt input tar), the same command packs only the missing shards. Shard k
+holds the samples of input slice k (--coco/--tsv: --shard-size samples; --img2dataset: input tar
+k), so the output is the same, byte for byte, on 1 or N workers or on Ray.
 """
 
 
@@ -297,7 +304,17 @@ def add_pack_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     p.add_argument("--vocab", type=Path, required=True, help="vocabulary TSV from `catlip vocab`")
     p.add_argument("--out", type=Path, required=True, help="output folder for shards and dataset.json")
     p.add_argument(
-        "--shard-size", type=int, default=1000, metavar="N", help="samples per shard (default 1000)"
+        "--shard-size",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="--coco/--tsv: samples read per shard, which keeps those that pass (default 1000); "
+        "--img2dataset input keeps its sharding (one output shard per input tar)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing non-empty OUT (once the new pack is complete)",
     )
     p.add_argument(
         "--holdout-fraction",
@@ -308,6 +325,9 @@ def add_pack_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
         "image are on one side) into OUT/val; the rest go to OUT/train (default 0: no split)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    from engine.executor import add_executor_arguments
+
+    add_executor_arguments(p)
     _add_labeler_options(p)
     p.set_defaults(func=cmd_pack)
     return p
@@ -336,22 +356,35 @@ def source_from_args(args: argparse.Namespace):
 
 def cmd_pack(args: argparse.Namespace) -> int:
     """``catlip pack``: build the source, pack it, print the summary."""
-    from engine.packing import pack
+    from engine.executor import WorkerDied, executor_from_args
+    from engine.packing import PackError, pack
 
     source = source_from_args(args)
     if not args.vocab.is_file():
         raise SystemExit(f"catlip pack: {args.vocab}: no such vocabulary (build one with `catlip vocab`)")
     _require_nltk(args)
-    stats = pack(
-        source,
-        args.out,
-        args.vocab,
-        shard_size=args.shard_size,
-        holdout_fraction=args.holdout_fraction,
-        pos_filter=args.pos_filter,
-        official=args.official,
-        progress=not args.quiet,
-    )
+    try:
+        with executor_from_args(args) as executor:
+            stats = pack(
+                source,
+                args.out,
+                args.vocab,
+                shard_size=args.shard_size,
+                holdout_fraction=args.holdout_fraction,
+                pos_filter=args.pos_filter,
+                official=args.official,
+                progress=not args.quiet,
+                executor=executor,
+                overwrite=args.overwrite,
+                nltk_data=(str(args.nltk_data.resolve()),) if args.nltk_data else (),
+            )
+    except WorkerDied as err:
+        raise SystemExit(
+            f"catlip pack: {err}. The shards finished so far are kept in {args.out}.partial; "
+            "run the same command again to pack only the missing ones"
+        ) from err
+    except PackError as err:
+        raise SystemExit(f"catlip pack: {err}") from err
     print(stats.summary())
     print(f"wrote {args.out}/dataset.json and {args.out}/rejects.tsv")
     return 0

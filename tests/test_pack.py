@@ -9,6 +9,7 @@ import argparse
 import io
 import json
 import math
+import re
 import shutil
 import tarfile
 from collections import Counter
@@ -244,18 +245,22 @@ def test_img2dataset_input(shared_data: Path, photo_vocab: Path, tmp_path: Path)
     for key, s in samples.items():
         assert labels_of(s) == encode(s["txt"].decode())
         assert s["jpg"] == photos[int(key[:5]) + 2 * int(key[5:])].read_bytes()
-    assert json.loads((tmp_path / "out" / "dataset.json").read_text())["shards"] == 3
+    meta = json.loads((tmp_path / "out" / "dataset.json").read_text())
+    assert meta["shard_names"] == ["shard-000000.tar", "shard-000001.tar"]  # one per input tar
 
 
 # ------------------------------------------------------------------------------------------ holdout
 def test_holdout_split_is_by_image(shared_data: Path, photo_vocab: Path, tmp_path: Path) -> None:
-    photos = shared_data / "coco_photos"
-    lines = (photos / "captions.tsv").read_text().splitlines()[:300]  # 60 images x 5 captions
+    lines = (shared_data / "coco_photos" / "captions.tsv").read_text().splitlines()[:300]  # 60 images
+    photos = tmp_path / "photos"  # links to the 60 photos, and a copy of one
+    photos.mkdir()
+    for name in {line.split("\t")[0] for line in lines}:
+        (photos / name).symlink_to(shared_data / "coco_photos" / name)
     tsv = tmp_path / "captions.tsv"
     tsv.write_text("\n".join(lines) + "\n")
     # A copy of one image under another name must land on the same side as the original.
-    shutil.copy(photos / lines[0].split("\t")[0], tmp_path / "copy.jpg")
-    tsv.write_text(tsv.read_text() + f"{tmp_path / 'copy.jpg'}\ta copy\n")
+    shutil.copy(photos / lines[0].split("\t")[0], photos / "copy.jpg")
+    tsv.write_text(tsv.read_text() + "copy.jpg\ta copy\n")
     stats = pack(
         TsvSource(tsv, photos),
         tmp_path / "out",
@@ -344,3 +349,142 @@ def test_pack_command(
     )
     with pytest.raises(SystemExit, match="needs --images"):
         args.func(args)
+
+
+# ------------------------------------------------------------------------------ the image check
+def _damaged(photos: list[Path]) -> list[tuple[str, bytes]]:
+    """Damaged and odd images, deterministic: what the DALI check must judge as DALI does."""
+    import random
+
+    rng = random.Random(0)
+    out = []
+    for i, photo in enumerate(photos):
+        good = photo.read_bytes()
+        sos = good.find(b"\xff\xda")
+        for _ in range(3):
+            d = bytearray(good)
+            for _ in range(rng.randint(1, 6)):
+                d[rng.randint(2, sos + 10)] = rng.randint(0, 255)
+            out.append(("header bytes", bytes(d)))
+            cut = rng.randint(2, sos)
+            out.append(("header cut", good[:cut] + good[cut + rng.randint(1, 30) :]))
+        d = bytearray(good)
+        for _ in range(20):
+            d[rng.randint(sos + 20, len(d) - 3)] = rng.randint(0, 255)
+        out.append(("scan bytes", bytes(d)))
+        out.append(("scan cut + end marker", good[: rng.randint(sos + 20, len(good) - 3)] + b"\xff\xd9"))
+        mid = (sos + len(good)) // 2
+        out.append(("marker in scan", good[:mid] + b"\xff\xc0\x00\x11" + bytes(15) + good[mid:]))
+        image = Image.open(photo).convert("RGB")
+        for fmt, kw in (("JPEG", {"progressive": True}), ("PNG", {}), ("WEBP", {}), ("JPEG", {})):
+            small = image if i % 2 else image.resize((rng.randint(1, 12), rng.randint(1, 12)))
+            buf = io.BytesIO()
+            small.save(buf, fmt, **kw)
+            data = buf.getvalue()
+            out.append((f"{fmt} {small.size}", data))
+            out.append((f"{fmt} cut", data[: len(data) * 2 // 3] + (b"\xff\xd9" if fmt == "JPEG" else b"")))
+    return out
+
+
+def test_image_check_rejects_exactly_what_dalis_decoder_cannot_decode(shared_data: Path) -> None:
+    import nvidia.dali.experimental.dynamic as ndd
+
+    from engine.packing.shards import check_images, jpeg_layout
+
+    photos = sorted((shared_data / "coco_photos").glob("*.jpg"))[:4]
+    corpus = _damaged(photos)
+
+    def dali_decodes(data: bytes) -> bool:  # the loader's decoder, on the whole image
+        try:
+            np.asarray(ndd.decoders.image(np.frombuffer(data, np.uint8), device="cpu"))
+            return True
+        except RuntimeError:
+            return False
+
+    verdicts = check_images([data for _, data in corpus])
+    wrong = []
+    for (what, data), (_ext, stored, reason) in zip(corpus, verdicts, strict=True):
+        if (reason is None) != dali_decodes(
+            stored if reason is None else data[: data.rfind(b"\xff\xd9") + 2]
+        ):
+            wrong.append((what, reason))
+    assert not wrong
+    rejected = sum(reason is not None for _, _, reason in verdicts)
+    assert 15 <= rejected <= len(corpus) - 15  # both kinds are well represented
+    assert all(jpeg_layout(p.read_bytes())[0] for p in photos)  # COCO photos take the 8x8 corner path
+
+
+# -------------------------------------------------------------- keys, paths, atomic output (11.5)
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_sample_keys_are_unique(shared_data: Path, photo_vocab: Path, tmp_path: Path) -> None:
+    from nvidia.dali import fn, pipeline_def
+
+    photos = sorted((shared_data / "coco_photos").glob("*.jpg"))[:3]
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    names = ["a b.jpg", "a_b.jpg", "a.b.jpg"]  # all three were the key a_b_0
+    for name, photo in zip(names, photos, strict=True):
+        shutil.copy(photo, folder / name)
+    (tmp_path / "c.tsv").write_text("".join(f"{n}\ta dog\n" for n in names))
+    pack(TsvSource(tmp_path / "c.tsv", folder), tmp_path / "out", photo_vocab, progress=False)
+    shard = tmp_path / "out" / "shard-000000.tar"
+    samples = read_shard(shard)
+    assert len(samples) == 3 and "a_b_0" in samples
+
+    @pipeline_def(batch_size=3, num_threads=1, device_id=None)
+    def read():
+        jpg, _ = fn.readers.webdataset(
+            paths=[str(shard)], index_paths=[str(shard.with_suffix(".idx"))], ext=["jpg", "txt"]
+        )
+        return jpg
+
+    p = read()
+    p.build()
+    (jpgs,) = p.run()
+    assert sorted(bytes(np.array(jpgs[i])) for i in range(3)) == sorted(ph.read_bytes() for ph in photos)
+
+
+@pytest.mark.parametrize("name", ["../outside.jpg", "/etc/hostname", "sub/../../x.jpg"])
+def test_tsv_paths_outside_the_image_folder_are_refused(tmp_path: Path, name: str) -> None:
+    from catlip.captions import CaptionFileError
+
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "c.tsv").write_text(f"fine.jpg\ta dog\n{name}\ta cat\n")
+    with pytest.raises(CaptionFileError, match=rf"c\.tsv:2: '{re.escape(name)}' is outside the image folder"):
+        TsvSource(tmp_path / "c.tsv", tmp_path / "imgs")
+
+
+def test_output_is_replaced_only_with_overwrite_and_never_by_a_failed_pack(
+    shared_data: Path, photo_vocab: Path, tmp_path: Path
+) -> None:
+    from engine.packing import PackError
+
+    photos = sorted((shared_data / "coco_photos").glob("*.jpg"))[:10]
+    _write_img2dataset(tmp_path / "i2d", photos)
+    out = tmp_path / "out"
+
+    def run(**kw):
+        return pack(Img2DatasetSource(tmp_path / "i2d"), out, photo_vocab, progress=False, **kw)
+
+    run()
+    before = _tree(out)
+    with pytest.raises(PackError, match="already exists and is not empty; give --overwrite"):
+        run()
+    assert _tree(out) == before
+    # A re-pack that stops on a truncated input tar: the other shard finishes, OUT stays as it was.
+    tar = tmp_path / "i2d" / "00001.tar"
+    good = tar.read_bytes()
+    tar.write_bytes(good[:1024])  # cut at a member header: Python's tarfile alone would not notice
+    with pytest.raises(PackError, match=rf"1 of 2 shard\(s\) failed: {re.escape(str(tar))}: unreadable"):
+        run(overwrite=True)
+    assert _tree(out) == before
+    staging = tmp_path / "out.partial"
+    assert (staging / "done" / "shard-000000.json").is_file() and not (staging / "shard-000001.tar").exists()
+    # The input fixed, the same command packs only the missing shard, then replaces OUT.
+    tar.write_bytes(good)
+    stats = run(overwrite=True)
+    assert stats.shards_skipped == 1 and not staging.exists()
+    assert _tree(out) == before  # the same inputs give the same bytes

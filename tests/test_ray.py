@@ -160,9 +160,9 @@ def test_vocab_on_ray_equals_one_worker(vocab_inputs, vocab_one_worker, ray_clus
     assert out.read_bytes() == vocab_one_worker.read_bytes()
 
 
-def test_vocab_corrupt_tar_is_named_and_nothing_is_written(vocab_inputs, tmp_path):
+def test_vocab_corrupt_tar_on_ray_is_named_and_nothing_is_written(vocab_inputs, ray_cluster, tmp_path):
     bad = tmp_path / "bad.tar"
-    bad.write_bytes(vocab_inputs[0].read_bytes()[:1500])  # cut inside the second member
+    bad.write_bytes(vocab_inputs[0].read_bytes()[:1500])  # cut inside the second member's header
     out = tmp_path / "vocab.tsv"
     run = catlip(
         "vocab",
@@ -172,9 +172,95 @@ def test_vocab_corrupt_tar_is_named_and_nothing_is_written(vocab_inputs, tmp_pat
         str(vocab_inputs[2]),
         "--out",
         str(out),
-        "--workers",
-        "2",
+        "--ray",
+        ray_cluster,
     )
     assert run.returncode != 0
     assert f"{bad}: unreadable tar shard" in run.stderr and "no vocabulary written" in run.stderr
     assert not out.exists()
+
+
+# ------------------------------------------------------------------------------------------- pack
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _pack_args(shared_data: Path, vocab: Path, out: Path, shard_size: int) -> list[str]:
+    photos = shared_data / "coco_photos"
+    return [
+        *("pack", "--tsv", str(photos / "captions.tsv"), "--images", str(photos)),
+        *("--vocab", str(vocab), "--out", str(out), "--shard-size", str(shard_size)),
+        *("--holdout-fraction", "0.2", "--quiet"),
+    ]
+
+
+@pytest.fixture(scope="module")
+def one_worker_pack(tmp_path_factory, shared_data: Path, photo_vocab: Path) -> Path:
+    """The 1,275 captioned photos packed by one process, 20% held out, 64 samples read per shard."""
+    from engine.packing import TsvSource, pack
+
+    out = tmp_path_factory.mktemp("pack1") / "shards"
+    photos = shared_data / "coco_photos"
+    pack(
+        TsvSource(photos / "captions.tsv", photos),
+        out,
+        photo_vocab,
+        shard_size=64,
+        holdout_fraction=0.2,
+        progress=False,
+    )
+    return out
+
+
+def test_pack_two_workers_equal_one(one_worker_pack, shared_data, photo_vocab, tmp_path):
+    run = catlip(*_pack_args(shared_data, photo_vocab, tmp_path / "shards", 64), "--workers", "2")
+    assert run.returncode == 0, run.stderr
+    assert "on 2 local processes" in run.stdout
+    assert _tree(tmp_path / "shards") == _tree(one_worker_pack)  # every shard, index, rejects, dataset.json
+
+
+def test_pack_on_ray_equals_one_worker(one_worker_pack, shared_data, photo_vocab, ray_cluster, tmp_path):
+    run = catlip(*_pack_args(shared_data, photo_vocab, tmp_path / "shards", 64), "--ray", ray_cluster)
+    assert run.returncode == 0, run.stderr
+    assert "on Ray (2 CPUs)" in run.stdout
+    assert _tree(tmp_path / "shards") == _tree(one_worker_pack)
+
+
+def test_killed_worker_then_the_same_command_packs_only_what_is_missing(shared_data, photo_vocab, tmp_path):
+    import psutil
+
+    from engine.packing import TsvSource, pack
+
+    out = tmp_path / "shards"
+    args = [*_pack_args(shared_data, photo_vocab, out, 8), "--workers", "2"]  # 160 shards
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "engine", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    done = tmp_path / "shards.partial" / "done"
+    deadline = time.monotonic() + 180
+    while cli.poll() is None and len(list(done.glob("*.json"))) < 10 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    workers = psutil.Process(cli.pid).children()
+    assert cli.poll() is None and len(workers) == 2, "the pack ended before a worker could be killed"
+    workers[0].kill()
+    _, stderr = cli.communicate(timeout=120)
+    assert cli.returncode != 0 and "a worker process died" in stderr, stderr
+    assert not out.exists()  # nothing published
+    finished = len(list(done.glob("*.json")))
+    assert 10 <= finished < 160
+
+    rerun = catlip(*args)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"resuming {tmp_path / 'shards.partial'}: {finished} of 160 shard(s) done before" in rerun.stdout
+    assert f"resumed: {finished} shard(s) were done before" in rerun.stdout
+    reference = tmp_path / "reference"
+    photos = shared_data / "coco_photos"
+    pack(
+        TsvSource(photos / "captions.tsv", photos),
+        reference,
+        photo_vocab,
+        shard_size=8,
+        holdout_fraction=0.2,
+        progress=False,
+    )
+    assert _tree(out) == _tree(reference)

@@ -1,11 +1,12 @@
 """Packing image-caption pairs into labelled WebDataset shards for the DALI loader.
 
-sources.py  where samples come from (COCO JSON, TSV, img2dataset tars) as RawSample
-shards.py   image validation (a full decode) and the shard writer with DALI index files
-pack.py     the orchestration: read, validate, label, split, write, dataset.json
+sources.py  where samples come from (COCO JSON, TSV, img2dataset tars) as RawSample, and the tasks
+shards.py   image validation (DALI's CPU decoder) and the shard writer with DALI index files
+worker.py   one task on a worker: read, check, label, write its shard, mark it done
+pack.py     the orchestration: plan, build beside the target (resumable), merge, publish
 """
 
-from engine.packing.pack import PackStats, SplitStats, pack
+from engine.packing.pack import PackError, PackStats, SplitStats, pack
 from engine.packing.shards import SHARD_PATTERN, ShardWriter, check_image
 from engine.packing.sources import (
     IMAGE_EXTS,
@@ -21,6 +22,7 @@ __all__ = [
     "SHARD_PATTERN",
     "CocoSource",
     "Img2DatasetSource",
+    "PackError",
     "PackStats",
     "RawSample",
     "ShardWriter",

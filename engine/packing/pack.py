@@ -3,36 +3,63 @@
 Each sample of a shard is three members with one key: ``KEY.jpg`` (the original image bytes;
 ``.png`` or ``.webp`` for those formats), ``KEY.txt`` (the caption, UTF-8) and ``KEY.lbl`` (the
 caption's sorted unique label indices into the vocabulary, little-endian int32, possibly empty).
-Labels are computed here, once, with :class:`catlip.labels.LabelEncoder`, so NLTK never runs in the
-training loop. ``dataset.json`` records the counts, the vocabulary and the shard names;
-``rejects.tsv`` lists every sample that was left out, and why.
+Labels are computed here, once, so NLTK never runs in the training loop. ``dataset.json`` records
+the counts, the vocabulary and the shard names; ``rejects.tsv`` lists every sample that was left
+out, and why.
 
-:func:`pack` is four steps: open the outputs (:class:`_Outputs`), read and validate each image
-(:class:`_ImageReader`, which decodes each file once however many captions name it), label and
-write the sample to its split, then write each split's ``dataset.json``.
+:func:`pack` in steps:
 
-With ``holdout_fraction`` > 0 images are split by a hash of their bytes, so every caption of an
-image (and every copy of the same image) falls on the same side; ``train/`` and ``val/`` each get
-their own shards and ``dataset.json``.
+1. plan: the source cut into tasks, one per output shard (``sources.py``); the plan (inputs,
+   vocabulary hash, settings) is written to ``OUT.partial/plan.json``;
+2. build beside the target: tasks run on an executor (this process, local processes or Ray;
+   ``engine/executor.py``) and write ``OUT.partial/shard-k.tar`` and a done marker each
+   (``worker.py``). A re-run of the same command finds the staging folder, keeps the shards marked
+   done and runs only the others; a staging folder of other inputs or settings is discarded;
+3. merge the task results in task order: counts, ``rejects.tsv``, ``dataset.json``;
+4. publish: the finished folder is renamed to ``OUT``. An existing ``OUT`` is replaced only with
+   ``overwrite``, and only now; a failed pack leaves it untouched.
+
+The output is the same, byte for byte, whatever ran the tasks. With ``holdout_fraction`` > 0
+images are split by a hash of their bytes, so every caption of an image (and every copy of the
+same image) falls on the same side; ``train/`` and ``val/`` each get their own shards (task ``k``
+writes ``shard-k.tar`` in each split that got a sample) and ``dataset.json``.
 """
 
 from __future__ import annotations
 
 import csv
+import fcntl
 import hashlib
 import json
+import os
+import shutil
 import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from engine.packing.shards import ShardWriter, check_image
-from engine.packing.sources import RawSample
+from engine.packing.sources import RawSample, chunk_tasks
+from engine.packing.worker import (
+    PackSettings,
+    PackTask,
+    ShardResult,
+    marker_path,
+    pack_task,
+    split_dir,
+    split_names,
+)
 
 MAX_MESSAGES = 50  # reject messages printed per reason; rejects.tsv has all of them
+PLAN_VERSION = 1
+DIGESTS_COUNTED = 200_000_000  # samples up to which distinct images are counted (8 bytes each)
+
+
+class PackError(RuntimeError):
+    """A pack that cannot start or did not finish, saying what to do."""
 
 
 @dataclass
@@ -41,7 +68,7 @@ class SplitStats:
 
     out: Path
     samples: int = 0
-    images: set[str] = field(default_factory=set, repr=False)  # content hashes
+    images: int = 0  # distinct image contents (-1: not counted, past DIGESTS_COUNTED samples)
     label_total: int = 0
     no_label: int = 0
     trimmed_jpegs: int = 0  # JPEGs with bytes after the end marker, stored without them
@@ -61,7 +88,7 @@ class SplitStats:
             "split": split,
             "samples": self.samples,
             "shards": len(self.shard_names),
-            "images": len(self.images),
+            "images": self.images,
             "captions": self.samples,
             "labels_per_sample_mean": round(self.labels_mean, 4),
             "no_label_share": round(self.no_label_share, 4),
@@ -77,6 +104,9 @@ class PackStats:
     rejects: Counter[str]
     seconds: float
     shard_size: int
+    shards_skipped: int = 0  # done in an earlier, interrupted run of the same pack
+    samples_packed: int = 0  # samples (kept or rejected) this run read
+    where: str = "1 process"
 
     @property
     def samples(self) -> int:
@@ -92,156 +122,200 @@ class PackStats:
                 else ""
             )
             lines.append(
-                f"{where}{s.samples:,} samples ({len(s.images):,} images) in {len(s.shard_names)} "
+                f"{where}{s.samples:,} samples ({s.images:,} images) in {len(s.shard_names)} "
                 f"shard(s) of <= {self.shard_size:,} in {s.out}; labels per sample: mean "
                 f"{s.labels_mean:.2f}, {100 * s.no_label_share:.1f}% with none{trimmed}"
             )
         total = sum(self.rejects.values())
         lines.append(f"rejected: {total:,} sample(s)" + (":" if total else ""))
         lines += [f"  {reason}: {n:,}" for reason, n in self.rejects.most_common()]
-        lines.append(f"{self.samples / max(self.seconds, 1e-9):,.0f} samples/s over {self.seconds:.1f} s")
+        if self.shards_skipped:
+            lines.append(
+                f"resumed: {self.shards_skipped:,} shard(s) were done before; this run packed the rest"
+            )
+        rate = self.samples_packed / max(self.seconds, 1e-9)
+        lines.append(f"{rate:,.0f} samples/s over {self.seconds:.1f} s on {self.where}")
         return "\n".join(lines)
 
 
-def _split_of(digest: bytes, holdout_fraction: float) -> str:
-    """``val`` for a ``holdout_fraction`` of images, by the first 8 bytes of their SHA-1."""
-    return "val" if int.from_bytes(digest[:8], "big") < holdout_fraction * 2**64 else "train"
+# --------------------------------------------------------------------------------------- staging
+class _Staging:
+    """``OUT.partial``: where a pack is built, locked against a second pack, resumable."""
 
-
-class _Rejects:
-    """Counts rejected samples by reason, lists each in ``rejects.tsv`` and prints the first ones."""
-
-    def __init__(self, path: Path) -> None:
-        self.counts: Counter[str] = Counter()
-        self._shown: Counter[str] = Counter()
-        self._file = open(path, "w", newline="")
-        self._rows = csv.writer(self._file, delimiter="\t", lineterminator="\n")
-        self._rows.writerow(("key", "image", "reason"))
-
-    def __call__(self, sample: RawSample, reason: str, *, first: bool = True) -> None:
-        from tqdm import tqdm
-
-        self.counts[reason] += 1
-        self._rows.writerow((sample.key, sample.image, reason))
-        if first and self._shown[reason] < MAX_MESSAGES:  # one message per image, not per caption
-            self._shown[reason] += 1
-            more = (
-                " (further ones are counted, and listed in rejects.tsv)"
-                if self._shown[reason] == MAX_MESSAGES
-                else ""
+    def __init__(self, out: Path, plan: dict, splits: list[str], *, overwrite: bool, log) -> None:
+        self.out, self.path = out, out.with_name(out.name + ".partial")
+        if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+            raise PackError(
+                f"{out} already exists and is not empty; give --overwrite to replace it (it stays "
+                "as it is until the new pack is complete), or choose another --out"
             )
-            tqdm.write(f"skipped {sample.image}: {reason}{more}")
-
-    def close(self) -> None:
-        self._file.close()
-
-
-@dataclass
-class _Image:
-    ext: str
-    data: bytes  # the bytes to store (a JPEG ends at its end marker)
-    digest: bytes  # SHA-1 of ``data``: the holdout split and the image count
-    trimmed: bool
-
-
-class _ImageReader:
-    """Reads and validates a sample's image; a file named by several captions is decoded once."""
-
-    def __init__(self, reject: _Rejects) -> None:
-        self.reject = reject
-        self._cache: dict[Path, tuple[str | None, str | None, bytes]] = {}  # path -> (ext, reason, digest)
-
-    def __call__(self, sample: RawSample) -> _Image | None:
-        """The validated image, or None after rejecting the sample."""
-        data = sample.data if sample.data is not None else self._read(sample)
-        if data is None:
-            return None
-        size = len(data)
-        if sample.path is not None and sample.path in self._cache:  # seen: only redo the trim
-            ext, reason, digest = self._cache[sample.path]
-            if ext == "jpg" and not data.endswith(b"\xff\xd9"):
-                data = data[: data.rfind(b"\xff\xd9") + 2]
-            first = False
-        else:
-            ext, data, reason = check_image(data)
-            digest = hashlib.sha1(data).digest()
-            if sample.path is not None:
-                self._cache[sample.path] = (ext, reason, digest)
-            first = True
-        if reason is not None:
-            self.reject(sample, reason, first=first)
-            return None
-        return _Image(ext, data, digest, trimmed=len(data) != size)
-
-    def _read(self, sample: RawSample) -> bytes | None:
-        from tqdm import tqdm
-
-        cached = self._cache.get(sample.path)
-        if cached is not None and cached[1] is not None:  # known bad: count it, no message
-            self.reject(sample, cached[1], first=False)
-            return None
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._lock = open(self.path / ".lock", "w")
         try:
-            return sample.path.read_bytes()
-        except FileNotFoundError:
-            reason = "missing file"
-        except OSError as err:
-            tqdm.write(f"cannot read {sample.path}: {err}")
-            reason = "unreadable file"
-        self._cache[sample.path] = (None, reason, b"")
-        self.reject(sample, reason)
-        return None
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as err:
+            raise PackError(f"another catlip pack is writing {self.path}; wait for it to end") from err
+        plan_file = self.path / "plan.json"
+        if plan_file.is_file() and json.loads(plan_file.read_text()) != plan:
+            log(f"discarding {self.path}: it was started with other inputs or settings")
+            self._clear()
+        for name in splits:
+            split_dir(self.path, name).mkdir(exist_ok=True)
+        (self.path / "done").mkdir(exist_ok=True)
+        plan_file.write_text(json.dumps(plan, indent=2) + "\n")
 
+    def _clear(self) -> None:
+        for child in self.path.iterdir():
+            if child.name != ".lock":
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
 
-class _Outputs:
-    """The output folders (``out`` alone, or ``out/train`` and ``out/val``), their shard writers and
-    counts. Opening removes a previous run's shards so a shorter re-pack leaves none behind."""
+    def done(self, tasks: list[PackTask]) -> dict[int, ShardResult]:
+        """The results of the tasks marked done, for the same input, whose shards are in place."""
+        results = {}
+        for task in tasks:
+            marker = marker_path(self.path, task.index)
+            if not marker.is_file():
+                continue
+            result = ShardResult.from_json(marker.read_text())
+            shards = [split_dir(self.path, n) / p.shard for n, p in result.parts.items() if p.shard]
+            if result.identity == task.identity and all(path.is_file() for path in shards):
+                results[task.index] = result
+        return results
 
-    def __init__(self, out: Path, shard_size: int, holdout_fraction: float) -> None:
-        self.out, self.holdout_fraction = out, holdout_fraction
-        names = ["train", "val"] if holdout_fraction > 0 else ["all"]
-        self.dirs = {n: out / n if holdout_fraction > 0 else out for n in names}
-        for d in self.dirs.values():
-            for stale in (*d.glob("shard-*.tar"), *d.glob("shard-*.idx"), *d.glob("shard-*.tar.tmp")):
-                stale.unlink()
-        self.writers = {n: ShardWriter(d, shard_size) for n, d in self.dirs.items()}
-        self.stats = {n: SplitStats(d) for n, d in self.dirs.items()}
-        out.mkdir(parents=True, exist_ok=True)
-
-    def write(self, key: str, image: _Image, caption: str, labels: list[int]) -> None:
-        split = _split_of(image.digest, self.holdout_fraction) if self.holdout_fraction > 0 else "all"
-        lbl = np.asarray(labels, "<i4").tobytes()
-        self.writers[split].write(
-            key, [(image.ext, image.data), ("txt", caption.encode("utf-8")), ("lbl", lbl)]
-        )
-        s = self.stats[split]
-        s.samples += 1
-        s.images.add(image.digest.hex())
-        s.label_total += len(labels)
-        s.no_label += not labels
-        s.trimmed_jpegs += image.trimmed
+    def publish(self) -> None:
+        """Move the finished folder into place (an existing ``OUT`` is replaced only now)."""
+        for leftover in (self.path / "done", self.path / "plan.json"):
+            shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+        for tmp in self.path.rglob("*.tmp"):
+            tmp.unlink()
+        (self.path / ".lock").unlink()
+        old = self.out.with_name(f".{self.out.name}.replaced-{os.getpid()}")
+        if self.out.exists():
+            self.out.rename(old)
+        self.path.rename(self.out)
+        if old.exists():
+            shutil.rmtree(old)
+        self._lock.close()
 
     def close(self) -> None:
-        for n, w in self.writers.items():
-            w.close()
-            self.stats[n].shard_names, self.stats[n].shard_counts = w.names, w.counts
+        self._lock.close()
 
-    def write_metadata(self, settings: dict) -> None:
-        """``dataset.json`` per split (and, with a holdout, one above listing the splits)."""
-        for n, s in self.stats.items():
-            meta = {
-                **s.metadata(n),
-                **settings,
-                "shard_names": s.shard_names,
-                "shard_samples": s.shard_counts,
-            }
-            (s.out / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
-        if self.holdout_fraction > 0:
-            splits = {
-                n: {"dir": n, "samples": s.samples, "images": len(s.images)} for n, s in self.stats.items()
-            }
-            (self.out / "dataset.json").write_text(
-                json.dumps({"splits": splits, **settings}, indent=2) + "\n"
+
+# ------------------------------------------------------------------------------------------ merge
+class _Merge:
+    """Task results, merged in task order once all are in; reject messages as they come."""
+
+    def __init__(self, splits: list[str]) -> None:
+        self.splits = splits
+        self.results: dict[int, ShardResult] = {}
+        self._shown: Counter[str] = Counter()
+        self._named: set[str] = set()  # images already named in a message
+
+    def add(self, result: ShardResult, *, quiet: bool = False) -> None:
+        from tqdm import tqdm
+
+        self.results[result.index] = result
+        for _key, image, reason, first in result.rejects if not quiet else ():
+            if first and image not in self._named and self._shown[reason] < MAX_MESSAGES:
+                self._named.add(image)
+                self._shown[reason] += 1
+                more = (
+                    " (further ones are counted, and listed in rejects.tsv)"
+                    if self._shown[reason] == MAX_MESSAGES
+                    else ""
+                )
+                tqdm.write(f"skipped {image}: {reason}{more}")
+
+    def write(self, root: Path, out: Path, settings: dict) -> tuple[dict[str, SplitStats], Counter[str]]:
+        """``rejects.tsv`` and each split's ``dataset.json`` under ``root`` (to be moved to ``out``);
+        the merged counts."""
+        stats = {n: SplitStats(split_dir(out, n)) for n in self.splits}
+        digests: dict[str, list[bytes]] = {n: [] for n in self.splits}
+        rejects: Counter[str] = Counter()
+        with open(root / "rejects.tsv", "w", newline="") as f:
+            rows = csv.writer(f, delimiter="\t", lineterminator="\n")
+            rows.writerow(("key", "image", "reason"))
+            for index in sorted(self.results):
+                result = self.results[index]
+                for key, image, reason, _first in result.rejects:
+                    rows.writerow((key, image, reason))
+                    rejects[reason] += 1
+                for name, part in result.parts.items():
+                    s = stats[name]
+                    s.samples += part.samples
+                    s.label_total += part.label_total
+                    s.no_label += part.no_label
+                    s.trimmed_jpegs += part.trimmed_jpegs
+                    if part.shard:
+                        s.shard_names.append(part.shard)
+                        s.shard_counts.append(part.samples)
+                    digests[name].append(part.digests)
+        for name, s in stats.items():
+            s.images = _distinct(digests[name], s.samples)
+        counts = {"rejects": dict(rejects.most_common()), "rejected_samples": sum(rejects.values())}
+        _write_metadata(root, stats, {**settings, **counts})
+        return stats, rejects
+
+
+def _distinct(digests: list[bytes], samples: int) -> int:
+    if samples > DIGESTS_COUNTED:
+        return -1
+    return len(np.unique(np.frombuffer(b"".join(digests), "<u8"))) if samples else 0
+
+
+def _write_metadata(root: Path, stats: dict[str, SplitStats], settings: dict) -> None:
+    """``dataset.json`` per split (and, with a holdout, one above listing the splits)."""
+    for name, s in stats.items():
+        meta = {**s.metadata(name), **settings, "shard_names": s.shard_names, "shard_samples": s.shard_counts}
+        (split_dir(root, name) / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
+    if "all" not in stats:
+        splits = {n: {"dir": n, "samples": s.samples, "images": s.images} for n, s in stats.items()}
+        (root / "dataset.json").write_text(json.dumps({"splits": splits, **settings}, indent=2) + "\n")
+
+
+# ------------------------------------------------------------------------------------------- pack
+def _tasks(source: Iterable[RawSample], shard_size: int, settings: PackSettings) -> list[PackTask]:
+    payloads = source.tasks(shard_size) if hasattr(source, "tasks") else chunk_tasks(source, shard_size)
+    tasks = []
+    for i, payload in enumerate(payloads):
+        if isinstance(payload, str):  # an input tar
+            stat = os.stat(payload)
+            tasks.append(PackTask(i, settings, tar=payload, identity=f"{stat.st_size}:{stat.st_mtime_ns}"))
+        else:
+            digest = hashlib.sha256(
+                repr([(s.key, s.image, s.caption, str(s.path)) for s in payload]).encode()
             )
+            tasks.append(PackTask(i, settings, samples=payload, identity=digest.hexdigest()))
+    return tasks
+
+
+def _plan(source: Any, tasks: list[PackTask], settings: dict) -> dict:
+    """What a resumed pack must share with the interrupted one (each task's input is checked
+    against its done marker separately, so a fixed input tar re-packs only its own shard)."""
+    inputs = source.describe() if hasattr(source, "describe") else {"kind": "samples"}
+    return {"version": PLAN_VERSION, "inputs": inputs, "tasks": len(tasks), **settings}
+
+
+def _run(executor: Any, todo: list[PackTask], merge: _Merge, bar: Any) -> list[str]:
+    """Run the tasks; the messages of those that failed (each names its input). ``bar.samples``
+    counts what the workers reported, shown or not."""
+    from engine.executor import LocalExecutor
+
+    def progress(n: int) -> None:
+        bar.samples += n
+        bar.update(n)
+
+    failed = []
+    bar.samples = 0
+    for index, result in (executor or LocalExecutor(1)).map_unordered(pack_task, todo, progress):
+        if hasattr(result, "error"):  # a TaskFailure
+            task = todo[index]
+            where = task.tar or f"shard {task.index} ({task.samples[0].image} ...)"
+            text = str(result.error)
+            failed.append(text if task.tar and task.tar in text else f"{where}: {text}")
+        else:
+            merge.add(result)
+    return failed
 
 
 def pack(
@@ -254,48 +328,71 @@ def pack(
     pos_filter: bool = True,
     official: bool = False,
     progress: bool = True,
+    executor: Any = None,
+    overwrite: bool = False,
+    nltk_data: tuple[str, ...] = (),
 ) -> PackStats:
     """Validate, label and write ``source`` into shards under ``out`` (``out/train`` and
-    ``out/val`` with a holdout). Rejected samples are reported and counted, never silently
-    dropped. Returns the counts; ``dataset.json`` in each output folder records them."""
+    ``out/val`` with a holdout); see the module docstring. ``executor`` runs the tasks (default:
+    this process). Rejected samples are reported and counted, never silently dropped. Raises
+    :class:`PackError` when ``out`` exists (without ``overwrite``) or a task failed."""
     from tqdm import tqdm
-
-    from catlip.labels import LabelEncoder
 
     if not 0.0 <= holdout_fraction < 1.0:
         raise ValueError(f"holdout_fraction must be in [0, 1), got {holdout_fraction}")
-    out, vocab = Path(out), Path(vocab)
-    encoder = LabelEncoder(vocab, pos_filter=pos_filter, official=official)
-    outputs = _Outputs(out, shard_size, holdout_fraction)
-    reject = _Rejects(out / "rejects.tsv")
-    read_image = _ImageReader(reject)
-    total = len(source) if hasattr(source, "__len__") else None
-    start = time.perf_counter()
-    bar = tqdm(source, total=total, unit="sample", desc="packing", disable=not progress, smoothing=0.1)
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+    out, vocab = Path(out).absolute(), Path(vocab).resolve()
+    meta = {
+        "vocab": str(vocab),
+        "vocab_size": _vocab_size(vocab),
+        "vocab_sha256": hashlib.sha256(vocab.read_bytes()).hexdigest(),  # checked by training
+        "pos_filter": pos_filter and not official,
+        "official": official,
+        "holdout_fraction": holdout_fraction,
+        "shard_size": shard_size,
+    }
+    splits = split_names(holdout_fraction)
+    settings = PackSettings(
+        str(out.with_name(out.name + ".partial")), str(vocab), meta["vocab_sha256"],
+        holdout_fraction, pos_filter, official, tuple(nltk_data),
+    )  # fmt: skip
+    tasks = _tasks(source, shard_size, settings)
+    staging = _Staging(out, _plan(source, tasks, meta), splits, overwrite=overwrite, log=tqdm.write)
     try:
-        for sample in bar:
-            if sample.problem:
-                reject(sample, sample.problem)
-                continue
-            image = read_image(sample)
-            if image is not None:
-                caption = sample.caption if isinstance(sample.caption, str) else ""
-                outputs.write(sample.key, image, caption, encoder(caption))
+        merge = _Merge(splits)
+        done = staging.done(tasks)
+        for result in done.values():
+            merge.add(result, quiet=True)
+        todo = [t for t in tasks if t.index not in done]
+        if done:
+            tqdm.write(
+                f"resuming {staging.path}: {len(done):,} of {len(tasks):,} shard(s) done before, packing {len(todo):,}"
+            )
+        total = sum(len(t.samples) for t in todo) if all(t.tar is None for t in todo) else None
+        start = time.perf_counter()
+        bar = tqdm(total=total, unit="sample", desc="packing", disable=not progress, smoothing=0.1)
+        try:
+            failed = _run(executor, todo, merge, bar)
+        finally:
+            bar.close()
+        if failed:
+            raise PackError(
+                f"{len(failed)} of {len(tasks)} shard(s) failed: " + "; ".join(failed)
+                + f". The {len(merge.results):,} finished shard(s) are kept in {staging.path}; {out} is untouched."
+                " Fix or remove the input(s), then run the same command again: it packs only what is missing"
+            )  # fmt: skip
+        stats, rejects = merge.write(staging.path, out, meta)
+        staging.publish()
     finally:
-        bar.close()
-        reject.close()
-        outputs.close()
-    outputs.write_metadata(
-        {
-            "vocab": str(vocab.resolve()),
-            "vocab_size": len(encoder.vocab),
-            "vocab_sha256": hashlib.sha256(vocab.read_bytes()).hexdigest(),  # checked by training
-            "pos_filter": pos_filter and not official,
-            "official": official,
-            "shard_size": shard_size,
-            "holdout_fraction": holdout_fraction,
-            "rejects": dict(reject.counts.most_common()),
-            "rejected_samples": sum(reject.counts.values()),
-        }
-    )
-    return PackStats(outputs.stats, reject.counts, time.perf_counter() - start, shard_size)
+        staging.close()
+    return PackStats(
+        stats, rejects, time.perf_counter() - start, shard_size, len(done),
+        bar.samples, getattr(executor, "where", "1 process"),
+    )  # fmt: skip
+
+
+def _vocab_size(vocab: Path) -> int:
+    from catlip.labels import Vocabulary
+
+    return len(Vocabulary.load(vocab))

@@ -1,87 +1,203 @@
-"""Validation and writing: every image decoded in full before it goes into a shard, and the
-shard writer that produces WebDataset tars with DALI's index files.
+"""Validation and writing: every image is checked by DALI's own CPU decoder before it goes into a
+shard, and the shard writer produces WebDataset tars with DALI's index files.
 
 DALI has no skip-on-error: one undecodable image stops a training pipeline (``engine/data.py``
-guards against what still gets through). A JPEG with bytes after its end marker is trimmed to end
-at the marker, as the loader's in-pipeline guard requires; a JPEG with no end marker is rejected as
-truncated. Beside each ``shard-NNNNNN.tar`` goes ``shard-NNNNNN.idx``, the index
-``fn.readers.webdataset(index_paths=...)`` reads, byte for byte what DALI's ``wds2idx`` writes
-(without it DALI would scan every tar at start-up).
+guards against what still gets through). So an image is kept only if DALI decodes it, and as
+cheaply as that can be known (``perf/bench_prep.py`` measures the alternatives on the same images,
+and which bad files each lets through):
+
+- a JPEG whose entropy-coded data holds no marker but restart markers (one baseline or extended
+  scan, the kind img2dataset and most cameras write) is decoded as an 8x8 region at its top-left
+  corner. libjpeg-turbo's fatal errors for such a file all come from the headers it parses before
+  the first row (tables, frame, scan header); damage inside the scan data is a warning and a grey
+  block, never an exception. About 25x cheaper than a full decode.
+- any other image (progressive or multi-scan JPEGs, a marker inside the scan data, PNG, WebP) is
+  decoded in full, as ``fn.decoders.image`` does in the loader.
+
+A JPEG with bytes after its end marker is trimmed to end at the marker, as the loader's guard
+requires; a JPEG with no end marker is rejected as truncated. PIL's full decode is not used: on
+damaged JPEGs it rejects files DALI decodes and lets through files that stop DALI (measured).
+Beside each ``shard-NNNNNN.tar`` goes ``shard-NNNNNN.idx``, the index
+``fn.readers.webdataset(index_paths=...)`` reads, byte for byte what DALI's ``wds2idx`` writes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
+import re
 import tarfile
+from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
 SHARD_PATTERN = "shard-{:06d}.tar"
-_PIL_FORMATS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
+MAX_PIXELS = 178_956_970  # twice PIL's decompression-bomb limit; larger images are refused
+_EXT = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}  # what the loader reads
+_MAGIC = (
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"GIF8", "GIF"),
+    (b"BM", "BMP"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+)
+# In entropy-coded data 0xFF is followed by 0x00 (stuffing) or a restart marker; anything else is a
+# marker (another scan, a table, damage), after which libjpeg may stop with an error.
+_MARKER_IN_SCAN = re.compile(rb"\xff[^\x00\xd0-\xd7]")
+_SEQUENTIAL_SOF = {0xC0, 0xC1}  # baseline and extended sequential, Huffman-coded
 
 
-_MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM", b"II*\x00", b"MM\x00*")
+def image_format(data: bytes) -> str | None:
+    """The format named by the file's first bytes, or None for no known image format."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    return next((fmt for magic, fmt in _MAGIC if data.startswith(magic)), None)
 
 
-def _has_image_magic(data: bytes) -> bool:
-    """Whether ``data`` starts like an image file (so a parse failure means corrupt, not foreign)."""
-    return data.startswith(_MAGIC) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")
+def jpeg_layout(data: bytes) -> tuple[bool, int]:
+    """``(single_scan, pixels)`` of a JPEG ending at its end marker, from its marker segments.
+
+    ``single_scan``: one sequential Huffman scan of at least 8x8 pixels with no marker but RSTn in
+    its entropy-coded data; then only its headers can make a decoder fail, and the corner decode
+    reads all of them. ``pixels``: width x height of its frame header (0 if none is reached)."""
+    pos, n, sequential, pixels = 2, len(data), False, 0
+    while pos + 4 <= n:
+        if data[pos] != 0xFF:
+            return False, pixels
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # no length
+            pos += 2
+            continue
+        length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+        if marker == 0xDA:  # start of scan: the entropy-coded data follows its header
+            start = pos + 2 + length
+            return sequential and _MARKER_IN_SCAN.search(data, start, n - 2) is None, pixels
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # a frame header
+            height = int.from_bytes(data[pos + 5 : pos + 7], "big")
+            width = int.from_bytes(data[pos + 7 : pos + 9], "big")
+            sequential = marker in _SEQUENTIAL_SOF and height >= 8 and width >= 8
+            pixels = height * width
+        pos += 2 + length
+    return False, pixels
+
+
+class _DaliCheck:
+    """DALI's CPU image decoders, called eagerly (DALI's dynamic mode) on one image at a time.
+
+    One image per call: with a bad image in a batch, DALI 2.4 aborted the process (eager mode) or
+    corrupted its heap so that the next pipeline build crashed (pipeline mode); single eager calls
+    raised cleanly on all of 2,640 damaged files (perf/notes_prep.md)."""
+
+    def __init__(self) -> None:
+        import nvidia.dali.experimental.dynamic as ndd
+
+        ndd.set_num_threads(1)  # one core per worker process; the executor runs the processes
+        self.ndd = ndd
+
+    def decodes(self, data: bytes, corner: bool) -> tuple[int, int] | None:
+        """The decoded (height, width) (the corner's, for a corner decode), or None if DALI raises."""
+        decoders = self.ndd.decoders
+        raw = np.frombuffer(data, np.uint8)
+        try:
+            with _quiet_stderr():  # the decoders' own messages for each bad file; ours name it
+                if corner:
+                    image = decoders.image_crop(
+                        raw, device="cpu", crop=(8, 8), crop_pos_x=0.0, crop_pos_y=0.0
+                    )
+                else:
+                    image = decoders.image(raw, device="cpu")
+                shape = np.asarray(image).shape  # evaluation is lazy: errors surface here
+        except RuntimeError:
+            return None
+        return shape[0], shape[1]
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """File descriptor 2 to /dev/null for the duration (libjpeg and nvImageCodec write there)."""
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+_checks: dict[int, _DaliCheck] = {}
+
+
+def _dali() -> _DaliCheck:
+    """The decoders of this process (made again in a forked worker: DALI objects are per process)."""
+    pid = os.getpid()
+    if pid not in _checks:
+        _checks.clear()
+        _checks[pid] = _DaliCheck()
+    return _checks[pid]
+
+
+def check_images(datas: Sequence[bytes]) -> list[tuple[str | None, bytes, str | None]]:
+    """For each image: ``(extension, bytes to store, None)`` if DALI decodes it, else
+    ``(None, data, reason)``. A JPEG is trimmed to end at its last end marker."""
+    return [_check(data) for data in datas]
+
+
+def _check(data: bytes) -> tuple[str | None, bytes, str | None]:
+    fmt = image_format(data) if data else None
+    if not data:
+        return None, data, "empty file"
+    if fmt is None:
+        return None, data, "not an image"
+    if fmt not in _EXT:
+        return None, data, f"unsupported format {fmt}"
+    original = data
+    if fmt == "JPEG" and not data.endswith(b"\xff\xd9"):
+        end = data.rfind(b"\xff\xd9")
+        if end < 0:
+            return None, data, "truncated"
+        data = data[: end + 2]
+    corner, pixels = jpeg_layout(data) if fmt == "JPEG" else (False, 0)
+    if fmt == "PNG" and len(data) >= 24:  # IHDR
+        pixels = int.from_bytes(data[16:20], "big") * int.from_bytes(data[20:24], "big")
+    if pixels > MAX_PIXELS:
+        return None, original, "too large"
+    shape = _dali().decodes(data, corner)
+    if shape is None:
+        return None, original, "corrupt"
+    if not corner and shape[0] * shape[1] > MAX_PIXELS:
+        return None, original, "too large"
+    return _EXT[fmt], data, None
 
 
 def check_image(data: bytes) -> tuple[str | None, bytes, str | None]:
-    """Decode ``data`` in full with PIL: ``(extension, bytes to store, None)`` for a good image,
-    ``(None, data, reason)`` otherwise. A JPEG is trimmed to end at its last end marker."""
-    from PIL import Image, UnidentifiedImageError
-
-    if not data:
-        return None, data, "empty file"
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            fmt = img.format
-            img.verify()  # structure and checksums (PNG CRCs); the image is unusable after this
-        ext = _PIL_FORMATS.get(fmt or "")
-        if ext is None:
-            return None, data, f"unsupported format {fmt}"
-        if ext == "jpg" and not data.endswith(b"\xff\xd9"):
-            end = data.rfind(b"\xff\xd9")
-            if end < 0:
-                return None, data, "truncated"
-            data = data[: end + 2]
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()  # the full decode: truncated or corrupt scans fail here
-            if img.width < 1 or img.height < 1:
-                return None, data, "corrupt"
-        return ext, data, None
-    except UnidentifiedImageError:  # PIL found no format whose header parses
-        return None, data, "corrupt" if _has_image_magic(data) else "not an image"
-    except (OSError, SyntaxError, ValueError) as err:  # PIL's errors for bad data
-        return None, data, "truncated" if "truncated" in str(err).lower() else "corrupt"
-    except Image.DecompressionBombError:
-        return None, data, "too large"
+    """:func:`check_images` for one image."""
+    return check_images([data])[0]
 
 
-class ShardWriter:
-    """Writes samples into ``shard-NNNNNN.tar`` of ``shard_size`` samples, each with its DALI index.
+class TarShard:
+    """One ``shard-NNNNNN.tar`` and its DALI index, written as ``.tmp`` files and renamed into
+    place on :meth:`close`: a shard under its real name is always complete.
 
-    Tars are ustar with fixed owner, mode and mtime, so the same input gives the same bytes. The
+    Tars are ustar with fixed owner, mode and mtime, so the same samples give the same bytes. The
     index (``v1.2 N`` then one line per sample of ``ext offset size name`` per member) is the one
     ``wds2idx`` writes; offsets are of the data, one 512-byte header after the member's start."""
 
-    def __init__(self, out: Path, shard_size: int) -> None:
-        if shard_size < 1:
-            raise ValueError(f"shard_size must be >= 1, got {shard_size}")
-        self.out, self.shard_size = out, shard_size
-        out.mkdir(parents=True, exist_ok=True)
-        self.names: list[str] = []
-        self.counts: list[int] = []
-        self._tar: tarfile.TarFile | None = None
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.samples = 0
+        self._tmp = self.path.with_name(self.path.name + ".tmp")
+        self._tar = tarfile.open(self._tmp, "w", format=tarfile.USTAR_FORMAT)
         self._index: list[str] = []
 
     def write(self, key: str, members: list[tuple[str, bytes]]) -> None:
-        if self._tar is None or len(self._index) >= self.shard_size:
-            self._close_shard()
-            name = SHARD_PATTERN.format(len(self.names))
-            self.names.append(name)
-            self._tar = tarfile.open(self.out / (name + ".tmp"), "w", format=tarfile.USTAR_FORMAT)
         line = []
         for ext, data in members:
             info = tarfile.TarInfo(f"{key}.{ext}")
@@ -91,17 +207,41 @@ class ShardWriter:
             padded = -(-len(data) // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
             line.append(f"{ext} {self._tar.offset - padded} {len(data)} {info.name}")
         self._index.append(" ".join(line))
+        self.samples += 1
+
+    def close(self) -> None:
+        self._tar.close()
+        idx = self.path.with_suffix(".idx")
+        idx_tmp = idx.with_name(idx.name + ".tmp")
+        idx_tmp.write_text(f"v1.2 {len(self._index)}\n" + "".join(f"{line}\n" for line in self._index))
+        idx_tmp.replace(idx)
+        self._tmp.replace(self.path)
+
+
+class ShardWriter:
+    """Writes samples into ``shard-NNNNNN.tar`` of ``shard_size`` samples each (:class:`TarShard`)."""
+
+    def __init__(self, out: Path, shard_size: int) -> None:
+        if shard_size < 1:
+            raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+        self.out, self.shard_size = Path(out), shard_size
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.names: list[str] = []
+        self.counts: list[int] = []
+        self._shard: TarShard | None = None
+
+    def write(self, key: str, members: list[tuple[str, bytes]]) -> None:
+        if self._shard is None or self._shard.samples >= self.shard_size:
+            self._close_shard()
+            self.names.append(SHARD_PATTERN.format(len(self.names)))
+            self._shard = TarShard(self.out / self.names[-1])
+        self._shard.write(key, members)
 
     def _close_shard(self) -> None:
-        if self._tar is None:
-            return
-        self._tar.close()
-        name = self.names[-1]
-        idx = self.out / (name[: -len(".tar")] + ".idx")
-        idx.write_text(f"v1.2 {len(self._index)}\n" + "".join(f"{line}\n" for line in self._index))
-        (self.out / (name + ".tmp")).replace(self.out / name)
-        self.counts.append(len(self._index))
-        self._tar, self._index = None, []
+        if self._shard is not None:
+            self._shard.close()
+            self.counts.append(self._shard.samples)
+            self._shard = None
 
     def close(self) -> None:
         self._close_shard()

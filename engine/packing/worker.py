@@ -1,0 +1,249 @@
+"""One packing task, as a worker runs it: read its samples, check their images, label their
+captions, write its output shard (one per split), and mark it done.
+
+Task ``k`` writes ``shard-k.tar`` (+ ``.idx``) into the staging folder (into ``train/`` and
+``val/`` with a holdout) and then ``done/shard-k.json``, by rename, so a shard under its real name
+and with its marker is complete. The marker holds what the driver merges: counts, the 64-bit
+image digests (for the images count) and the rejects. Nothing here depends on which worker, or
+which kind of executor, runs the task, so the shard's bytes do not either.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from engine.packing.shards import SHARD_PATTERN, TarShard, check_images
+from engine.packing.sources import RawSample, read_img2dataset_tar
+
+BATCH = 64  # samples read, checked and labelled together (also the progress granularity)
+
+
+@dataclass(frozen=True)
+class PackSettings:
+    """What every task of one pack shares."""
+
+    staging: str  # the folder the shards are built in
+    vocab: str
+    vocab_sha256: str
+    holdout_fraction: float = 0.0
+    pos_filter: bool = True
+    official: bool = False
+    nltk_data: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PackTask:
+    """Output shard ``index``: from ``samples`` (a folder source's slice) or the tar ``tar``.
+    ``identity`` names the input (the samples' hash, or the tar's size and mtime): a done marker
+    counts on a re-run only if it was written for the same identity."""
+
+    index: int
+    settings: PackSettings
+    samples: tuple[RawSample, ...] = ()
+    tar: str | None = None
+    identity: str = ""
+
+
+@dataclass
+class SplitPart:
+    """One split's part of a task: its shard (None when no sample landed there) and counts."""
+
+    shard: str | None = None
+    samples: int = 0
+    label_total: int = 0
+    no_label: int = 0
+    trimmed_jpegs: int = 0
+    digests: bytes = b""  # 8 bytes of each sample's image SHA-1
+
+
+@dataclass
+class ShardResult:
+    index: int
+    parts: dict[str, SplitPart] = field(default_factory=dict)
+    rejects: list[tuple[str, str, str, bool]] = field(default_factory=list)  # key, image, reason, first
+    identity: str = ""
+
+    @property
+    def samples(self) -> int:
+        return sum(p.samples for p in self.parts.values())
+
+    def to_json(self) -> str:
+        parts = {
+            n: {**asdict(p), "digests": base64.b64encode(p.digests).decode()} for n, p in self.parts.items()
+        }
+        return json.dumps(
+            {"index": self.index, "identity": self.identity, "parts": parts, "rejects": self.rejects}
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> ShardResult:
+        raw = json.loads(text)
+        parts = {
+            n: SplitPart(**{**p, "digests": base64.b64decode(p["digests"])}) for n, p in raw["parts"].items()
+        }
+        return cls(raw["index"], parts, [tuple(r) for r in raw["rejects"]], raw["identity"])
+
+
+def split_names(holdout_fraction: float) -> list[str]:
+    return ["train", "val"] if holdout_fraction > 0 else ["all"]
+
+
+def split_dir(root: Path, split: str) -> Path:
+    return root if split == "all" else root / split
+
+
+def marker_path(staging: Path, index: int) -> Path:
+    return staging / "done" / (SHARD_PATTERN.format(index)[: -len(".tar")] + ".json")
+
+
+def split_of(digest: bytes, holdout_fraction: float) -> str:
+    """``val`` for a ``holdout_fraction`` of images, by the first 8 bytes of their SHA-1."""
+    if holdout_fraction <= 0:
+        return "all"
+    return "val" if int.from_bytes(digest[:8], "big") < holdout_fraction * 2**64 else "train"
+
+
+_encoders: dict[tuple, object] = {}
+# (path, size, mtime) -> (ext, reason, digest): a file named by several captions is checked once
+_verdicts: dict[tuple[Path, int, int], tuple[str | None, str | None, bytes]] = {}
+_VERDICTS_MAX = 100_000  # files remembered per process (a COCO image is named by 5 captions)
+
+
+def _encoder(settings: PackSettings):
+    """This process's label encoder for the settings (made again after a fork)."""
+    from catlip.vocab import LabelSettings, worker_labeler
+
+    key = (settings.vocab, settings.vocab_sha256, settings.pos_filter, settings.official, os.getpid())
+    if key not in _encoders:
+        from catlip.labels import LabelEncoder
+
+        labeler = worker_labeler(LabelSettings(settings.pos_filter, settings.official, settings.nltk_data))
+        _encoders.clear()
+        _encoders[key] = LabelEncoder(settings.vocab, labeler=labeler)
+    return _encoders[key]
+
+
+def pack_task(task: PackTask, report: Callable[[int], None]) -> ShardResult:
+    """Pack one task into its shard(s) and mark it done; ``report`` counts samples for the bar."""
+    settings = task.settings
+    staging = Path(settings.staging)
+    encoder = _encoder(settings)
+    parts = {n: SplitPart() for n in split_names(settings.holdout_fraction)}
+    result = ShardResult(task.index, parts, identity=task.identity)
+    shards: dict[str, TarShard] = {}
+    digests: dict[str, list[bytes]] = {n: [] for n in result.parts}
+    samples: Iterable[RawSample] = task.samples if task.tar is None else read_img2dataset_tar(task.tar)
+    batch: list[RawSample] = []
+    for sample in samples:
+        batch.append(sample)
+        if len(batch) == BATCH:
+            _pack_batch(batch, task, encoder, result, shards, digests, staging)
+            report(len(batch))
+            batch = []
+    _pack_batch(batch, task, encoder, result, shards, digests, staging)
+    report(len(batch))
+    for name, shard in shards.items():
+        shard.close()
+        part = result.parts[name]
+        part.shard, part.digests = shard.path.name, b"".join(digests[name])
+    marker = marker_path(staging, task.index)
+    tmp = marker.with_name(marker.name + ".tmp")
+    tmp.write_text(result.to_json())
+    tmp.replace(marker)
+    return result
+
+
+def _pack_batch(
+    batch: list[RawSample],
+    task: PackTask,
+    encoder,
+    result: ShardResult,
+    shards: dict[str, TarShard],
+    digests: dict[str, list[bytes]],
+    staging: Path,
+) -> None:
+    """Check, label and write a batch of samples (in order) into the task's shards."""
+    for sample, image in zip(batch, _images(batch, result), strict=True):
+        if image is None:
+            continue
+        ext, data, digest, trimmed = image
+        split = split_of(digest, task.settings.holdout_fraction)
+        caption = sample.caption if isinstance(sample.caption, str) else ""
+        labels = encoder(caption)
+        if split not in shards:
+            shards[split] = TarShard(split_dir(staging, split) / SHARD_PATTERN.format(task.index))
+        lbl = np.asarray(labels, "<i4").tobytes()
+        shards[split].write(sample.key, [(ext, data), ("txt", caption.encode("utf-8")), ("lbl", lbl)])
+        digests[split].append(digest[:8])
+        part = result.parts[split]
+        part.samples += 1
+        part.label_total += len(labels)
+        part.no_label += not labels
+        part.trimmed_jpegs += trimmed
+
+
+Image = tuple[str, bytes, bytes, bool]  # (ext, bytes to store, SHA-1 of them, trimmed)
+
+
+def _images(batch: list[RawSample], result: ShardResult) -> list[Image | None]:
+    """The checked image of each sample, or None after recording its reject. A file named by
+    several samples is checked once per process; later samples only count its reject."""
+    out: list[Image | None] = [None] * len(batch)
+    todo: list[tuple[int, bytes, tuple | None]] = []
+    for i, sample in enumerate(batch):
+        if sample.problem:
+            result.rejects.append((sample.key, sample.image, sample.problem, True))
+            continue
+        data, key = (sample.data, None) if sample.data is not None else _read(sample, result)
+        if data is None:
+            continue
+        known = _verdicts.get(key) if key is not None else None
+        if known is None:
+            todo.append((i, data, key))
+        elif known[1] is not None:
+            result.rejects.append((sample.key, sample.image, known[1], False))
+        else:  # seen and good: only redo the trim
+            stored = data[: data.rfind(b"\xff\xd9") + 2] if known[0] == "jpg" else data
+            out[i] = (known[0], stored, known[2], len(stored) != len(data))
+    for (i, original, key), (ext, data, reason) in zip(
+        todo, check_images([d for _, d, _ in todo]), strict=True
+    ):
+        sample = batch[i]
+        digest = hashlib.sha1(data).digest() if reason is None else b""
+        if key is not None:
+            if len(_verdicts) >= _VERDICTS_MAX:
+                _verdicts.clear()
+            _verdicts[key] = (ext, reason, digest)
+        if reason is not None:
+            result.rejects.append((sample.key, sample.image, reason, True))
+        else:
+            out[i] = (ext, data, digest, len(data) != len(original))
+    return out
+
+
+def _read(sample: RawSample, result: ShardResult) -> tuple[bytes | None, tuple | None]:
+    """The file's bytes and its cache key, or (None, None) after recording why it cannot be read."""
+    try:
+        stat = sample.path.stat()
+        key = (sample.path, stat.st_size, stat.st_mtime_ns)
+        known = _verdicts.get(key)
+        if known is not None and known[1] is not None:  # known bad: no need to read it again
+            result.rejects.append((sample.key, sample.image, known[1], False))
+            return None, None
+        return sample.path.read_bytes(), key
+    except FileNotFoundError:
+        reason = "missing file"
+    except OSError:
+        reason = "unreadable file"
+    key = (sample.path, -1, -1)
+    result.rejects.append((sample.key, sample.image, reason, key not in _verdicts))
+    _verdicts[key] = (None, reason, b"")
+    return None, None
