@@ -170,3 +170,34 @@ def test_help_explains_every_command(command):
         [sys.executable, "-m", "engine", *command, "--help"], capture_output=True, text=True, check=True
     )
     assert "usage: catlip" in result.stdout and len(result.stdout) > 300
+
+
+@pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+def test_fast_tar_reader_equals_tarfile_at_every_cut(tmp_path, fmt):
+    from catlip.captions import _iter_tarfile, iter_tar_files
+
+    names = ["a.txt", "sub/b.jpg", "y" * 90 + "/" + "z" * 60 + ".txt"]
+    if fmt != tarfile.USTAR_FORMAT:  # GNU long names, PAX headers: the tarfile path takes over
+        names += ["x" * 120 + ".txt", "é.txt"]
+    path = tmp_path / "t.tar"
+    with tarfile.open(path, "w", format=fmt) as tar:
+        for i, name in enumerate(names):
+            data = f"member {i} ".encode() * (37 * i)
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        directory = tarfile.TarInfo("a_dir")
+        directory.type = tarfile.DIRTYPE
+        tar.addfile(directory)
+    assert list(iter_tar_files(path)) == list(_iter_tarfile(path))
+    assert [n for n, _ in iter_tar_files(path)] == names
+    raw = path.read_bytes()
+    for cut in range(0, len(raw), 61):
+        path.write_bytes(raw[:cut])
+        outcomes = []
+        for reader in (iter_tar_files, _iter_tarfile):
+            try:
+                outcomes.append(list(reader(path)))
+            except CaptionFileError:
+                outcomes.append("error")
+        assert outcomes[0] == outcomes[1], cut

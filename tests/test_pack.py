@@ -351,6 +351,26 @@ def test_pack_command(
         args.func(args)
 
 
+def test_shard_bytes_are_what_tarfile_writes(tmp_path: Path, shared_data: Path) -> None:
+    from engine.packing.shards import TarShard
+
+    photos = sorted((shared_data / "coco_photos").glob("*.jpg"))[:5]
+    samples = [
+        (f"{i:09d}", [("jpg", p.read_bytes()), ("txt", b"x" * i * 100), ("lbl", bytes(4 * i))])
+        for i, p in enumerate(photos)
+    ]
+    shard = TarShard(tmp_path / "ours.tar")
+    with tarfile.open(tmp_path / "tarfile.tar", "w", format=tarfile.USTAR_FORMAT) as tar:
+        for key, members in samples:
+            shard.write(key, members)
+            for ext, data in members:
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size, info.mtime, info.mode, info.uname, info.gname = len(data), 0, 0o644, "", ""
+                tar.addfile(info, io.BytesIO(data))
+    shard.close()
+    assert (tmp_path / "ours.tar").read_bytes() == (tmp_path / "tarfile.tar").read_bytes()
+
+
 # ------------------------------------------------------------------------------ the image check
 def _damaged(photos: list[Path]) -> list[tuple[str, bytes]]:
     """Damaged and odd images, deterministic: what the DALI check must judge as DALI does."""

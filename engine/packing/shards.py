@@ -24,7 +24,6 @@ Beside each ``shard-NNNNNN.tar`` goes ``shard-NNNNNN.idx``, the index
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import re
 import tarfile
@@ -182,6 +181,21 @@ def check_image(data: bytes) -> tuple[str | None, bytes, str | None]:
     return check_images([data])[0]
 
 
+_HEADER_MID = b"0000644\x000000000\x000000000\x00"  # mode, uid, gid
+_HEADER_TAIL = b"        0" + bytes(100) + b"ustar\x0000" + bytes(64) + b"\x00" * 16  # chksum..devminor
+
+
+def ustar_header(name: str, size: int) -> bytes:
+    """The 512-byte ustar header ``tarfile`` writes for a regular file of mode 0644, uid/gid 0, no
+    owner names, mtime 0 (byte for byte, tested), built without a TarInfo; ``name`` < 100 bytes."""
+    raw = name.encode("utf-8")
+    if len(raw) >= 100 or size >= 8**11:
+        raise ValueError(f"member {name!r} of {size:,} bytes does not fit a plain ustar header")
+    head = raw.ljust(100, b"\0") + _HEADER_MID + b"%011o\x00" % size + b"00000000000\x00" + _HEADER_TAIL
+    head = head.ljust(tarfile.BLOCKSIZE, b"\0")
+    return head[:148] + b"%06o\x00 " % sum(head) + head[156:]
+
+
 class TarShard:
     """One ``shard-NNNNNN.tar`` and its DALI index, written as ``.tmp`` files and renamed into
     place on :meth:`close`: a shard under its real name is always complete.
@@ -194,23 +208,27 @@ class TarShard:
         self.path = Path(path)
         self.samples = 0
         self._tmp = self.path.with_name(self.path.name + ".tmp")
-        self._tar = tarfile.open(self._tmp, "w", format=tarfile.USTAR_FORMAT)
+        self._file = open(self._tmp, "wb")
+        self._offset = 0
         self._index: list[str] = []
 
     def write(self, key: str, members: list[tuple[str, bytes]]) -> None:
         line = []
         for ext, data in members:
-            info = tarfile.TarInfo(f"{key}.{ext}")
-            info.size, info.mtime, info.mode = len(data), 0, 0o644
-            info.uname = info.gname = ""
-            self._tar.addfile(info, io.BytesIO(data))
-            padded = -(-len(data) // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
-            line.append(f"{ext} {self._tar.offset - padded} {len(data)} {info.name}")
+            name = f"{key}.{ext}"
+            pad = -len(data) % tarfile.BLOCKSIZE
+            self._file.write(ustar_header(name, len(data)))
+            self._file.write(data)
+            self._file.write(bytes(pad))
+            line.append(f"{ext} {self._offset + tarfile.BLOCKSIZE} {len(data)} {name}")
+            self._offset += tarfile.BLOCKSIZE + len(data) + pad
         self._index.append(" ".join(line))
         self.samples += 1
 
     def close(self) -> None:
-        self._tar.close()
+        end = self._offset + 2 * tarfile.BLOCKSIZE  # two zero blocks, then zeros to a full record
+        self._file.write(bytes(2 * tarfile.BLOCKSIZE + -end % tarfile.RECORDSIZE))
+        self._file.close()
         idx = self.path.with_suffix(".idx")
         idx_tmp = idx.with_name(idx.name + ".tmp")
         idx_tmp.write_text(f"v1.2 {len(self._index)}\n" + "".join(f"{line}\n" for line in self._index))
