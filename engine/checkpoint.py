@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import math
 import os
 import pickle
 import random
@@ -170,13 +171,20 @@ class Checkpointer:
 
     # ---------------------------------------------------------------------------- save
     def save(
-        self, step: int, *, loader: Any, ema: dict | None, config: dict, vocab: dict | None = None
+        self,
+        step: int,
+        *,
+        loader: Any,
+        ema: dict | None,
+        config: dict,
+        vocab: dict | None = None,
+        ema_layout: dict | None = None,
     ) -> Path:
         """Write tag ``step_<N>``: all ranks' files, then the marker, then ``latest``."""
         tag = f"step_{step:08d}"
         path = self.dir / tag
         try:
-            self._write(path, tag, step, loader, ema, {"config": config, "vocab": vocab or {}})
+            self._write(path, tag, step, loader, (ema, ema_layout), {"config": config, "vocab": vocab or {}})
         except OSError as err:
             if err.errno == errno.ENOSPC:
                 intact = self.latest()
@@ -197,14 +205,19 @@ class Checkpointer:
         dist.barrier()
         return path
 
-    def _write(self, path: Path, tag: str, step: int, loader: Any, ema: dict | None, client: dict) -> None:
+    def _write(
+        self, path: Path, tag: str, step: int, loader: Any, ema_and_layout: tuple, client: dict
+    ) -> None:
         from safetensors.torch import save_file
 
         path.mkdir(parents=True, exist_ok=True)
         if self.rank == 0:
             (path / COMPLETE).unlink(missing_ok=True)  # a re-save of this step is incomplete until done
+        ema, ema_layout = ema_and_layout
         state, tensors = rng_state()
         extra = {"rng": state, "data": loader.state_dict() if hasattr(loader, "state_dict") else None}
+        if ema_layout is not None:
+            extra["ema"] = ema_layout  # whole parameters, or this rank's ZeRO-3 partitions
         if ema is not None:
             tensors.update({f"ema.{k}": v.contiguous() for k, v in ema.items()})
         json_path, st_path = path / f"extra_rank{self.rank}.json", path / f"extra_rank{self.rank}.safetensors"
@@ -306,8 +319,29 @@ class Checkpointer:
 
 
 # ------------------------------------------------------------------------------------ export
-def export_fp32(checkpoint: str | Path, out: str | Path) -> Path:
-    """Consolidate a (ZeRO-partitioned) checkpoint tag directory into one fp32 safetensors file."""
+def ema_state(checkpoint: Path) -> dict[str, torch.Tensor]:
+    """The EMA weights of a checkpoint tag, whole: under ZeRO-3 each rank saved the EMA of its flat
+    partition of every parameter; they are concatenated in rank order, cut to size and reshaped."""
+    from safetensors.torch import load_file
+
+    metas = sorted(checkpoint.glob("extra_rank*.json"), key=lambda p: int(p.stem[len("extra_rank") :]))
+    if not metas:
+        raise CheckpointError(f"{checkpoint} holds no extra_rank*.json: not a checkpoint of this engine")
+    layout = json.loads(metas[0].read_text()).get("ema")
+    if layout is None:
+        raise CheckpointError(f"{checkpoint} has no EMA weights (the run had optim.ema_decay 0)")
+    used = metas if layout["partitioned"] else metas[:1]  # ZeRO 0-2: every rank holds the whole EMA
+    tensors = [load_file(str(m.with_suffix(".safetensors"))) for m in used]
+    out = {}
+    for name, shape in layout["shapes"].items():
+        flat = torch.cat([r[f"ema.{name}"].reshape(-1) for r in tensors])
+        out[name] = flat[: math.prod(shape)].view(shape).clone()
+    return out
+
+
+def export_fp32(checkpoint: str | Path, out: str | Path, *, ema: bool = False) -> Path:
+    """Consolidate a (ZeRO-partitioned) checkpoint tag directory into one fp32 safetensors file;
+    ``ema``: its EMA weights instead of the trained ones."""
     from safetensors.torch import save_file
 
     checkpoint = Path(checkpoint)
@@ -332,7 +366,9 @@ def export_fp32(checkpoint: str | Path, out: str | Path) -> Path:
         )
     states = safe_load(found[0])
     stage = (states.get("ds_config") or {}).get("zero_optimization", {}).get("stage", 0)
-    if stage:
+    if ema:
+        state = ema_state(checkpoint)
+    elif stage:
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
         with _torch_load_weights_only():
@@ -343,7 +379,10 @@ def export_fp32(checkpoint: str | Path, out: str | Path) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     config = states.get("config") or {}
-    save_file(
-        state, str(out), metadata={"catlip_config": json.dumps(config), "step": str(states.get("step"))}
-    )
+    meta = {
+        "catlip_config": json.dumps(config),
+        "step": str(states.get("step")),
+        "weights": "ema" if ema else "trained",
+    }
+    save_file(state, str(out), metadata=meta)
     return out

@@ -15,7 +15,7 @@ EPILOG = """examples:
   catlip labels --vocab vocab.tsv --captions photos/captions.tsv --out labels.jsonl
   catlip pack --tsv photos/captions.tsv --images photos --vocab vocab.tsv --out shards
   catlip train --config configs/coco_tiny_cpu.yaml --set run.steps=100
-  catlip export runs/main/train/checkpoints --out model.safetensors
+  catlip export runs/main/latest/train/checkpoints --out model.safetensors [--ema]
 """
 
 
@@ -135,6 +135,11 @@ def _add_train_parsers(sub: argparse._SubParsersAction) -> None:
         "checkpoint", type=Path, help="a checkpoint tag directory, or the checkpoints/ dir (latest)"
     )
     p.add_argument("--out", type=Path, required=True, help="the .safetensors file to write")
+    p.add_argument(
+        "--ema",
+        action="store_true",
+        help="export the EMA of the weights (optim.ema_decay > 0; any ZeRO stage) instead of the weights",
+    )
     p.set_defaults(func=cmd_export)
 
 
@@ -400,7 +405,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from engine.checkpoint import export_fp32
 
-    path = export_fp32(args.checkpoint, args.out)
+    path = export_fp32(args.checkpoint, args.out, ema=args.ema)
     print(f"wrote {path}")
     return 0
 

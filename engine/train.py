@@ -73,8 +73,6 @@ class Trainer:
         self.out_dir = Path(cfg.run.out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self._log = log or (print if self.is_main else (lambda _: None))
-        if cfg.optim.ema_decay and cfg.run.zero_stage == 3:
-            raise ConfigError("optim.ema_decay with run.zero_stage 3 is not supported yet (use stage 0-2)")
         torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
         random.seed(cfg.run.seed + self.rank)
         self.device = torch.device(f"cuda:{self.local_rank}" if cuda_available() else "cpu")
@@ -110,7 +108,7 @@ class Trainer:
         self.history: list[StepLog] = []
         self.ema: dict[str, torch.Tensor] | None = None
         if cfg.optim.ema_decay:
-            self.ema = {n: p.detach().float().clone() for n, p in self.engine.module.named_parameters()}
+            self.ema = {n: t.detach().float().clone() for n, t in self._ema_sources()}
         self.logs = RunLog(self.out_dir, self.is_main)
         self.partition_report = partition_report(self.engine, cfg.run.zero_stage)
         self._log(self.partition_report)
@@ -218,13 +216,25 @@ class Trainer:
                 f"The last good checkpoint is {self.checkpoints.latest() or 'none'}"
             )
 
+    def _ema_sources(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """What each rank averages: the whole parameter (ZeRO 0-2, the same on every rank) or,
+        under ZeRO-3, this rank's flat partition of it (``ds_tensor``), so the EMA is sharded
+        like the weights; ``catlip export --ema`` puts the partitions back together."""
+        for n, p in self.engine.module.named_parameters():
+            yield n, (p.ds_tensor if hasattr(p, "ds_tensor") else p)
+
+    def ema_layout(self) -> dict[str, Any]:
+        partitioned = any(hasattr(p, "ds_tensor") for p in self.engine.module.parameters())
+        shapes = {n: list(getattr(p, "ds_shape", p.shape)) for n, p in self.engine.module.named_parameters()}
+        return {"partitioned": partitioned, "shapes": shapes}
+
     def _update_ema(self) -> None:
         if self.ema is None:
             return
         d = self.cfg.optim.ema_decay
         with torch.no_grad():
-            for n, p in self.engine.module.named_parameters():
-                self.ema[n].mul_(d).add_(p.detach().float(), alpha=1 - d)
+            for n, t in self._ema_sources():
+                self.ema[n].mul_(d).add_(t.detach().float(), alpha=1 - d)
 
     # ------------------------------------------------------------------------------------ eval
     def evaluate(self) -> dict[str, float] | None:
@@ -251,6 +261,7 @@ class Trainer:
             self.step,
             loader=self.train_loader,
             ema=self.ema,
+            ema_layout=self.ema_layout() if self.ema is not None else None,
             config=self.cfg.to_dict(),
             vocab=self.vocab_identity(),
         )
