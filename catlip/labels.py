@@ -148,9 +148,13 @@ class Vocabulary:
     def __post_init__(self) -> None:
         if not (len(self.wnids) == len(self.synsets) == len(self.counts)):
             raise VocabularyError("wnids, synsets and counts differ in length")
-        self.index = {key: i for i, key in enumerate(self.wnids)}
-        if len(self.index) != len(self.wnids):
-            raise VocabularyError("duplicate wnid in the vocabulary")
+        self.index = {}
+        for i, key in enumerate(self.wnids):
+            if key in self.index:  # line numbers as in the TSV (header = line 1)
+                raise VocabularyError(
+                    f"duplicate wnid {key} at line {i + 2} (first at line {self.index[key] + 2})"
+                )
+            self.index[key] = i
 
     def __len__(self) -> int:
         return len(self.wnids)

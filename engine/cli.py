@@ -200,6 +200,12 @@ def cmd_vocab(args: argparse.Namespace) -> int:
             )
     except (TaskError, WorkerDied) as err:
         raise SystemExit(f"catlip vocab: {err}; no vocabulary written") from err
+    if len(vocab) == 0:
+        why = "no captions in them" if stats.captions == 0 else f"no synset in >= {args.min_count} captions"
+        raise SystemExit(
+            f"catlip vocab: {', '.join(map(str, args.captions))}: {why}, so the vocabulary would be "
+            "empty; no vocabulary written (check the files, or lower --min-count)"
+        )
     vocab.save(args.out)
     meta = {
         "sources": [str(p) for p in args.captions],

@@ -332,3 +332,31 @@ def test_samples_missing_a_member_are_counted(tmp_path, shared_data):
         tmp_path, 2, train=False, image_size=32, num_threads=1, expected_samples=8, device="cpu"
     )
     assert loader.samples == 7 and loader.counters()["missing_members"] == 1
+
+
+def test_empty_caption_file_and_duplicate_wnid_are_errors(tmp_path, nltk_ready, capsys):
+    from catlip.labels import Vocabulary, VocabularyError
+    from engine.cli import main
+
+    (tmp_path / "empty.tsv").write_text("")
+    with pytest.raises(SystemExit, match="no captions in them, so the vocabulary would be empty"):
+        main(
+            [
+                "vocab",
+                "--captions",
+                str(tmp_path / "empty.tsv"),
+                "--out",
+                str(tmp_path / "v.tsv"),
+                "--workers",
+                "1",
+            ]
+        )
+    assert not (tmp_path / "v.tsv").exists()
+    rows = [
+        "index\twnid\tsynset\tlemma\tcount",
+        "0\tn02084071\tdog.n.01\tdog\t3",
+        "1\tn02084071\tdog.n.01\tdog\t3",
+    ]
+    (tmp_path / "dup.tsv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(VocabularyError, match="duplicate wnid n02084071 at line 3 \\(first at line 2\\)"):
+        Vocabulary.load(tmp_path / "dup.tsv")
