@@ -162,9 +162,9 @@ def check_nltk_data() -> NltkDataStatus:
             f"WordNet at {wordnet_dir} is version {version} with dog.n.01 at offset {offset}; "
             f"CatLIP's synset ids need WordNet 3.0 (offset {DOG_OFFSET})"
         )
-    from nltk.tag.perceptron import PerceptronTagger
+    from catlip.text import get_tagger  # NLTK's weights, loaded once for the check and the labeler
 
-    tags = [tag for _, tag in PerceptronTagger().tag(["a", "dog", "catching", "a", "frisbee"])]
+    tags = get_tagger().tag(["a", "dog", "catching", "a", "frisbee"])
     if tags[1] != "NN" or tags[4] != "NN":
         raise NltkDataError(f"the tagger at {tagger_dir} tags 'a dog catching a frisbee' as {tags}")
     from nltk.tokenize.punkt import PunktTokenizer

@@ -230,6 +230,8 @@ def build_vocabulary(
     if top_k is not None and top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
     settings = LabelSettings(pos_filter, official, tuple(nltk_data))
+    if executor is None or getattr(executor, "forks", False):
+        worker_labeler(settings)  # here, or once before the fork instead of in every worker
     tasks = caption_tasks(captions, files=files, settings=settings)
     run = executor.map_unordered if executor is not None else _in_this_process
     merger, pending, failures, next_index = _Merger(), [], [], 0

@@ -61,6 +61,7 @@ class LocalExecutor:
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
         self.where = "1 process" if self.workers == 1 else f"{self.workers} local processes"
+        self.forks = self.workers > 1  # state made before map_unordered is inherited by the workers
 
     def __enter__(self) -> LocalExecutor:
         return self
@@ -164,6 +165,7 @@ class RayExecutor:
         cpus = int(ray.cluster_resources().get("CPU", 1))
         self.workers = workers or cpus
         self.where = f"Ray ({cpus} CPUs{' started for this run' if self._started else ''})"
+        self.forks = False
 
     def __enter__(self) -> RayExecutor:
         return self

@@ -508,3 +508,25 @@ def test_output_is_replaced_only_with_overwrite_and_never_by_a_failed_pack(
     stats = run(overwrite=True)
     assert stats.shards_skipped == 1 and not staging.exists()
     assert _tree(out) == before  # the same inputs give the same bytes
+
+
+def test_a_changed_input_is_packed_again_on_resume(
+    shared_data: Path, photo_vocab: Path, tmp_path: Path
+) -> None:
+    from engine.packing import PackError
+
+    photos = sorted((shared_data / "coco_photos").glob("*.jpg"))[:10]
+    _write_img2dataset(tmp_path / "i2d", photos)
+    first, second = tmp_path / "i2d" / "00000.tar", tmp_path / "i2d" / "00001.tar"
+    good_second = second.read_bytes()
+    second.write_bytes(good_second[:1024])
+    with pytest.raises(PackError):
+        pack(Img2DatasetSource(tmp_path / "i2d"), tmp_path / "out", photo_vocab, progress=False)
+    # shard 0 is marked done; now its input changes (other photos) and the broken one is fixed
+    _write_img2dataset(tmp_path / "other", photos[::-1])
+    first.write_bytes((tmp_path / "other" / "00000.tar").read_bytes())
+    second.write_bytes(good_second)
+    stats = pack(Img2DatasetSource(tmp_path / "i2d"), tmp_path / "out", photo_vocab, progress=False)
+    assert stats.shards_skipped == 0
+    pack(Img2DatasetSource(tmp_path / "i2d"), tmp_path / "fresh", photo_vocab, progress=False)
+    assert _tree(tmp_path / "out") == _tree(tmp_path / "fresh")

@@ -106,20 +106,13 @@ def vocab_inputs(tmp_path_factory, shared_data: Path) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def vocab_one_worker(vocab_inputs, tmp_path_factory) -> Path:
+    """The vocabulary as one process builds it (here, in the test process)."""
+    from catlip.vocab import build_vocabulary
+
+    vocab, stats = build_vocabulary(files=vocab_inputs, min_count=2, progress=False)
+    assert stats.captions == 5275 and stats.where == "1 process"
     out = tmp_path_factory.mktemp("v1") / "vocab.tsv"
-    run = catlip(
-        "vocab",
-        "--captions",
-        *map(str, vocab_inputs),
-        "--min-count",
-        "2",
-        "--out",
-        str(out),
-        "--workers",
-        "1",
-    )
-    assert run.returncode == 0, run.stderr
-    assert "over 1 process" in run.stdout
+    vocab.save(out)
     return out
 
 
@@ -138,8 +131,8 @@ def test_vocab_two_workers_equal_one(vocab_inputs, vocab_one_worker, tmp_path):
     )
     assert run.returncode == 0, run.stderr
     assert "over 2 local processes" in run.stdout and "captions: 5,275" in run.stdout
+    assert "labelling: 5275caption" in run.stderr  # one bar, fed by both workers
     assert out.read_bytes() == vocab_one_worker.read_bytes()
-    assert out.with_suffix(".tsv.json").read_bytes() == vocab_one_worker.with_suffix(".tsv.json").read_bytes()
 
 
 def test_vocab_on_ray_equals_one_worker(vocab_inputs, vocab_one_worker, ray_cluster, tmp_path):
@@ -157,6 +150,7 @@ def test_vocab_on_ray_equals_one_worker(vocab_inputs, vocab_one_worker, ray_clus
     )
     assert run.returncode == 0, run.stderr
     assert "over Ray (2 CPUs)" in run.stdout
+    assert "labelling: 5275caption" in run.stderr  # the workers' reports reach the driver's bar
     assert out.read_bytes() == vocab_one_worker.read_bytes()
 
 
@@ -185,60 +179,68 @@ def _tree(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def _pack_args(shared_data: Path, vocab: Path, out: Path, shard_size: int) -> list[str]:
-    photos = shared_data / "coco_photos"
+@pytest.fixture(scope="module")
+def photo_tsv(tmp_path_factory, shared_data: Path) -> Path:
+    """The first 400 captions of the COCO photos (80 images x 5), naming files in coco_photos."""
+    lines = (shared_data / "coco_photos" / "captions.tsv").read_text().splitlines()[:400]
+    path = tmp_path_factory.mktemp("tsv") / "captions.tsv"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _pack_args(photo_tsv: Path, shared_data: Path, vocab: Path, out: Path, shard_size: int) -> list[str]:
     return [
-        *("pack", "--tsv", str(photos / "captions.tsv"), "--images", str(photos)),
+        *("pack", "--tsv", str(photo_tsv), "--images", str(shared_data / "coco_photos")),
         *("--vocab", str(vocab), "--out", str(out), "--shard-size", str(shard_size)),
         *("--holdout-fraction", "0.2", "--quiet"),
     ]
 
 
-@pytest.fixture(scope="module")
-def one_worker_pack(tmp_path_factory, shared_data: Path, photo_vocab: Path) -> Path:
-    """The 1,275 captioned photos packed by one process, 20% held out, 64 samples read per shard."""
+def _one_worker_pack(photo_tsv: Path, shared_data: Path, vocab: Path, out: Path, shard_size: int) -> Path:
     from engine.packing import TsvSource, pack
 
-    out = tmp_path_factory.mktemp("pack1") / "shards"
-    photos = shared_data / "coco_photos"
-    pack(
-        TsvSource(photos / "captions.tsv", photos),
-        out,
-        photo_vocab,
-        shard_size=64,
-        holdout_fraction=0.2,
-        progress=False,
-    )
+    source = TsvSource(photo_tsv, shared_data / "coco_photos")
+    pack(source, out, vocab, shard_size=shard_size, holdout_fraction=0.2, progress=False)
     return out
 
 
-def test_pack_two_workers_equal_one(one_worker_pack, shared_data, photo_vocab, tmp_path):
-    run = catlip(*_pack_args(shared_data, photo_vocab, tmp_path / "shards", 64), "--workers", "2")
+@pytest.fixture(scope="module")
+def one_worker_pack(tmp_path_factory, photo_tsv, shared_data: Path, photo_vocab: Path) -> Path:
+    """The 400 captions packed by one process (here), 20% held out, 32 samples read per shard."""
+    return _one_worker_pack(photo_tsv, shared_data, photo_vocab, tmp_path_factory.mktemp("p1") / "shards", 32)
+
+
+def test_pack_two_workers_equal_one(one_worker_pack, photo_tsv, shared_data, photo_vocab, tmp_path):
+    run = catlip(*_pack_args(photo_tsv, shared_data, photo_vocab, tmp_path / "shards", 32), "--workers", "2")
     assert run.returncode == 0, run.stderr
     assert "on 2 local processes" in run.stdout
     assert _tree(tmp_path / "shards") == _tree(one_worker_pack)  # every shard, index, rejects, dataset.json
 
 
-def test_pack_on_ray_equals_one_worker(one_worker_pack, shared_data, photo_vocab, ray_cluster, tmp_path):
-    run = catlip(*_pack_args(shared_data, photo_vocab, tmp_path / "shards", 64), "--ray", ray_cluster)
+def test_pack_on_ray_equals_one_worker(
+    one_worker_pack, photo_tsv, shared_data, photo_vocab, ray_cluster, tmp_path
+):
+    run = catlip(
+        *_pack_args(photo_tsv, shared_data, photo_vocab, tmp_path / "shards", 32), "--ray", ray_cluster
+    )
     assert run.returncode == 0, run.stderr
     assert "on Ray (2 CPUs)" in run.stdout
     assert _tree(tmp_path / "shards") == _tree(one_worker_pack)
 
 
-def test_killed_worker_then_the_same_command_packs_only_what_is_missing(shared_data, photo_vocab, tmp_path):
+def test_killed_worker_then_the_same_command_packs_only_what_is_missing(
+    photo_tsv, shared_data, photo_vocab, tmp_path
+):
     import psutil
 
-    from engine.packing import TsvSource, pack
-
     out = tmp_path / "shards"
-    args = [*_pack_args(shared_data, photo_vocab, out, 8), "--workers", "2"]  # 160 shards
+    args = [*_pack_args(photo_tsv, shared_data, photo_vocab, out, 4), "--workers", "2"]  # 100 shards
     cli = subprocess.Popen(
         [sys.executable, "-m", "engine", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     done = tmp_path / "shards.partial" / "done"
     deadline = time.monotonic() + 180
-    while cli.poll() is None and len(list(done.glob("*.json"))) < 10 and time.monotonic() < deadline:
+    while cli.poll() is None and len(list(done.glob("*.json"))) < 5 and time.monotonic() < deadline:
         time.sleep(0.05)
     workers = psutil.Process(cli.pid).children()
     assert cli.poll() is None and len(workers) == 2, "the pack ended before a worker could be killed"
@@ -247,20 +249,10 @@ def test_killed_worker_then_the_same_command_packs_only_what_is_missing(shared_d
     assert cli.returncode != 0 and "a worker process died" in stderr, stderr
     assert not out.exists()  # nothing published
     finished = len(list(done.glob("*.json")))
-    assert 10 <= finished < 160
+    assert 5 <= finished < 100
 
     rerun = catlip(*args)
     assert rerun.returncode == 0, rerun.stderr
-    assert f"resuming {tmp_path / 'shards.partial'}: {finished} of 160 shard(s) done before" in rerun.stdout
+    assert f"resuming {tmp_path / 'shards.partial'}: {finished} of 100 shard(s) done before" in rerun.stdout
     assert f"resumed: {finished} shard(s) were done before" in rerun.stdout
-    reference = tmp_path / "reference"
-    photos = shared_data / "coco_photos"
-    pack(
-        TsvSource(photos / "captions.tsv", photos),
-        reference,
-        photo_vocab,
-        shard_size=8,
-        holdout_fraction=0.2,
-        progress=False,
-    )
-    assert _tree(out) == _tree(reference)
+    assert _tree(out) == _tree(_one_worker_pack(photo_tsv, shared_data, photo_vocab, tmp_path / "ref", 4))

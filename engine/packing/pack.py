@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from catlip.vocab import LabelSettings, worker_labeler
 from engine.packing.sources import RawSample, chunk_tasks
 from engine.packing.worker import (
     PackSettings,
@@ -358,6 +359,8 @@ def pack(
         holdout_fraction, pos_filter, official, tuple(nltk_data),
     )  # fmt: skip
     tasks = _tasks(source, shard_size, settings)
+    if getattr(executor, "forks", False):
+        worker_labeler(LabelSettings(pos_filter, official, tuple(nltk_data)))  # inherited by the workers
     staging = _Staging(out, _plan(source, tasks, meta), splits, overwrite=overwrite, log=tqdm.write)
     try:
         merge = _Merge(splits)
