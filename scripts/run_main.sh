@@ -15,7 +15,7 @@
 source "$(dirname "$0")/env.sh"
 SHARED=${CATLIP_SHARED:-$CATLIP_ROOT/../shared}
 DATA=$SHARED/data
-ROOT_RUNS=runs/main
+ROOT_RUNS=${CATLIP_RUNS:-runs/main}  # where the run folders go
 catlip setup-nltk
 resume=0
 for arg in "$@"; do [[ "$arg" == *run.resume=auto* ]] && resume=1; done

@@ -213,6 +213,13 @@ def _two_ranks(rank: int, tmp: str) -> dict:
     out["resumed"], out["step"] = t.resume(), t.step
     out["messages"] = messages
     t.close()
+    if rank == 0:  # an empty pointer: said, and the newest complete checkpoint is used
+        (ckpts / "latest").write_text("")
+    dist.barrier()
+    empty: list[str] = []
+    t = Trainer(cfg, model_fn=tiny_model, train_loader=rank_loader(rank, 2, 6), log=empty.append)
+    out["empty_latest"] = (t.resume(), t.step, any("is empty" in m for m in empty))
+    t.close()
     return out
 
 
@@ -222,6 +229,7 @@ def test_checkpoints_complete_before_latest_and_resume_falls_back(tmp_path):
     assert results[0]["seen"] == {"marker": False, "latest": "step_00000002"}
     for r in results:
         assert r["resumed"] and r["step"] == 2
+    assert results[0]["empty_latest"] == (True, 2, True)
     text = "\n".join(results[0]["messages"])
     assert "names step_00000004, which is missing or incomplete" in text
     assert "skipping step_00000004: incomplete" in text
@@ -360,3 +368,25 @@ def test_empty_caption_file_and_duplicate_wnid_are_errors(tmp_path, nltk_ready, 
     (tmp_path / "dup.tsv").write_text("\n".join(rows) + "\n")
     with pytest.raises(VocabularyError, match="duplicate wnid n02084071 at line 3 \\(first at line 2\\)"):
         Vocabulary.load(tmp_path / "dup.tsv")
+
+
+@pytest.mark.slow
+def test_main_job_keeps_earlier_runs_and_resumes_in_place(tmp_path, shared_data):
+    runs = tmp_path / "runs"
+    env = {**os.environ, "CATLIP_RUNS": str(runs)}
+
+    def main_job(*args: str) -> str:
+        cmd = ["bash", "scripts/run_main.sh", "--set", "run.steps=2", "--set", "run.log_every=1", *args]
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        return proc.stdout
+
+    main_job()
+    (run,) = [p for p in runs.iterdir() if p.name != "latest"]
+    assert (runs / "latest").resolve() == run.resolve()
+    out = main_job("--set", "run.steps=3", "--set", "run.resume=auto")  # deleted everything before
+    assert f"continuing the newest run in {runs}/{run.name}" in out and "reused" in out
+    assert "resumed from" in out and "at step 2" in out
+    assert [p for p in runs.iterdir() if p.name != "latest"] == [run]
+    tags = sorted(p.name for p in (run / "train" / "checkpoints").glob("step_*"))
+    assert tags == ["step_00000002", "step_00000003"]
