@@ -251,6 +251,19 @@ def _to_torch(out: Any, dtype: torch.dtype, device: torch.device) -> torch.Tenso
     return t
 
 
+def _decode_device(device: str, device_id: int | None) -> tuple[str, int | None]:
+    """ "auto" -> "mixed" (nvJPEG) where a GPU is visible, else "cpu"; "gpu" means "mixed"."""
+    if device == "auto":
+        device = "mixed" if cuda_device_count() > 0 else "cpu"
+    if device == "gpu":
+        device = "mixed"
+    if device not in ("cpu", "mixed"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'mixed', got {device!r}")
+    if device == "mixed" and device_id is None:
+        device_id = torch.cuda.current_device()
+    return device, device_id
+
+
 class DaliLoader:
     """Batches of one rank from packed shards; see the module docstring. Build with ``make_loader``.
 
@@ -287,14 +300,7 @@ class DaliLoader:
             raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
         if batch_size < 1 or max_labels < 1:
             raise ValueError("batch_size and max_labels must be >= 1")
-        if device == "auto":
-            device = "mixed" if cuda_device_count() > 0 else "cpu"
-        if device == "gpu":
-            device = "mixed"
-        if device not in ("cpu", "mixed"):
-            raise ValueError(f"device must be 'auto', 'cpu' or 'mixed', got {device!r}")
-        if device == "mixed" and device_id is None:
-            device_id = torch.cuda.current_device()
+        device, device_id = _decode_device(device, device_id)
         size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
         self.spec = PipelineSpec(
             paths=tuple(str(p) for p in paths),
@@ -332,14 +338,7 @@ class DaliLoader:
         self.samples = int(self._pipe.reader_meta("Reader")["epoch_size"])  # N, all ranks
         if self.samples == 0:
             raise ValueError(f"no samples with an image and a .lbl in {len(paths)} shard(s)")
-        # DALI skips samples missing a member (missing_component_behavior="skip"): count them
-        self.missing_members = max(0, (expected_samples or 0) - self.samples)
-        if self.missing_members and rank == 0:
-            log.warning(
-                "%d of the %d samples dataset.json lists lack an image or a .lbl member and are skipped",
-                self.missing_members,
-                expected_samples,
-            )
+        self.missing_members = self._missing(expected_samples)
         shard_max = math.ceil(self.samples / world_size)
         self._reader_batches = math.ceil(shard_max / batch_size)  # what DALI produces per epoch
         self._len = (self.samples // world_size) // batch_size if drop_last else self._reader_batches
@@ -403,6 +402,18 @@ class DaliLoader:
                     self.spec, **self._pipe_args(), checkpoint=self._checkpoint, skip_batches=1
                 )
         raise AssertionError("unreachable")
+
+    def _missing(self, expected_samples: int | None) -> int:
+        """Samples DALI skips for a missing member (``missing_component_behavior="skip"``): the
+        count dataset.json lists less what the reader found; said once, kept in the counters."""
+        missing = max(0, (expected_samples or 0) - self.samples)
+        if missing and self.rank == 0:
+            log.warning(
+                "%d of the %d samples dataset.json lists lack an image or a .lbl member and are skipped",
+                missing,
+                expected_samples,
+            )
+        return missing
 
     def _check_labels(self, labels: torch.Tensor, is_real: torch.Tensor, source_info: Any) -> None:
         """Host-side (labels stay on the CPU until the step): an id outside the vocabulary names its
