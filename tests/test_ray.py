@@ -154,23 +154,16 @@ def test_vocab_on_ray_equals_one_worker(vocab_inputs, vocab_one_worker, ray_clus
     assert out.read_bytes() == vocab_one_worker.read_bytes()
 
 
-def test_vocab_corrupt_tar_on_ray_is_named_and_nothing_is_written(vocab_inputs, ray_cluster, tmp_path):
+def test_vocab_corrupt_tar_on_ray_is_named_and_nothing_is_written(vocab_inputs, tmp_path):
+    """With --ray alone: on a Ray instance started for the run (and shut down after it)."""
     bad = tmp_path / "bad.tar"
     bad.write_bytes(vocab_inputs[0].read_bytes()[:1500])  # cut inside the second member's header
     out = tmp_path / "vocab.tsv"
-    run = catlip(
-        "vocab",
-        "--captions",
-        str(vocab_inputs[1]),
-        str(bad),
-        str(vocab_inputs[2]),
-        "--out",
-        str(out),
-        "--ray",
-        ray_cluster,
-    )
+    files = [str(vocab_inputs[1]), str(bad), str(vocab_inputs[2])]
+    run = catlip("vocab", "--captions", *files, "--out", str(out), "--ray", "--workers", "2")
     assert run.returncode != 0
     assert f"{bad}: unreadable tar shard" in run.stderr and "no vocabulary written" in run.stderr
+    assert "catlip vocab:" in run.stderr.splitlines()[-1]  # a message, not a traceback
     assert not out.exists()
 
 
