@@ -334,7 +334,13 @@ class DaliLoader:
         self.failed_batches = 0  # batches DALI raised on (replayed as all-placeholder)
         self.lost_samples = 0  # real samples in those batches
         self.truncated_labels = 0  # real samples with more than max_labels labels
-        self._pipe = _make_pipeline(self.spec, **self._pipe_args(), checkpoint=None, skip_batches=0)
+        try:
+            self._pipe = _make_pipeline(self.spec, **self._pipe_args(), checkpoint=None, skip_batches=0)
+        except RuntimeError as err:
+            named = _index_error(err)
+            if named is None:
+                raise
+            raise named from None
         self.samples = int(self._pipe.reader_meta("Reader")["epoch_size"])  # N, all ranks
         if self.samples == 0:
             raise ValueError(f"no samples with an image and a .lbl in {len(paths)} shard(s)")
@@ -533,6 +539,27 @@ class DaliLoader:
 
 class DataError(ValueError):
     """Shards whose content cannot be trained on as they are (e.g. labels of another vocabulary)."""
+
+
+def _index_error(err: RuntimeError) -> DataError | None:
+    """DALI's start-up check of an index line ("component size and dtype incompatible": a .lbl
+    whose length is not a multiple of 4) as a message naming the shard and the sample."""
+    import re
+
+    found = re.search(r'index file at "([^"]+)" line (\d+) - component size and dtype incompatible', str(err))
+    if not found:
+        return None
+    idx, line = Path(found.group(1)), int(found.group(2))
+    try:
+        fields = idx.read_text().splitlines()[line].split()  # DALI counts the header as line 0
+    except (OSError, IndexError):
+        fields = []
+    members = dict(zip(fields[3::4], fields[2::4], strict=False))  # member name -> size
+    lbl = next((name for name in members if name.endswith(".lbl")), "?")
+    return DataError(
+        f"{idx.with_suffix('.tar')}: sample {lbl.split('.', 1)[0]}: its .lbl has {members.get(lbl, '?')} bytes, "
+        "not a multiple of 4 (int32 label ids): the shard is corrupt; re-pack it"
+    )
 
 
 def _error_summary(err: BaseException) -> str:

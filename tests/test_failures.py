@@ -390,3 +390,18 @@ def test_main_job_keeps_earlier_runs_and_resumes_in_place(tmp_path, shared_data)
     assert [p for p in runs.iterdir() if p.name != "latest"] == [run]
     tags = sorted(p.name for p in (run / "train" / "checkpoints").glob("step_*"))
     assert tags == ["step_00000002", "step_00000003"]
+
+
+def test_odd_length_label_member_names_the_sample(tmp_path, shared_data):
+    from engine.data import DataError, make_loader
+    from engine.packing import ShardWriter
+
+    writer = ShardWriter(tmp_path, 8)
+    for i, image in enumerate(sorted((shared_data / "coco_photos").glob("*.jpg"))[:6]):
+        lbl = np.asarray([1, 2], "<i4").tobytes()
+        writer.write(f"s{i}", [("jpg", image.read_bytes()), ("lbl", lbl[:5] if i == 3 else lbl)])
+    writer.close()
+    with pytest.raises(
+        DataError, match=r"shard-000000.tar: sample s3: its .lbl has 5 bytes, not a multiple of 4"
+    ):
+        make_loader(tmp_path, 2, train=False, image_size=32, num_threads=1, device="cpu", num_classes=5)
