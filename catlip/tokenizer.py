@@ -27,7 +27,6 @@ from functools import cache, lru_cache
 from itertools import pairwise
 from pathlib import Path
 
-import ftfy
 import regex
 import torch
 
@@ -70,9 +69,23 @@ def byte_symbols() -> list[str]:
     return symbols
 
 
+@cache
+def _fix_text():
+    """ftfy.fix_text, imported on first use: importing this module (the CLIP baseline's model and
+    data code do) must not need ftfy, which the lent GPU machine lacks (perf/gpu_suite.sh carries
+    its wheel for the CLIP step benchmark)."""
+    try:
+        import ftfy
+    except ImportError as err:
+        raise ImportError(
+            "catlip.tokenizer needs ftfy to clean captions as open_clip does: pip install ftfy==6.3.1"
+        ) from err
+    return ftfy.fix_text
+
+
 def clean_text(text: str) -> str:
     """open_clip's "lower" cleaning: ftfy, HTML unescaped twice, whitespace squeezed, lower-case."""
-    text = html.unescape(html.unescape(ftfy.fix_text(text)))
+    text = html.unescape(html.unescape(_fix_text()(text)))
     return " ".join(text.split()).lower()
 
 

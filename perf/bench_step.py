@@ -101,8 +101,6 @@ class Runner:
         import torch
         import torch.distributed as dist
 
-        from catlip.tokenizer import tokenize
-
         t: dict[str, float] = dict.fromkeys(STAGES, 0.0)
         dev = self.device
 
@@ -115,7 +113,9 @@ class Runner:
         images = batch["image"].to(dev, non_blocking=True)
         if self.objective == "catlip":
             target = batch["labels"].to(dev, non_blocking=True)
-        else:
+        else:  # the tokenizer (and its ftfy) only for the contrastive objectives
+            from catlip.tokenizer import tokenize
+
             target = tokenize(batch["caption"]).to(dev, non_blocking=True)
         t1 = mark()
         t["data"] = t1 - t0
