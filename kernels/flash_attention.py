@@ -23,7 +23,7 @@ Layouts (no copies for the ViT):
 
 FLOPs (counted the usual way, for TFLOP/s): forward 4 * B * H * S_q * S_k * D, backward 2.5x that
 (the kernels do 3.5x: dQ and dK/dV recompute the scores in separate kernels, see the backward's
-docstring). Limits: fp16, bf16, fp32; D <= 256; any S >= 1; CUDA tensors, or CPU tensors under
+docstring). Limits: fp16, bf16, fp32; D <= 128 (MAX_HEAD_DIM); any S >= 1; CUDA tensors, or CPU tensors under
 TRITON_INTERPRET=1 (tests). `impl="sdpa"` and `impl="math"` run anywhere.
 """
 
@@ -39,11 +39,14 @@ from kernels.reference import attention_reference, resolve_scale
 
 ATTN_IMPLS = ("triton", "sdpa", "math")
 # Which Triton backward: "split" (two launches, kernels/flash_attention_bwd.py) or "onepass" (one
-# program per (batch, head), kernels/flash_attention_bwd_onepass.py, S_q <= 512; longer sequences
-# fall back to "split"). Read at each call; the GPU benchmark compares both.
+# program per (batch, head), kernels/flash_attention_bwd_onepass.py, S_q <= 512 and D <= 64; other
+# shapes fall back to "split"). Read at each call; the GPU benchmark compares both.
 BWD_ENV = "CATLIP_ATTN_BWD"
 BWD_VARIANTS = ("split", "onepass")
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+# 129-256 (two 128-wide parts) spilled registers in the dK/dV kernel in every tile compiled for sm_90a
+# and sm_80, Triton 3.6 and 3.8 (perf/results/compiled_kernels.csv): not offered. ViTs use 64 or 80.
+MAX_HEAD_DIM = 128
 
 
 @dataclass(frozen=True)
@@ -64,12 +67,12 @@ def _params(scale: float | None, head_dim: int) -> AttentionParams:
     return AttentionParams(resolve_scale(scale, head_dim), bwd)
 
 
-def _onepass(params: AttentionParams, s_q: int) -> bool:
+def _onepass(params: AttentionParams, s_q: int, d: int) -> bool:
     if params.bwd != "onepass":
         return False
     from kernels.flash_attention_bwd_onepass import onepass_supported
 
-    return onepass_supported(s_q)
+    return onepass_supported(s_q, d)
 
 
 def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -84,8 +87,10 @@ def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         )
     if not (q.dtype == k.dtype == v.dtype) or q.dtype not in DTYPES:
         raise TypeError(f"q, k, v must share one dtype of {DTYPES}; got {q.dtype}, {k.dtype}, {v.dtype}")
-    if not 1 <= d <= 256:
-        raise ValueError(f"head dim must be in [1, 256], got {d}")
+    if not 1 <= d <= MAX_HEAD_DIM:
+        raise ValueError(
+            f"head dim must be in [1, {MAX_HEAD_DIM}] for impl='triton', got {d}; use impl='sdpa' or 'math'"
+        )
     if not q.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
         raise RuntimeError(
             "impl='triton' needs CUDA tensors (or TRITON_INTERPRET=1 for the CPU interpreter); "
@@ -118,7 +123,7 @@ class FlashAttention(torch.autograd.Function):
         dq = empty_bshd(b, h, s_q, d, q)
         dk = empty_bshd(b, h, s_k, d, k)
         dv = empty_bshd(b, h, s_k, d, v)
-        attention_bwd(do, q, k, v, o, lse, ctx.params.scale, dq, dk, dv, onepass=_onepass(ctx.params, s_q))
+        attention_bwd(do, q, k, v, o, lse, ctx.params.scale, dq, dk, dv, onepass=_onepass(ctx.params, s_q, d))
         return dq, dk, dv, None
 
 
@@ -154,7 +159,7 @@ class FlashAttentionQKV(torch.autograd.Function):
         p = ctx.params
         attention_bwd(
             dout.transpose(1, 2), q, k, v, out.transpose(1, 2), lse, p.scale, dq, dk, dv,
-            onepass=_onepass(p, qkv.shape[1]),
+            onepass=_onepass(p, qkv.shape[1], qkv.shape[-1]),
         )  # fmt: skip
         return dqkv, None
 

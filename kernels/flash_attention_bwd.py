@@ -41,30 +41,49 @@ from kernels.flash_attention_fwd import (
     HEAD_DIM_HEURISTICS,
     LOG2E,
     BlockConfig,
+    ConfigTable,
     _load_tile,
     _store_tile,
+    arch_of,
+    autotune_checked,
     autotune_configs,
+    config_kind,
     dot_precision,
+    head_dim_split,
     needs_int64_rows,
-    pinned,
     tail_block,
 )
 
 # Pinned by padded head width (BLOCK_D0 + BLOCK_D1). BLOCK_M is the held dimension of _bwd_dq
 # and the streamed one of _bwd_dkdv (BLOCK_N the other way round). Registers as compiled for
 # sm_90a (bf16, no spills) are in perf/notes_attention.md. Not yet timed on a GPU.
-DKDV_CONFIGS = {
-    64: BlockConfig(64, 64, 4, 2),
-    96: BlockConfig(64, 64, 4, 2),
-    128: BlockConfig(64, 64, 8, 2),
-    256: BlockConfig(32, 64, 8, 1),
-}
-DQ_CONFIGS = {
-    64: BlockConfig(64, 64, 4, 2),
-    96: BlockConfig(64, 64, 4, 2),
-    128: BlockConfig(64, 64, 8, 2),
-    256: BlockConfig(64, 32, 8, 1),
-}
+# Ampere (sm_80, mma.sync) entries: the Hopper tiles spill there (dK/dV: 8 B at D 64, 64 B at 80,
+# 680-1216 B at 128; dQ: 496-1048 B at 128); these take 204-255 registers without spills.
+# fp32 entries: with TF32 dots the 16-bit dK/dV tile spills (16 B at D 64, 400 B at 80), and IEEE
+# dots (FMA units) spill in the shared 32 x 32 x 4-warp tile (dQ 200-300 B, dK/dV at D 80 780 B).
+# At D 96 (64 + 32) the 4-warp tile spills 8 B on sm_90a (Triton 3.8) and Ampere's 32 x 64 40 B.
+DKDV_CONFIGS = ConfigTable(
+    sm90={
+        64: BlockConfig(64, 64, 4, 2),
+        80: BlockConfig(64, 64, 4, 2),
+        96: BlockConfig(64, 64, 8, 2),
+        128: BlockConfig(64, 64, 8, 2),
+    },
+    sm80={
+        64: BlockConfig(32, 32, 4, 2),
+        80: BlockConfig(32, 64, 8, 1),
+        96: BlockConfig(32, 32, 4, 2),
+        128: BlockConfig(32, 32, 4, 2),
+    },
+    tf32={64: BlockConfig(32, 64, 4, 2)},
+    ieee={96: BlockConfig(32, 16, 4, 1)},
+)
+TF32_DKDV_MAX_WIDTH = 64  # padded head width above which dK/dV takes IEEE dots for fp32 (below)
+DQ_CONFIGS = ConfigTable(
+    sm90={64: BlockConfig(64, 64, 4, 2), 96: BlockConfig(64, 64, 4, 2), 128: BlockConfig(64, 64, 8, 2)},
+    sm80={128: BlockConfig(32, 64, 4, 2)},
+    ieee={96: BlockConfig(32, 32, 8, 1)},
+)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -310,10 +329,10 @@ def _bwd_dq_kernel(
 
 
 _bwd_dq_tuned = triton.autotune(
-    configs=autotune_configs(), key=["S_Q", "S_K", "HEAD_DIM", "PRECISION"], cache_results=True
+    configs=autotune_configs("dq"), key=["S_Q", "S_K", "HEAD_DIM", "PRECISION"], cache_results=True
 )(_bwd_dq_kernel)
 _bwd_dkdv_tuned = triton.autotune(
-    configs=autotune_configs(), key=["S_Q", "S_K", "HEAD_DIM", "PRECISION"], cache_results=True
+    configs=autotune_configs("dkdv"), key=["S_Q", "S_K", "HEAD_DIM", "PRECISION"], cache_results=True
 )(_bwd_dkdv_kernel)
 
 
@@ -352,6 +371,10 @@ def attention_bwd(
     if s_q == 0 or s_k == 0:  # no scores: the gradients are zero
         dq.zero_(), dk.zero_(), dv.zero_()
         return
+    if onepass and config_kind(q.dtype, dot_precision(q.dtype), q.is_cuda) == "tf32":
+        # fp32 with TF32 dots on a GPU: its spill-free tile (32 x 64) is not the forward's, whose
+        # scores the one-launch dQ must recompute bit for bit (flash_attention_bwd_onepass.py)
+        onepass = False
     if onepass:
         from kernels.flash_attention_bwd_onepass import attention_bwd_onepass
 
@@ -380,12 +403,12 @@ def attention_bwd(
     precision = dot_precision(q.dtype)
     meta = {"HEAD_DIM": d, "PRECISION": precision, "INT64_ROWS": needs_int64_rows(do, q, k, v, o, dq, dk, dv)}
     # dq first: it writes Delta, which every dK/dV program reads.
-    if AUTOTUNE:
+    if AUTOTUNE and autotune_checked(d):
         _bwd_dq_tuned[lambda m: (triton.cdiv(s_q, m["BLOCK_M"]), b * h)](*dq_args, **meta)
         _bwd_dkdv_tuned[lambda m: (triton.cdiv(s_k, m["BLOCK_N"]), b * h)](*dkdv_args, **meta)
         return
-    ieee_on_gpu = precision == "ieee" and q.is_cuda
-    cfg = pinned(DQ_CONFIGS, d, ieee_on_gpu)
+    kind, arch = config_kind(q.dtype, precision, q.is_cuda), arch_of(q)
+    cfg = DQ_CONFIGS.pick(d, kind, arch)
     _bwd_dq_kernel[(triton.cdiv(s_q, cfg.block_m), b * h)](
         *dq_args,
         **meta,
@@ -394,7 +417,11 @@ def attention_bwd(
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
     )
-    cfg = pinned(DKDV_CONFIGS, d, ieee_on_gpu)
+    if kind == "tf32" and q.is_cuda and sum(head_dim_split(d)) > TF32_DKDV_MAX_WIDTH:
+        # fp32 with TF32 allowed (not required): above D 64 every dK/dV tile spilled with TF32 dots
+        # (perf/results/compiled_kernels.csv), so this kernel takes IEEE dots on its FMA tile.
+        kind, meta = "ieee", {**meta, "PRECISION": "ieee"}
+    cfg = DKDV_CONFIGS.pick(d, kind, arch)
     _bwd_dkdv_kernel[(triton.cdiv(s_k, cfg.block_n), b * h)](
         *dkdv_args,
         **meta,

@@ -12,7 +12,7 @@ that one program owns a (batch, head):
      no atomics;
   3. dQ = scale * accumulator, rounded once to the input dtype.
 
-That is 5 products of 2 * S_q * S_k * D FLOPs per (key, query) tile pair (2.5x the forward's 2),
+Head dims 16, 32 and 64 (see ONEPASS_CONFIGS and onepass_supported for why not 40 or 80). That is 5 products of 2 * S_q * S_k * D FLOPs per (key, query) tile pair (2.5x the forward's 2),
 against 7 in the two-launch backward, which recomputes S and dP for dQ in a kernel of its own.
 The price: the accumulator's traffic (S_q * D fp32 read and written once per key block, from L2
 at ViT sizes: 4 key blocks of 64 at S = 197, ~400 KB a head) and B * H programs only, each one
@@ -39,24 +39,32 @@ from kernels.flash_attention_fwd import (
     HEAD_DIM_HEURISTICS,
     LOG2E,
     BlockConfig,
+    ConfigTable,
     _load_tile,
     _store_tile,
+    arch_of,
+    config_kind,
     dot_precision,
     head_dim_split,
     needs_int64_rows,
-    pinned,
     tail_block,
 )
 
 DQ_ONEPASS_MAX_S = 512
-# Pinned by padded head width; BLOCK_M is the streamed (query) block, BLOCK_N the held (key) one.
-# Registers and spills per Triton version: perf/results/compiled_kernels.csv. Not yet timed.
-ONEPASS_CONFIGS = {
-    64: BlockConfig(64, 64, 4, 1),
-    96: BlockConfig(64, 64, 8, 1),
-    128: BlockConfig(64, 64, 8, 1),
-    256: BlockConfig(32, 32, 8, 1),
-}
+# Head dims up to 64 only (ViT-B/16, corenet's H/16, the multi-scale shapes). The kernel holds K,
+# V, dK, dV and a dQ tile at once: at D 80 (64 + 16) every tile compiled for sm_90a and sm_80
+# spilled (24-2,400 B of stack, 32 x 32 to 64 x 64, 4 or 8 warps, Triton 3.6 and 3.8), so ViT-H/14
+# keeps the two-launch backward. BLOCK_M is the streamed (query) block, BLOCK_N the held (key) one.
+# 4 warps on 64 x 64 spill on sm_90a (40-56 B); 8 warps do not (254-255 registers). Registers and
+# spills: perf/results/compiled_kernels.csv. Not yet timed.
+DQ_ONEPASS_MAX_D = 64
+# fp32 with TF32 dots is not offered (attention_bwd takes the two-launch backward): 64 x 64 on 8
+# warps spills 80-96 B with fp32 operands, and a spill-free 32 x 64 tile would not recompute the
+# forward's 64 x 64 scores bit for bit, which dQ's cancellation needs (the orientation finding).
+ONEPASS_CONFIGS = ConfigTable(
+    sm90={64: BlockConfig(64, 64, 8, 1)},
+    sm80={64: BlockConfig(32, 32, 4, 1)},
+)
 
 
 @triton.jit
@@ -261,8 +269,11 @@ def _bwd_onepass_kernel(
             _store_tile(DQ, acc1 * scale, offs_m, offs_d1, stride_dqm, S_Q, HEAD_DIM, True, MASK_D1)
 
 
-def onepass_supported(s_q: int) -> bool:
-    return 1 <= s_q <= DQ_ONEPASS_MAX_S
+def onepass_supported(s_q: int, d: int) -> bool:
+    """S_q <= 512 and a head dim in one power-of-two part <= 64 (16, 32, 64; D <= 16 pads to 16):
+    a split head dim (40 = 32 + 16) spilled 144-176 B at both targets."""
+    d0, d1 = head_dim_split(d)
+    return 1 <= s_q <= DQ_ONEPASS_MAX_S and d1 == 0 and d0 <= DQ_ONEPASS_MAX_D
 
 
 def attention_bwd_onepass(
@@ -281,13 +292,16 @@ def attention_bwd_onepass(
     a contiguous last dim, S_q <= DQ_ONEPASS_MAX_S, S_q and S_k >= 1."""
     b, h, s_q, d = q.shape
     s_k = k.shape[2]
-    if not onepass_supported(s_q):
-        raise ValueError(f"the one-launch backward takes 1 <= S_q <= {DQ_ONEPASS_MAX_S}, got {s_q}")
+    if not onepass_supported(s_q, d):
+        raise ValueError(
+            f"the one-launch backward takes 1 <= S_q <= {DQ_ONEPASS_MAX_S} and D <= {DQ_ONEPASS_MAX_D} in one "
+            f"power-of-two part, got S_q {s_q}, D {d}"
+        )
     d0, d1 = head_dim_split(d)
     delta = torch.empty(b, h, s_q, dtype=torch.float32, device=q.device)  # (B, H, S_q)
     dq_acc = torch.empty(b * h, s_q, d0 + d1, dtype=torch.float32, device=q.device)  # zeroed in-kernel
     precision = dot_precision(q.dtype)
-    cfg = pinned(ONEPASS_CONFIGS, d, ieee_on_gpu=precision == "ieee" and q.is_cuda)
+    cfg = ONEPASS_CONFIGS.pick(d, config_kind(q.dtype, precision, q.is_cuda), arch_of(q))
     _bwd_onepass_kernel[(b * h,)](
         q, k, v, o, do, dq, dk, dv, lse, delta, dq_acc,
         q.stride(0), q.stride(1), q.stride(2),

@@ -34,7 +34,7 @@ multiple of the block):
     program's registers (mma.sync layout; D = 80: 127 -> 228 registers), and as a second launch it
     re-reads every head's K and V from HBM (2 extra passes, +50% forward traffic).
 
-Limits: D in [1, 256] (D < 16 pads to 16); fp16, bf16 and fp32 inputs (q, k, v one dtype);
+Limits: D in [1, 128] (D < 16 pads to 16; kernels/flash_attention.py says why not 256); fp16, bf16 and fp32 inputs (q, k, v one dtype);
 accumulation and softmax statistics in fp32; fp32 inputs use IEEE fp32 products unless
 torch.get_float32_matmul_precision() allows TF32 (then tl.dot's TF32); P is rounded to the input
 dtype before P V, as in FlashAttention. Under TRITON_INTERPRET=1 bf16 is not exact (the
@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import triton
@@ -106,32 +106,105 @@ class BlockConfig:
     num_stages: int
 
 
-# Pinned by padded head width (BLOCK_D0 + BLOCK_D1: 48 for D = 40, 80 for 80, 96 for 96).
-# 64-row blocks keep the tails of S = 197 / 257 small (a 128-row block would pad 197 to 256 again)
-# and fill one warpgroup's wgmma (M = 64 per 4 warps) on Hopper. Registers and shared memory per
-# program as compiled for sm_90a (Triton 3.8, bf16, ptxas -v; no spills): D 64: 107 regs, 56 KB;
-# D 80: 128 regs, 70 KB; D 128: 161 regs, 112 KB (perf/bench_attention.py --compile-report).
-# Not yet timed on a GPU: perf/bench_attention.py --autotune prints the winners to pin here.
-FWD_CONFIGS = {
-    64: BlockConfig(64, 64, 4, 3),
-    128: BlockConfig(64, 64, 4, 3),
-    256: BlockConfig(64, 32, 4, 2),
-}
 # IEEE fp32 products (fp32 inputs at "highest" matmul precision) run on the FMA units, not the
 # tensor cores: a test and debugging path. Small tiles keep its registers, spills and compile
 # time down on a GPU (64 x 64: 19 s to compile the dK/dV kernel, 43 KB of spills; 32 x 32: 3 s).
 IEEE_FMA_CONFIG = BlockConfig(32, 32, 4, 1)
 
 
-def pinned(table: dict[int, BlockConfig], d: int, ieee_on_gpu: bool = False) -> BlockConfig:
-    if ieee_on_gpu:
-        return IEEE_FMA_CONFIG
-    d0, d1 = head_dim_split(d)
-    return next(cfg for width, cfg in sorted(table.items()) if d0 + d1 <= width)
+@dataclass(frozen=True)
+class ConfigTable:
+    """A kernel's pinned launch parameters, by padded head width (BLOCK_D0 + BLOCK_D1: 48 for
+    D = 40, 80 for 80, 96 for 96); the first width >= the head's is taken.
+
+    sm90: 16-bit inputs on Hopper, and the default; sm80: entries where Ampere (mma.sync, 164 KB
+    of shared memory) needs other tiles; tf32: fp32 inputs with TF32 dots; ieee: fp32 inputs at
+    "highest" precision on a GPU (FMA units). Every entry compiles without spills under Triton
+    3.6 and 3.8 (perf/results/compiled_kernels.csv, checked in CI by tests/test_compiled_kernels.py).
+    """
+
+    sm90: dict[int, BlockConfig]
+    sm80: dict[int, BlockConfig] = field(default_factory=dict)
+    tf32: dict[int, BlockConfig] = field(default_factory=dict)
+    ieee: dict[int, BlockConfig] = field(default_factory=dict)
+
+    def pick(self, d: int, kind: str = "16", arch: int = 9) -> BlockConfig:
+        """kind: "16" (fp16/bf16), "tf32" or "ieee" (fp32, see config_kind); arch: the compute
+        capability's major (9 Hopper, 8 Ampere). The sm80 and tf32 entries override the sm90
+        ones of the same width; ieee has its own (IEEE_FMA_CONFIG where it has none)."""
+        d0, d1 = head_dim_split(d)
+        table = {
+            "16": {**self.sm90, **(self.sm80 if arch < 9 else {})},
+            "tf32": {**self.sm90, **self.tf32},
+            "ieee": dict(self.ieee),
+        }[kind]
+        for width, cfg in sorted(table.items()):
+            if d0 + d1 <= width:
+                return cfg
+        if kind == "ieee":
+            return IEEE_FMA_CONFIG
+        raise ValueError(f"no pinned configuration for head dim {d} (padded {d0 + d1})")
 
 
-def autotune_configs() -> list[triton.Config]:
-    """CATLIP_AUTOTUNE=1: the search space (tried on the first call of each shape class)."""
+def config_kind(dtype: torch.dtype, precision: str, on_gpu: bool) -> str:
+    """Which of a ConfigTable's entries a launch takes. The interpreter takes the default ("16")
+    for every dtype: its tiles only need to be the forward's (the one-launch backward's dQ relies
+    on recomputing the forward's scores bit for bit)."""
+    if dtype == torch.float32 and on_gpu:
+        return "ieee" if precision == "ieee" else "tf32"
+    return "16"
+
+
+def arch_of(t: torch.Tensor) -> int:
+    """The compute capability's major of t's GPU; 9 (the default tables) on the CPU interpreter."""
+    return torch.cuda.get_device_capability(t.device)[0] if t.is_cuda else 9
+
+
+# 64-row blocks keep the tails of S = 197 / 257 small (a 128-row block would pad 197 to 256 again)
+# and fill one warpgroup's wgmma (M = 64 per 4 warps) on Hopper. Registers, spills and shared
+# memory of every entry: perf/results/compiled_kernels.csv (sm_90a bf16 at D 64 / 80 / 128:
+# 107-114 / 128 / 168 registers, 56 / 70 / 112 KB). Not yet timed on a GPU:
+# perf/bench_attention.py --autotune prints the winners to pin here.
+FWD_CONFIGS = ConfigTable(
+    sm90={64: BlockConfig(64, 64, 4, 3), 128: BlockConfig(64, 64, 4, 3)},
+    # Ampere above D 64: 64 x 64 on 4 warps spills 128-152 B at D 128; 32 x 64 takes 210-228 registers
+    sm80={128: BlockConfig(32, 64, 4, 3)},
+)
+
+
+def pinned(table: ConfigTable, d: int, ieee_on_gpu: bool = False, *, kind: str | None = None, arch: int = 9):
+    """table.pick, with the old switch: ieee_on_gpu selects the FMA-unit configs."""
+    return table.pick(d, kind or ("ieee" if ieee_on_gpu else "16"), arch)
+
+
+# CATLIP_AUTOTUNE=1's search space per kernel: the pinned tile and three neighbours (taller,
+# wider, more warps or stages), each compiling without spills for sm_90a at D 64 and 80 under
+# Triton 3.6 and 3.8. Of the 27 candidates below, 16 spill in the dK/dV kernel at D 80 (e.g.
+# 64 x 32 and 128 x 32 tiles, and 64 x 128 on 4 warps): perf/results/compiled_kernels.csv.
+_AUTOTUNE = {
+    "fwd": [(64, 64, 4, 3), (64, 128, 4, 2), (128, 64, 8, 3), (128, 128, 8, 2)],
+    "dq": [(64, 64, 4, 2), (64, 64, 8, 2), (128, 64, 8, 3), (64, 128, 4, 2)],
+    "dkdv": [(64, 64, 4, 2), (64, 64, 8, 2), (64, 128, 8, 2), (64, 64, 4, 3)],
+}
+
+
+def autotune_checked(d: int) -> bool:
+    """CATLIP_AUTOTUNE=1 applies at the padded head widths its spaces were compiled at (64, 80:
+    the ViTs'); other head dims keep their pinned configs."""
+    return sum(head_dim_split(d)) in (64, 80)
+
+
+def autotune_configs(kernel: str | None = None) -> list[triton.Config]:
+    """CATLIP_AUTOTUNE=1: the search space of "fwd", "dq" or "dkdv" (tried on the first call of
+    each shape class); all three kernels' configs without an argument."""
+    tiles = _AUTOTUNE[kernel] if kernel else sorted({t for v in _AUTOTUNE.values() for t in v})
+    return [
+        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st) for bm, bn, w, st in tiles
+    ]
+
+
+def autotune_candidates() -> list[triton.Config]:
+    """The grid autotune_configs() was picked from (perf/compile_kernels.py --candidates)."""
     return [
         triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st)
         for bm in (64, 128)
@@ -308,7 +381,7 @@ def _attn_fwd_kernel(
 
 
 _attn_fwd_tuned = triton.autotune(
-    configs=autotune_configs(), key=["S_Q", "S_K", "HEAD_DIM", "PRECISION"], cache_results=True
+    configs=autotune_configs("fwd"), key=["S_Q", "S_K", "HEAD_DIM", "PRECISION"], cache_results=True
 )(_attn_fwd_kernel)
 
 
@@ -362,11 +435,11 @@ def attention_fwd(
     )  # fmt: skip
     precision = dot_precision(q.dtype)
     meta = {"HEAD_DIM": d, "PRECISION": precision, "INT64_ROWS": needs_int64_rows(q, k, v, out)}
-    if AUTOTUNE:
+    if AUTOTUNE and autotune_checked(d):
         grid = lambda meta: (triton.cdiv(s_q, meta["BLOCK_M"]), b * h)  # noqa: E731
         _attn_fwd_tuned[grid](*args, **meta)
     else:
-        cfg = pinned(FWD_CONFIGS, d, precision == "ieee" and q.is_cuda)
+        cfg = FWD_CONFIGS.pick(d, config_kind(q.dtype, precision, q.is_cuda), arch_of(q))
         _attn_fwd_kernel[(triton.cdiv(s_q, cfg.block_m), b * h)](
             *args, **meta, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,

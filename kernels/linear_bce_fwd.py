@@ -347,20 +347,39 @@ _TUNE_CONFIGS_16 = [
 ]
 _PINNED_32 = _FwdConfig(64, 128, 32, num_warps=4, num_stages=3)
 _TUNE_CONFIGS_32 = [_PINNED_32, _FwdConfig(128, 128, 32, num_warps=8, num_stages=3)]
+_PINNED_64 = _FwdConfig(64, 64, 32, num_warps=4, num_stages=2)  # fp64: gradchecks only
+# design E's epilogue kernel (kernels/linear_bce_split.py) on a GPU: 32 x 128, 4 warps, 48-72
+# registers everywhere (64 x 128 spilled 16 B on sm_80 with Triton 3.6)
+EPILOGUE_BLOCK = (32, 128)
+# D not a multiple of 64 (masked K loads, which Triton does not pipeline through shared memory):
+# 64 x 128 x 64 takes 255 registers and spills (96 B on 3.8, 192 B on 3.6); BLOCK_K 32 does not
+# (168 / 207 registers), and is unmasked again where D is a multiple of 32. No autotune there.
+_MASKED_K_16 = _FwdConfig(64, 128, 32, num_warps=4, num_stages=3)
+# fp32 with D not a multiple of 32: 64 x 128 x 32 spills 112 B with IEEE dots on Triton 3.6.
+_MASKED_K_32 = _FwdConfig(64, 64, 32, num_warps=4, num_stages=3)
+# Ampere (sm_80, mma.sync): 4 warps on 64 x 128 x 64 spill 8 B without a bias on Triton 3.6;
+# 8 warps take 106-128 registers in every variant, two CTAs per SM (48 KB of shared memory each).
+_PINNED_16_SM80 = _FwdConfig(64, 128, 64, num_warps=8, num_stages=3)
 
 
 def _next_pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
-def _pinned_config(b: int, d: int, dtype: torch.dtype) -> _FwdConfig:
+def _pinned_config(b: int, d: int, dtype: torch.dtype, arch: int = 9) -> _FwdConfig:
+    """The launch parameters for (B, D, dtype) on compute capability `arch` (major); each compiles
+    without spills under Triton 3.6 and 3.8 (perf/results/compiled_kernels.csv)."""
     if interpreting():
         # Few, large programs: the interpreter pays per program and per op, not per element.
         bm, bk = min(128, max(16, _next_pow2(b))), min(128, max(16, _next_pow2(d)))
         return _FwdConfig(bm, 1024, bk, num_warps=1, num_stages=1, LOG_PRODUCT=False)
     if dtype == torch.float64:
-        return _FwdConfig(64, 64, 32, num_warps=4, num_stages=2)
-    return _PINNED_32 if dtype == torch.float32 else _PINNED_16
+        return _PINNED_64
+    if dtype == torch.float32:
+        return _PINNED_32 if d % _PINNED_32.BLOCK_K == 0 else _MASKED_K_32
+    if d % _PINNED_16.BLOCK_K:
+        return _MASKED_K_16
+    return _PINNED_16_SM80 if arch < 9 else _PINNED_16
 
 
 @functools.cache
@@ -502,12 +521,17 @@ def linear_bce_forward(
             ACC=acc_tl, BLOCK_P=block_p, BLOCK_D=block_d, num_warps=4,
         )  # fmt: skip
 
-    cfg = _pinned_config(b, d, dtype)
-    autotune = _use_autotune(x)
+    cfg = _pinned_config(b, d, dtype, torch.cuda.get_device_capability(dev)[0] if x.is_cuda else 9)
+    # autotune: on Hopper, where the candidates were compiled, and never with masked K loads
+    autotune = (
+        _use_autotune(x) and d % 64 == 0 and (not x.is_cuda or torch.cuda.get_device_capability(dev)[0] >= 9)
+    )
     tuned = _autotuned_fwd(dtype) if autotune else None
     configs = (_TUNE_CONFIGS_32 if dtype == torch.float32 else _TUNE_CONFIGS_16) if autotune else [cfg]
-    min_bm = min(c.BLOCK_M for c in configs)
-    min_bn = min(c.BLOCK_N for c in configs)
+    cublas = params.design == "cublas"  # design E: cuBLAS logits into dz_buf, then an epilogue kernel
+    epilogue_block = (cfg.BLOCK_M, cfg.BLOCK_N) if interpreting() else EPILOGUE_BLOCK
+    min_bm = min([c.BLOCK_M for c in configs] + ([epilogue_block[0]] if cublas else []))
+    min_bn = min([c.BLOCK_N for c in configs] + ([epilogue_block[1]] if cublas else []))
 
     vc = _chunk_cols(b, v, x.element_size(), params)
     n_m_max = triton.cdiv(b, min_bm)
@@ -515,7 +539,6 @@ def linear_bce_forward(
     # The tile partials (fp32, ~V / 128 a row) are summed in fp64: summed in fp32 the row total
     # would carry ~1 ulp of error, twice torch's own (which sums V terms in one cascade).
     row_dense = torch.zeros(b, dtype=torch.float64, device=dev)  # (B,)
-    cublas = params.design == "cublas"  # design E: cuBLAS logits into this buffer, then an epilogue
     dz_buf = _empty((b, vc), dtype, dev) if grads or cublas else None  # (B, Vc)
     db_part = _empty((n_m_max, vc), acc, dev) if need_db else None  # (B / BLOCK_M, Vc)
     db_acc = _empty((v,), acc, dev) if need_db else None  # (V,)
@@ -534,7 +557,7 @@ def linear_bce_forward(
         if cublas:
             from kernels.linear_bce_split import cublas_logits_then_epilogue
 
-            bm, bn = cfg.BLOCK_M, cfg.BLOCK_N
+            bm, bn = epilogue_block
             cublas_logits_then_epilogue(
                 x, weight[v0 : v0 + n], None if bias is None else bias[v0 : v0 + n], s if grads else None,
                 dz_buf[:, :n], row_part, None if db_part is None else db_part[:, :n], eps, grads,
