@@ -20,9 +20,9 @@ import pytest
 from PIL import Image
 from shard_utils import PHOTO_SHARD_SIZE, labels_of, read_all, read_shard
 
-from engine.cli import add_pack_parser
 from engine.data import resolve_shards
 from engine.packing import CocoSource, Img2DatasetSource, TsvSource, check_image, pack
+from engine.packing.cli import add_pack_parser
 
 pytestmark = pytest.mark.usefixtures("nltk_ready")
 
