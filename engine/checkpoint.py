@@ -339,11 +339,9 @@ def ema_state(checkpoint: Path) -> dict[str, torch.Tensor]:
     return out
 
 
-def export_fp32(checkpoint: str | Path, out: str | Path, *, ema: bool = False) -> Path:
-    """Consolidate a (ZeRO-partitioned) checkpoint tag directory into one fp32 safetensors file;
-    ``ema``: its EMA weights instead of the trained ones."""
-    from safetensors.torch import save_file
-
+def resolve_tag(checkpoint: str | Path) -> Path:
+    """A checkpoint tag directory from a tag, a ``checkpoints/`` dir (its newest complete tag) or a
+    run's out_dir."""
     checkpoint = Path(checkpoint)
     if (checkpoint / CKPT_DIR).is_dir():  # a run's out_dir
         checkpoint = checkpoint / CKPT_DIR
@@ -354,6 +352,16 @@ def export_fp32(checkpoint: str | Path, out: str | Path, *, ema: bool = False) -
         checkpoint = tags[0]
     if not checkpoint.is_dir():
         raise FileNotFoundError(f"{checkpoint}: no such checkpoint directory")
+    return checkpoint
+
+
+def consolidate(
+    checkpoint: str | Path, *, ema: bool = False
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The whole fp32 state dict of a (ZeRO-partitioned) checkpoint, and its metadata as strings:
+    ``catlip_config`` (the run config, JSON), ``vocab`` (the vocabulary's path, size and SHA-256,
+    JSON), ``step``, ``weights`` ("trained" or "ema"). ``ema``: the EMA of the weights."""
+    checkpoint = resolve_tag(checkpoint)
     # ZeRO-3 names the model-states file per rank; stages 0-2 write one.
     files = [
         checkpoint / "mp_rank_00_model_states.pt",
@@ -376,13 +384,22 @@ def export_fp32(checkpoint: str | Path, out: str | Path, *, ema: bool = False) -
     else:
         state = states["module"]
     state = {k: v.detach().float().contiguous().clone() for k, v in state.items()}
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    config = states.get("config") or {}
     meta = {
-        "catlip_config": json.dumps(config),
+        "catlip_config": json.dumps(states.get("config") or {}),
+        "vocab": json.dumps(states.get("vocab") or {}),
         "step": str(states.get("step")),
         "weights": "ema" if ema else "trained",
     }
+    return state, meta
+
+
+def export_fp32(checkpoint: str | Path, out: str | Path, *, ema: bool = False) -> Path:
+    """Consolidate a (ZeRO-partitioned) checkpoint tag directory into one fp32 safetensors file
+    (metadata as :func:`consolidate`'s); ``ema``: its EMA weights instead of the trained ones."""
+    from safetensors.torch import save_file
+
+    state, meta = consolidate(checkpoint, ema=ema)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     save_file(state, str(out), metadata=meta)
     return out

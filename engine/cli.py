@@ -122,6 +122,13 @@ def _add_train_parsers(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="export the EMA of the weights (optim.ema_decay > 0; any ZeRO stage) instead of the weights",
     )
+    p.add_argument(
+        "--format",
+        choices=("catlip", "timm"),
+        default="catlip",
+        help="catlip: our state dict (loads into catlip.models.CatLIPModel); timm: timm's key names, "
+        "with timm_model and timm_kwargs in the safetensors metadata (default catlip)",
+    )
     p.set_defaults(func=cmd_export)
 
 
@@ -239,9 +246,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from engine.checkpoint import export_fp32
+    from engine.checkpoint import consolidate, export_fp32
 
-    path = export_fp32(args.checkpoint, args.out, ema=args.ema)
+    if args.format == "timm":
+        from catlip.interop import export_timm
+
+        state, meta = consolidate(args.checkpoint, ema=args.ema)
+        path = export_timm(state, meta, args.out)
+    else:
+        path = export_fp32(args.checkpoint, args.out, ema=args.ema)
     print(f"wrote {path}")
     return 0
 
