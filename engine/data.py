@@ -2,14 +2,19 @@
 
 Pipeline (one per rank, ``engine/packing/`` makes the shards)::
 
-    readers.webdataset(ext=["jpg;jpeg;png;webp", "lbl"], shard_id=rank, num_shards=world_size,
+    readers.webdataset(ext=["jpg;jpeg;png;webp", "lbl"|"cls"], shard_id=rank, num_shards=world_size,
                        pad_last_batch=True, missing_component_behavior="skip")
       -> guard: magic bytes (JPEG FFD8FF...FFD9, PNG, RIFF....WEBP), in-pipeline conditional
       -> decode on "mixed" (nvJPEG) where a GPU is visible, else "cpu"
            train: random-area ROI decode (RandomResizedCrop) -> resize, random horizontal flip
            eval:  resize the shorter side -> center crop
       -> crop_mirror_normalize to float CHW with the CLIP mean and std
-    labels: the .lbl bytes read as int32, padded to max_labels with -1
+    labels: the .lbl (caption packs) or .cls (class packs) bytes read as int32, padded to
+            max_labels with -1
+
+The label member is the one the pack's ``dataset.json`` names in ``label_member`` ("lbl" when it
+names none): a caption pack's ``.lbl`` holds vocabulary rows (ids < ``vocab_size``), a class
+pack's ``.cls`` holds class indices (ids < ``num_classes``) into its ``CLASSES.json``.
 
 Samples that fail the guard become zero images with ``valid=False`` (DALI has no skip-on-error:
 one undecodable image raises and invalidates the whole pipeline). What passes the guard and still
@@ -55,6 +60,8 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 IMAGE_EXT = "jpg;jpeg;png;webp"
 MAX_CONSECUTIVE_FAILURES = 8  # a pipeline that fails this often in a row is not a bad sample
 STATE_VERSION = 1
+_PACK_KIND = {"lbl": "caption pack", "cls": "class pack"}
+LABEL_MEMBERS = ("lbl", "cls")  # caption labels (vocabulary rows); class indices (CLASSES.json)
 MAX_CAPTION_BYTES = 1024  # captions are cut here (CLIP's 77 tokens are ~300 bytes of English)
 
 
@@ -126,6 +133,7 @@ class PipelineSpec:
     shuffle_buffer: int
     keys: bool  # return the sample keys with each batch
     captions: bool = False  # also read the .txt member (contrastive objectives tokenise it)
+    label_ext: str = "lbl"  # the label member: "lbl" (caption labels) or "cls" (class indices)
 
 
 def _build_graph(spec: PipelineSpec, keep_source: Any) -> tuple:
@@ -135,8 +143,8 @@ def _build_graph(spec: PipelineSpec, keep_source: Any) -> tuple:
     components = fn.readers.webdataset(
         paths=list(spec.paths),
         index_paths=list(spec.index_paths) if spec.index_paths else None,
-        ext=[IMAGE_EXT, "lbl"] + (["txt"] if spec.captions else []),
-        # .lbl is little-endian int32 (x86 and ARM alike); .txt is UTF-8 bytes
+        ext=[IMAGE_EXT, spec.label_ext] + (["txt"] if spec.captions else []),
+        # .lbl / .cls are little-endian int32 (x86 and ARM alike); .txt is UTF-8 bytes
         dtypes=[types.UINT8, types.INT32] + ([types.UINT8] if spec.captions else []),
         missing_component_behavior="skip",
         shard_id=spec.shard_id,
@@ -295,6 +303,7 @@ class DaliLoader:
         captions: bool = False,
         num_classes: int | None = None,
         expected_samples: int | None = None,
+        label_member: str = "lbl",
     ) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
@@ -318,6 +327,7 @@ class DaliLoader:
             shuffle_buffer=shuffle_buffer,
             keys=keys,
             captions=captions,
+            label_ext=label_member,
         )
         self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
         self.seed, self.num_threads, self.drop_last = seed, num_threads, drop_last
@@ -337,13 +347,13 @@ class DaliLoader:
         try:
             self._pipe = _make_pipeline(self.spec, **self._pipe_args(), checkpoint=None, skip_batches=0)
         except RuntimeError as err:
-            named = _index_error(err)
+            named = _index_error(err, label_member)
             if named is None:
                 raise
             raise named from None
         self.samples = int(self._pipe.reader_meta("Reader")["epoch_size"])  # N, all ranks
         if self.samples == 0:
-            raise ValueError(f"no samples with an image and a .lbl in {len(paths)} shard(s)")
+            raise ValueError(f"no samples with an image and a .{label_member} in {len(paths)} shard(s)")
         self.missing_members = self._missing(expected_samples)
         shard_max = math.ceil(self.samples / world_size)
         self._reader_batches = math.ceil(shard_max / batch_size)  # what DALI produces per epoch
@@ -415,9 +425,10 @@ class DaliLoader:
         missing = max(0, (expected_samples or 0) - self.samples)
         if missing and self.rank == 0:
             log.warning(
-                "%d of the %d samples dataset.json lists lack an image or a .lbl member and are skipped",
+                "%d of the %d samples dataset.json lists lack an image or a .%s member and are skipped",
                 missing,
                 expected_samples,
+                self.spec.label_ext,
             )
         return missing
 
@@ -428,8 +439,15 @@ class DaliLoader:
         if bool(bad.any()):
             row = int(bad.any(dim=1).nonzero()[0])
             where = bytes(np.array(source_info[row])).decode("utf-8", "replace").rsplit(":", 2)
+            sample, label = where[-1].split(".", 1)[0], int(labels[row][bad[row]][0])
+            if self.spec.label_ext == "cls":
+                raise DataError(
+                    f"{where[0]}: sample {sample} has class {label}, outside the {self.num_classes} "
+                    "classes of the pack's CLASSES.json: the .cls member is corrupt, or the shards are "
+                    "of another class set"
+                )
             raise DataError(
-                f"{where[0]}: sample {where[-1].split('.', 1)[0]} has label id {int(labels[row][bad[row]][0])}, "
+                f"{where[0]}: sample {sample} has label id {label}, "
                 f"outside the vocabulary of {self.num_classes} synsets: these shards were packed with "
                 "another vocabulary, or the .lbl member is corrupt"
             )
@@ -541,9 +559,9 @@ class DataError(ValueError):
     """Shards whose content cannot be trained on as they are (e.g. labels of another vocabulary)."""
 
 
-def _index_error(err: RuntimeError) -> DataError | None:
+def _index_error(err: RuntimeError, label_member: str = "lbl") -> DataError | None:
     """DALI's start-up check of an index line ("component size and dtype incompatible": a .lbl
-    whose length is not a multiple of 4) as a message naming the shard and the sample."""
+    or .cls whose length is not a multiple of 4) as a message naming the shard and the sample."""
     import re
 
     found = re.search(r'index file at "([^"]+)" line (\d+) - component size and dtype incompatible', str(err))
@@ -555,10 +573,10 @@ def _index_error(err: RuntimeError) -> DataError | None:
     except (OSError, IndexError):
         fields = []
     members = dict(zip(fields[3::4], fields[2::4], strict=False))  # member name -> size
-    lbl = next((name for name in members if name.endswith(".lbl")), "?")
+    lbl = next((name for name in members if name.endswith(f".{label_member}")), "?")
     return DataError(
-        f"{idx.with_suffix('.tar')}: sample {lbl.split('.', 1)[0]}: its .lbl has {members.get(lbl, '?')} bytes, "
-        "not a multiple of 4 (int32 label ids): the shard is corrupt; re-pack it"
+        f"{idx.with_suffix('.tar')}: sample {lbl.split('.', 1)[0]}: its .{label_member} has "
+        f"{members.get(lbl, '?')} bytes, not a multiple of 4 (int32 label ids): the shard is corrupt; re-pack it"
     )
 
 
@@ -605,6 +623,7 @@ def make_loader(
     captions: bool = False,
     num_classes: int | None = None,
     expected_samples: int | None = None,
+    label_member: str | None = None,
 ) -> DaliLoader:
     """A DALI loader over packed shards (a folder with ``dataset.json``, or tar paths) for one rank.
 
@@ -612,7 +631,15 @@ def make_loader(
     ``device_id`` defaults to the current CUDA device. ``drop_last`` defaults to ``train``.
     ``shuffle_buffer`` is DALI's ``initial_fill``: samples held for the local shuffle (raw bytes,
     ~150 kB each for COCO-sized JPEGs). ``keys=True`` adds each sample's key to the batches;
-    ``captions=True`` adds the ``.txt`` captions (``caption``: list of B strings)."""
+    ``captions=True`` adds the ``.txt`` captions (``caption``: list of B strings).
+    ``label_member`` ("lbl" or "cls") defaults to the folder's dataset.json ``label_member``, else
+    "lbl"; ``num_classes`` (None: unchecked) bounds the label ids."""
+    if label_member is None:
+        label_member = "lbl"
+        if isinstance(shards, (str, Path)) and (Path(shards) / "dataset.json").is_file():
+            label_member = json.loads((Path(shards) / "dataset.json").read_text()).get("label_member", "lbl")
+    if label_member not in LABEL_MEMBERS:
+        raise ValueError(f"label_member must be one of {', '.join(LABEL_MEMBERS)}, got {label_member!r}")
     return DaliLoader(
         resolve_shards(shards),
         batch_size,
@@ -635,7 +662,51 @@ def make_loader(
         captions=captions,
         num_classes=num_classes,
         expected_samples=expected_samples,
+        label_member=label_member,
     )
+
+
+def class_pack_loader(
+    folder: str | Path,
+    batch_size: int,
+    *,
+    image_size: int | tuple[int, int] = 224,
+    device: str = "auto",
+    device_id: int | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    num_threads: int = 2,
+    keys: bool = True,
+    train: bool = False,
+    seed: int = 0,
+) -> tuple[DaliLoader, dict[str, Any]]:
+    """A loader over a class pack (``catlip pack --imagefolder/--coco-instances/--yolo``: one split
+    folder with its ``dataset.json``), with the eval transform unless ``train``, and that
+    ``dataset.json`` (``num_classes``, ``multi_label``, ``classes`` {path, sha256, names},
+    ``vocab_sha256``, ``samples``, ...).
+
+    Batches are as :class:`DaliLoader` yields them: ``labels`` (B, L) int64 class indices padded
+    with -1, L = the most classes of one sample in the pack (never truncated); ``valid`` (B,) is
+    False for the samples repeated to fill the last batch (eval keeps every batch: mask with
+    ``valid``), and ``key`` names each sample. ``ValueError`` when ``folder`` is not a class pack."""
+    from engine.config import ConfigError
+
+    meta = read_dataset_meta(folder, "class pack")
+    if "shard_names" not in meta:
+        splits = ", ".join(str(Path(folder) / s) for s in meta.get("splits", {}))
+        raise ConfigError(f"{folder} holds the splits {splits}: give one of them")
+    if meta.get("label_member") != "cls":
+        raise ConfigError(
+            f"{folder} is a caption pack (labels over a vocabulary), not a class pack: pack the labelled "
+            "set with `catlip pack --imagefolder/--coco-instances/--yolo ... --classes CLASSES.json`"
+        )
+    loader = make_loader(
+        folder, batch_size, rank=rank, world_size=world_size, device=device, device_id=device_id,
+        train=train, image_size=image_size, seed=seed, max_labels=max(1, int(meta.get("max_labels_per_sample", 1))),
+        num_threads=num_threads, keys=keys, num_classes=int(meta["num_classes"]),
+        expected_samples=meta.get("samples"), label_member="cls",
+    )  # fmt: skip
+    return loader, meta
 
 
 def read_dataset_meta(folder: str | Path, option: str) -> dict[str, Any]:
@@ -654,33 +725,61 @@ def read_dataset_meta(folder: str | Path, option: str) -> dict[str, Any]:
 
 
 def loaders_from_config(cfg: Any, rank: int, world_size: int, image_size: int, captions: bool):
-    """DALI loaders over ``data.train`` / ``data.val`` and the vocabulary size of the shards.
+    """DALI loaders over ``data.train`` / ``data.val`` and the train shards' dataset.json.
 
-    Train and val shards must have been labelled with the same vocabulary (its size and, where
-    dataset.json records it, its SHA-256): a mismatch stops here, naming both folders."""
+    Caption packs: labels are vocabulary rows, bounded by ``vocab_size``. Class packs
+    (``label_member`` "cls"): class indices, bounded by ``num_classes``, padded to at least the
+    most classes of one sample (so none is cut). Train and val must agree: the same vocabulary (its
+    size and, where dataset.json records it, its SHA-256), and for class packs the same
+    ``CLASSES.json``; a mismatch stops here, naming both folders."""
     from engine.config import ConfigError
 
     d = cfg.data
     if not d.train:
         raise ConfigError("data.train is empty: point it at a directory made by `catlip pack`")
     meta = read_dataset_meta(d.train, "data.train")
+    label_member = meta.get("label_member", "lbl")
+    if label_member == "cls" and captions:
+        raise ConfigError(
+            f"data.train ({d.train}) is a class pack (no captions): this objective needs a caption pack"
+        )
+    metas = [meta]
     if d.val and not captions:
         val_meta = read_dataset_meta(d.val, "data.val")
-        for key in ("vocab_size", "vocab_sha256"):
-            if key in meta and key in val_meta and meta[key] != val_meta[key]:
+        metas.append(val_meta)
+        val_member = val_meta.get("label_member", "lbl")
+        if val_member != label_member:
+            raise ConfigError(
+                f"data.train ({d.train}) is a {_PACK_KIND[label_member]} but data.val ({d.val}) is a "
+                f"{_PACK_KIND[val_member]}: give two packs of the same kind"
+            )
+        keys = ("vocab_size", "vocab_sha256") + (("classes",) if label_member == "cls" else ())
+        for key in keys:
+            a, b = meta.get(key), val_meta.get(key)
+            if key == "classes":
+                key, a, b = "CLASSES.json sha256", (a or {}).get("sha256"), (b or {}).get("sha256")
+            if a is not None and b is not None and a != b:
+                what = "class sets" if key.startswith("CLASSES") else "vocabularies"
                 raise ConfigError(
-                    f"data.train ({d.train}) and data.val ({d.val}) were packed with different vocabularies "
-                    f"({key} {meta[key]} vs {val_meta[key]}): pack both with the same vocab.tsv"
+                    f"data.train ({d.train}) and data.val ({d.val}) were packed with different {what} "
+                    f"({key} {a} vs {b}): pack both with the same "
+                    + ("CLASSES.json" if what == "class sets" else "vocab.tsv")
                 )
+    if label_member == "cls":
+        num_classes = int(meta["num_classes"])
+        max_labels = max([d.max_labels] + [int(m.get("max_labels_per_sample", 1)) for m in metas])
+    else:
+        num_classes, max_labels = int(meta["vocab_size"]), d.max_labels
     common = dict(
         rank=rank,
         world_size=world_size,
         device=d.decode_device,
         image_size=image_size,
         seed=cfg.run.seed,
-        max_labels=d.max_labels,
+        max_labels=max_labels,
         num_threads=d.num_threads,
-        num_classes=int(meta["vocab_size"]),
+        num_classes=num_classes,
+        label_member=label_member,
     )
     for folder in (d.train, d.val if not captions else None):
         if folder:
@@ -694,6 +793,7 @@ def loaders_from_config(cfg: Any, rank: int, world_size: int, image_size: int, c
     )  # fmt: skip
     val = None
     if d.val and not captions:
-        val_samples = read_dataset_meta(d.val, "data.val").get("samples")
-        val = make_loader(d.val, d.batch_size, train=False, expected_samples=val_samples, **common)
+        val = make_loader(
+            d.val, d.batch_size, train=False, expected_samples=metas[1].get("samples"), **common
+        )
     return train, val, meta

@@ -13,9 +13,17 @@ PACK_EPILOG = """examples:
       --shard-size 500 --holdout-fraction 0.05
   catlip pack --img2dataset laion_part/ --vocab vocab.tsv --out shards/laion --workers 16
   catlip pack --img2dataset /shared/laion/ --vocab vocab.tsv --out /shared/shards --ray auto
+class sets (downstream shards: no captions, no --vocab, no NLTK):
+  catlip pack --imagefolder imagenet/val --classes in1k.json --out shards/in1k-val
+  catlip pack --coco-instances instances_val2017.json --images val2017/ --classes coco.json \
+      --out shards/coco-ml
+  catlip pack --yolo ../shared/data/coco128 --split val2017 --classes coco.json \
+      --exclude ../shared/data/coco_photos --out shards/coco128-val
 
 Each sample is KEY.jpg|png|webp (original bytes), KEY.txt (caption) and KEY.lbl (sorted label
-indices, int32 little-endian); each shard-NNNNNN.tar has a DALI index shard-NNNNNN.idx. Every
+indices, int32 little-endian); a class set's samples are KEY.jpg|png|webp and KEY.cls (its sorted
+class indices into CLASSES.json, int32 little-endian; empty for an image with no class, which is
+kept unless --drop-empty). Each shard-NNNNNN.tar has a DALI index shard-NNNNNN.idx. Every
 image is checked with DALI's own CPU decoder; bad ones are skipped with a message, counted by
 reason in dataset.json, and listed in rejects.tsv.
 
@@ -31,20 +39,25 @@ def add_pack_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     """Add the ``pack`` command to a CLI's subparsers; it runs :func:`cmd_pack`."""
     p = subparsers.add_parser(
         "pack",
-        help="pack images + captions into labelled WebDataset shards for the DALI loader",
+        help="pack images + captions (or class-labelled images) into WebDataset shards for DALI",
         description="Turn image-caption pairs into WebDataset tar shards with CatLIP labels\n"
         "(computed once here, so NLTK never runs while training) and DALI index files.\n"
         "Give one source: --coco JSON --images DIR, --tsv FILE --images DIR,\n"
-        "or --img2dataset DIR_OR_TARS.",
+        "or --img2dataset DIR_OR_TARS (with --vocab); or a class set: --imagefolder ROOT,\n"
+        "--coco-instances JSON --images DIR, or --yolo ROOT --split NAME (with --classes).",
         epilog=PACK_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    src = p.add_argument_group("source (exactly one of --coco, --tsv, --img2dataset)")
+    src = p.add_argument_group(
+        "caption source (one of --coco, --tsv, --img2dataset, or a class source below)"
+    )
     src.add_argument("--coco", type=Path, metavar="JSON", help="COCO caption JSON: one sample per caption")
     src.add_argument(
         "--tsv", type=Path, metavar="FILE", help="file<TAB>caption TSV, files relative to --images"
     )
-    src.add_argument("--images", type=Path, metavar="DIR", help="image folder for --coco and --tsv")
+    src.add_argument(
+        "--images", type=Path, metavar="DIR", help="image folder for --coco, --tsv and --coco-instances"
+    )
     src.add_argument(
         "--img2dataset",
         type=Path,
@@ -55,10 +68,71 @@ def add_pack_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     src.add_argument(
         "--keep-order",
         action="store_true",
-        help="pack --coco/--tsv samples in source order (default: shuffled with a fixed seed, so "
-        "the captions of one image do not sit together in a shard)",
+        help="pack --coco/--tsv and class-set samples in source order (default: shuffled with a "
+        "fixed seed, so the captions of one image, or the images of one class, do not sit together "
+        "in a shard)",
     )
-    p.add_argument("--vocab", type=Path, required=True, help="vocabulary TSV from `catlip vocab`")
+    cls = p.add_argument_group(
+        "class source (one of --imagefolder, --coco-instances, --yolo; KEY.cls members, no NLTK)"
+    )
+    cls.add_argument(
+        "--imagefolder",
+        type=Path,
+        metavar="ROOT",
+        help="ROOT/<class>/<image> (nested folders too), single-label; a folder is matched to a "
+        "class by name, or by wnid (ImageNet's n01440764/); files that are not images are rejected",
+    )
+    cls.add_argument(
+        "--coco-instances",
+        type=Path,
+        metavar="JSON",
+        help="COCO instances_*.json with --images DIR, multi-label: an image's classes are its "
+        "annotations' categories (matched to classes by name)",
+    )
+    cls.add_argument(
+        "--yolo",
+        type=Path,
+        metavar="ROOT",
+        help="YOLO detection set with --split NAME, multi-label: ROOT/images/NAME/*, "
+        "ROOT/labels/NAME/<stem>.txt ('class cx cy w h' lines; no file = no objects) and "
+        "ROOT/names.yaml (class id -> name, matched to classes by name)",
+    )
+    cls.add_argument("--split", metavar="NAME", help="the --yolo split, e.g. train2017 or val2017")
+    cls.add_argument(
+        "--classes",
+        type=Path,
+        metavar="CLASSES.json",
+        help="the class set from `catlip classes` (class index = position); required for class sources",
+    )
+    cls.add_argument(
+        "--exclude",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="LIST_OR_DIR",
+        help="leave out images named in a file (one file name, stem or key per line; '#' comments; "
+        "text after a tab ignored, so a file<TAB>caption TSV works; an entry with '/' matches the "
+        "path under the image folder) or in a folder (the names of its files); repeatable. E.g. "
+        "--exclude ../shared/data/coco_photos leaves out the coco128 val2017 images also in coco_photos",
+    )
+    cls.add_argument(
+        "--drop-empty",
+        action="store_true",
+        help="--coco-instances/--yolo: leave out images with no class (default: keep them with an "
+        "empty .cls, as torchvision's CocoDetection does; they are negatives for every class in a "
+        "multi-label mAP). ML-GCN/ASL-style COCO multi-label counts only labelled images",
+    )
+    cls.add_argument(
+        "--allow-empty-classes",
+        action="store_true",
+        help="--imagefolder: pack even if a class folder has no files (default: an error naming it)",
+    )
+    p.add_argument(
+        "--vocab",
+        type=Path,
+        help="vocabulary TSV from `catlip vocab`: required for caption sources (--coco, --tsv, "
+        "--img2dataset); class sources take --classes instead",
+    )
     p.add_argument("--out", type=Path, required=True, help="output folder for shards and dataset.json")
     p.add_argument(
         "--shard-size",
@@ -90,14 +164,40 @@ def add_pack_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     return p
 
 
+CAPTION_SOURCES = ("coco", "tsv", "img2dataset")
+CLASS_SOURCES = ("imagefolder", "coco_instances", "yolo")
+
+
+def _option(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
 def source_from_args(args: argparse.Namespace):
     """The source the ``pack`` arguments name; SystemExit with what to do when they do not."""
     from engine.packing import CocoSource, Img2DatasetSource, TsvSource
 
-    given = [name for name in ("coco", "tsv", "img2dataset") if getattr(args, name)]
+    given = [name for name in CAPTION_SOURCES + CLASS_SOURCES if getattr(args, name, None)]
     if len(given) != 1:
         raise SystemExit(
-            "catlip pack: give exactly one of --coco JSON, --tsv FILE, --img2dataset DIR_OR_TARS"
+            "catlip pack: give exactly one source: --coco JSON, --tsv FILE or --img2dataset DIR_OR_TARS "
+            "(with --vocab), or --imagefolder ROOT, --coco-instances JSON or --yolo ROOT (with --classes)"
+            + (f"; got {', '.join(map(_option, given))}" if given else "")
+        )
+    if given[0] in CLASS_SOURCES:
+        return class_source_from_args(args, given[0])
+    if args.vocab is None:
+        raise SystemExit(
+            f"catlip pack: {_option(given[0])} needs --vocab VOCAB.tsv (from `catlip vocab`) to label its "
+            "captions; --vocab is required for caption sources only (--imagefolder, --coco-instances "
+            "and --yolo take --classes CLASSES.json instead)"
+        )
+    misplaced = [
+        o for o in ("classes", "split", "drop_empty", "allow_empty_classes", "exclude") if getattr(args, o)
+    ]
+    if misplaced:
+        raise SystemExit(
+            f"catlip pack: {', '.join(map(_option, misplaced))} applies to class sources (--imagefolder, "
+            f"--coco-instances, --yolo), not to {_option(given[0])}"
         )
     seed = None if args.keep_order else 0
     if args.img2dataset:
@@ -111,21 +211,79 @@ def source_from_args(args: argparse.Namespace):
     return TsvSource(args.tsv, args.images, shuffle_seed=seed)
 
 
+def class_source_from_args(args: argparse.Namespace, kind: str):
+    """The class source (``--imagefolder``, ``--coco-instances``, ``--yolo``) of the arguments."""
+    from engine.packing.classsets import (
+        ClassSet,
+        ClassSetError,
+        CocoInstancesSource,
+        ImageExclusion,
+        ImageFolderSource,
+        YoloSource,
+    )
+
+    option = _option(kind)
+    if args.vocab is not None:
+        raise SystemExit(
+            f"catlip pack: {option} is labelled by its class set: give --classes CLASSES.json, not --vocab "
+            "(the class set records its vocabulary)"
+        )
+    if args.classes is None:
+        raise SystemExit(
+            f"catlip pack: {option} needs --classes CLASSES.json (make it with `catlip classes --vocab "
+            "VOCAB --names FILE --out CLASSES.json`)"
+        )
+    for flag, applies in (("split", "yolo"), ("allow_empty_classes", "imagefolder")):
+        if getattr(args, flag) and kind != applies:
+            raise SystemExit(f"catlip pack: {_option(flag)} applies to {_option(applies)} only")
+    if args.drop_empty and kind == "imagefolder":
+        raise SystemExit("catlip pack: --drop-empty applies to --coco-instances and --yolo only")
+    seed = None if args.keep_order else 0
+    try:
+        classes = ClassSet.load(args.classes)
+        exclude = ImageExclusion(args.exclude) if args.exclude else None
+        if kind == "imagefolder":
+            return ImageFolderSource(
+                args.imagefolder, classes, shuffle_seed=seed, exclude=exclude,
+                allow_empty=args.allow_empty_classes,
+            )  # fmt: skip
+        if kind == "coco_instances":
+            if args.images is None:
+                raise SystemExit("catlip pack: --coco-instances needs --images DIR, the folder of its images")
+            return CocoInstancesSource(
+                args.coco_instances, args.images, classes, shuffle_seed=seed, exclude=exclude,
+                drop_empty=args.drop_empty,
+            )  # fmt: skip
+        if not args.split:
+            raise SystemExit(f"catlip pack: --yolo needs --split NAME (a folder of {args.yolo}/images)")
+        return YoloSource(
+            args.yolo, args.split, classes, shuffle_seed=seed, exclude=exclude, drop_empty=args.drop_empty
+        )
+    except ClassSetError as err:
+        raise SystemExit(f"catlip pack: {err}") from None
+
+
 def cmd_pack(args: argparse.Namespace) -> int:
     """``catlip pack``: build the source, pack it, print the summary."""
     from engine.executor import WorkerDied, executor_from_args
     from engine.packing import PackError, pack
 
     source = source_from_args(args)
-    if not args.vocab.is_file():
-        raise SystemExit(f"catlip pack: {args.vocab}: no such vocabulary (build one with `catlip vocab`)")
-    require_nltk(args)
+    vocab = None
+    if getattr(source, "label_member", "lbl") == "cls":
+        for note in source.notes:
+            print(note)
+    else:
+        if not args.vocab.is_file():
+            raise SystemExit(f"catlip pack: {args.vocab}: no such vocabulary (build one with `catlip vocab`)")
+        require_nltk(args)
+        vocab = args.vocab
     try:
         with executor_from_args(args) as executor:
             stats = pack(
                 source,
                 args.out,
-                args.vocab,
+                vocab,
                 shard_size=args.shard_size,
                 holdout_fraction=args.holdout_fraction,
                 pos_filter=args.pos_filter,

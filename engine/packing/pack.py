@@ -7,6 +7,12 @@ Labels are computed here, once, so NLTK never runs in the training loop. ``datas
 the counts, the vocabulary and the shard names; ``rejects.tsv`` lists every sample that was left
 out, and why.
 
+A class-labelled source (``classsets.py``: ImageFolder, COCO instances, YOLO labels) gives two
+members instead: the image and ``KEY.cls`` (its sorted class indices into ``CLASSES.json``,
+little-endian int32, possibly empty). Its ``dataset.json`` says ``"label_member": "cls"``,
+``num_classes``, ``multi_label``, ``classes`` (path, SHA-256 and names of ``CLASSES.json``), the
+class map's ``vocab_sha256``, the samples per class and the most classes of one sample.
+
 :func:`pack` in steps:
 
 1. plan: the source cut into tasks, one per output shard (``sources.py``); the plan (inputs,
@@ -75,6 +81,8 @@ class SplitStats:
     trimmed_jpegs: int = 0  # JPEGs with bytes after the end marker, stored without them
     shard_names: list[str] = field(default_factory=list)
     shard_counts: list[int] = field(default_factory=list)
+    max_labels: int = 0
+    class_samples: list[int] | None = None  # a class pack: samples per class
 
     @property
     def labels_mean(self) -> float:
@@ -85,6 +93,18 @@ class SplitStats:
         return self.no_label / self.samples if self.samples else 0.0
 
     def metadata(self, split: str) -> dict:
+        if self.class_samples is not None:  # one sample per image, classes instead of captions
+            return {
+                "split": split,
+                "samples": self.samples,
+                "shards": len(self.shard_names),
+                "images": self.images,
+                "labels_per_sample_mean": round(self.labels_mean, 4),
+                "no_label_share": round(self.no_label_share, 4),
+                "max_labels_per_sample": self.max_labels,
+                "class_samples": self.class_samples,
+                "trimmed_jpegs": self.trimmed_jpegs,
+            }
         return {
             "split": split,
             "samples": self.samples,
@@ -122,9 +142,10 @@ class PackStats:
                 if s.trimmed_jpegs
                 else ""
             )
+            what = "classes" if s.class_samples is not None else "labels"
             lines.append(
                 f"{where}{s.samples:,} samples ({s.images:,} images) in {len(s.shard_names)} "
-                f"shard(s) of <= {self.shard_size:,} in {s.out}; labels per sample: mean "
+                f"shard(s) of <= {self.shard_size:,} in {s.out}; {what} per sample: mean "
                 f"{s.labels_mean:.2f}, {100 * s.no_label_share:.1f}% with none{trimmed}"
             )
         total = sum(self.rejects.values())
@@ -206,8 +227,9 @@ class _Staging:
 class _Merge:
     """Task results, merged in task order once all are in; reject messages as they come."""
 
-    def __init__(self, splits: list[str]) -> None:
+    def __init__(self, splits: list[str], num_classes: int | None = None) -> None:
         self.splits = splits
+        self.num_classes = num_classes  # a class pack
         self.results: dict[int, ShardResult] = {}
         self._shown: Counter[str] = Counter()
         self._named: set[str] = set()  # images already named in a message
@@ -231,6 +253,9 @@ class _Merge:
         """``rejects.tsv`` and each split's ``dataset.json`` under ``root`` (to be moved to ``out``);
         the merged counts."""
         stats = {n: SplitStats(split_dir(out, n)) for n in self.splits}
+        if self.num_classes is not None:
+            for s in stats.values():
+                s.class_samples = [0] * self.num_classes
         digests: dict[str, list[bytes]] = {n: [] for n in self.splits}
         rejects: Counter[str] = Counter()
         with open(root / "rejects.tsv", "w", newline="") as f:
@@ -247,6 +272,11 @@ class _Merge:
                     s.label_total += part.label_total
                     s.no_label += part.no_label
                     s.trimmed_jpegs += part.trimmed_jpegs
+                    s.max_labels = max(s.max_labels, part.max_labels)
+                    if s.class_samples is not None:
+                        s.class_samples = [
+                            a + b for a, b in zip(s.class_samples, part.class_samples, strict=True)
+                        ]
                     if part.shard:
                         s.shard_names.append(part.shard)
                         s.shard_counts.append(part.samples)
@@ -283,11 +313,14 @@ def _tasks(source: Iterable[RawSample], shard_size: int, settings: PackSettings)
             stat = os.stat(payload)
             tasks.append(PackTask(i, settings, tar=payload, identity=f"{stat.st_size}:{stat.st_mtime_ns}"))
         else:
-            digest = hashlib.sha256(
-                repr([(s.key, s.image, s.caption, str(s.path)) for s in payload]).encode()
-            )
+            digest = hashlib.sha256(repr([_sample_identity(s) for s in payload]).encode())
             tasks.append(PackTask(i, settings, samples=payload, identity=digest.hexdigest()))
     return tasks
+
+
+def _sample_identity(s: RawSample) -> tuple:
+    row = (s.key, s.image, s.caption, str(s.path))
+    return row if s.classes is None else (*row, s.classes)
 
 
 def _plan(source: Any, tasks: list[PackTask], settings: dict) -> dict:
@@ -322,7 +355,7 @@ def _run(executor: Any, todo: list[PackTask], merge: _Merge, bar: Any) -> list[s
 def pack(
     source: Iterable[RawSample],
     out: Path | str,
-    vocab: Path | str,
+    vocab: Path | str | None = None,
     *,
     shard_size: int = 1000,
     holdout_fraction: float = 0.0,
@@ -334,36 +367,65 @@ def pack(
     nltk_data: tuple[str, ...] = (),
 ) -> PackStats:
     """Validate, label and write ``source`` into shards under ``out`` (``out/train`` and
-    ``out/val`` with a holdout); see the module docstring. ``executor`` runs the tasks (default:
-    this process). Rejected samples are reported and counted, never silently dropped. Raises
-    :class:`PackError` when ``out`` exists (without ``overwrite``) or a task failed."""
+    ``out/val`` with a holdout); see the module docstring. Captions are labelled with ``vocab``;
+    a class source (``classsets.py``) brings its classes and takes no ``vocab``. ``executor`` runs
+    the tasks (default: this process). Rejected samples are reported and counted, never silently
+    dropped. Raises :class:`PackError` when ``out`` exists (without ``overwrite``) or a task failed."""
     from tqdm import tqdm
 
     if not 0.0 <= holdout_fraction < 1.0:
         raise ValueError(f"holdout_fraction must be in [0, 1), got {holdout_fraction}")
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
-    out, vocab = Path(out).absolute(), Path(vocab).resolve()
-    meta = {
-        "vocab": str(vocab),
-        "vocab_size": _vocab_size(vocab),
-        "vocab_sha256": hashlib.sha256(vocab.read_bytes()).hexdigest(),  # checked by training
-        "pos_filter": pos_filter and not official,
-        "official": official,
-        "holdout_fraction": holdout_fraction,
-        "shard_size": shard_size,
-    }
+    out = Path(out).absolute()
+    staging_dir = str(out.with_name(out.name + ".partial"))
+    classes = getattr(source, "classes", None) if getattr(source, "label_member", "lbl") == "cls" else None
+    if classes is not None:
+        if vocab is not None:
+            raise ValueError("a class source is labelled by its class set (CLASSES.json): give no vocab")
+        meta = {
+            "label_member": "cls",
+            "num_classes": len(classes),
+            "multi_label": source.multi_label,
+            "classes": classes.metadata(),
+            "vocab": classes.vocab.get("path"),
+            "vocab_sha256": classes.vocab["sha256"],  # the class map's vocabulary, checked downstream
+            "holdout_fraction": holdout_fraction,
+            "shard_size": shard_size,
+            "source": source.describe(),
+        }
+        settings = PackSettings(
+            staging_dir,
+            "",
+            meta["vocab_sha256"],
+            holdout_fraction,
+            label_member="cls",
+            num_classes=len(classes),
+        )
+    else:
+        if vocab is None:
+            raise ValueError("captions are labelled with a vocabulary: give vocab (from `catlip vocab`)")
+        vocab = Path(vocab).resolve()
+        meta = {
+            "vocab": str(vocab),
+            "vocab_size": _vocab_size(vocab),
+            "vocab_sha256": hashlib.sha256(vocab.read_bytes()).hexdigest(),  # checked by training
+            "pos_filter": pos_filter and not official,
+            "official": official,
+            "holdout_fraction": holdout_fraction,
+            "shard_size": shard_size,
+        }
+        settings = PackSettings(
+            staging_dir, str(vocab), meta["vocab_sha256"],
+            holdout_fraction, pos_filter, official, tuple(nltk_data),
+        )  # fmt: skip
     splits = split_names(holdout_fraction)
-    settings = PackSettings(
-        str(out.with_name(out.name + ".partial")), str(vocab), meta["vocab_sha256"],
-        holdout_fraction, pos_filter, official, tuple(nltk_data),
-    )  # fmt: skip
     tasks = _tasks(source, shard_size, settings)
-    if getattr(executor, "forks", False):
+    if getattr(executor, "forks", False) and classes is None:
         worker_labeler(LabelSettings(pos_filter, official, tuple(nltk_data)))  # inherited by the workers
     staging = _Staging(out, _plan(source, tasks, meta), splits, overwrite=overwrite, log=tqdm.write)
     try:
-        merge = _Merge(splits)
+        merge = _Merge(splits, len(classes) if classes is not None else None)
         done = staging.done(tasks)
         for result in done.values():
             merge.add(result, quiet=True)

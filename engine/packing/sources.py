@@ -1,5 +1,6 @@
-r"""Where packing reads samples from: each source yields :class:`RawSample`\ s, before validation,
-and cuts itself into tasks, one per output shard.
+r"""Where packing reads image-caption pairs from (class-labelled images: ``classsets.py``): each
+source yields :class:`RawSample`\ s, before validation, and cuts itself into tasks, one per
+output shard.
 
 COCO caption JSON + image folder, ``file<TAB>caption`` TSV + image folder, or img2dataset shards
 (``NNNNNNNNN.jpg`` + ``.txt`` + ``.json``). COCO and TSV samples are shuffled with a fixed seed:
@@ -35,7 +36,9 @@ class RawSample:
 
     ``data`` holds the image bytes for sources that have them in memory (tars); otherwise the
     image is read from ``path``. ``problem`` rejects the sample before any decode (e.g. no image
-    member in the tar); ``image`` names the image in messages."""
+    member in the tar); ``image`` names the image in messages. ``classes`` (sorted class indices)
+    makes it a class-labelled sample, packed with a ``.cls`` member instead of ``.txt`` + ``.lbl``
+    (``classsets.py``)."""
 
     key: str
     image: str
@@ -43,6 +46,7 @@ class RawSample:
     path: Path | None = None
     data: bytes | None = None
     problem: str | None = None
+    classes: tuple[int, ...] | None = None
 
 
 def sanitize_key(key: str) -> str:

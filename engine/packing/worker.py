@@ -1,5 +1,6 @@
 """One packing task, as a worker runs it: read its samples, check their images, label their
-captions, write its output shard (one per split), and mark it done.
+captions (class-labelled samples bring their classes), write its output shard (one per split),
+and mark it done.
 
 Task ``k`` writes ``shard-k.tar`` (+ ``.idx``) into the staging folder (into ``train/`` and
 ``val/`` with a holdout) and then ``done/shard-k.json``, by rename, so a shard under its real name
@@ -31,12 +32,14 @@ class PackSettings:
     """What every task of one pack shares."""
 
     staging: str  # the folder the shards are built in
-    vocab: str
+    vocab: str  # "" for a class pack (no captions to label)
     vocab_sha256: str
     holdout_fraction: float = 0.0
     pos_filter: bool = True
     official: bool = False
     nltk_data: tuple[str, ...] = ()
+    label_member: str = "lbl"  # "lbl": caption labels (KEY.txt + KEY.lbl); "cls": classes (KEY.cls)
+    num_classes: int = 0  # a class pack's classes (per-class counts)
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,8 @@ class SplitPart:
     no_label: int = 0
     trimmed_jpegs: int = 0
     digests: bytes = b""  # 8 bytes of each sample's image SHA-1
+    max_labels: int = 0  # the most labels (classes) of one sample
+    class_samples: list[int] = field(default_factory=list)  # a class pack: samples per class
 
 
 @dataclass
@@ -135,8 +140,10 @@ def pack_task(task: PackTask, report: Callable[[int], None]) -> ShardResult:
     """Pack one task into its shard(s) and mark it done; ``report`` counts samples for the bar."""
     settings = task.settings
     staging = Path(settings.staging)
-    encoder = _encoder(settings)
-    parts = {n: SplitPart() for n in split_names(settings.holdout_fraction)}
+    encoder = _encoder(settings) if settings.label_member == "lbl" else None
+    parts = {
+        n: SplitPart(class_samples=[0] * settings.num_classes) for n in split_names(settings.holdout_fraction)
+    }
     result = ShardResult(task.index, parts, identity=task.identity)
     shards: dict[str, TarShard] = {}
     digests: dict[str, list[bytes]] = {n: [] for n in result.parts}
@@ -176,17 +183,25 @@ def _pack_batch(
             continue
         ext, data, digest, trimmed = image
         split = split_of(digest, task.settings.holdout_fraction)
-        caption = sample.caption if isinstance(sample.caption, str) else ""
-        labels = encoder(caption)
+        part = result.parts[split]
+        if sample.classes is not None:  # a class pack: KEY.cls, the sorted class indices
+            labels = list(sample.classes)
+            members = [(ext, data), ("cls", np.asarray(labels, "<i4").tobytes())]
+            for c in labels:
+                part.class_samples[c] += 1
+        else:
+            caption = sample.caption if isinstance(sample.caption, str) else ""
+            labels = encoder(caption)
+            lbl = np.asarray(labels, "<i4").tobytes()
+            members = [(ext, data), ("txt", caption.encode("utf-8")), ("lbl", lbl)]
         if split not in shards:
             shards[split] = TarShard(split_dir(staging, split) / SHARD_PATTERN.format(task.index))
-        lbl = np.asarray(labels, "<i4").tobytes()
-        shards[split].write(sample.key, [(ext, data), ("txt", caption.encode("utf-8")), ("lbl", lbl)])
+        shards[split].write(sample.key, members)
         digests[split].append(digest[:8])
-        part = result.parts[split]
         part.samples += 1
         part.label_total += len(labels)
         part.no_label += not labels
+        part.max_labels = max(part.max_labels, len(labels))
         part.trimmed_jpegs += trimmed
 
 
