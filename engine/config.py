@@ -17,7 +17,7 @@ import yaml
 
 @dataclass
 class ModelConfig:
-    objective: str = "catlip"  # "catlip" | "clip" | "siglip" (the contrastive baselines)
+    objective: str = "catlip"  # "catlip" | "clip" | "siglip" (contrastive baselines) | "finetune" | "probe"
     name: str = "vit_tiny"  # a catlip.models.VIT_PRESETS key (CLIP: the clip_<name> preset)
     image_size: int | None = None  # override the preset's resolution
     attn_impl: str = "sdpa"  # "sdpa" | "math"
@@ -29,6 +29,11 @@ class ModelConfig:
     local_loss: bool = True
     gather_with_grad: bool = True
     siglip_dist_impl: str = "bidir"  # "bidir" (neighbour exchange) | "gather"
+    # transfer (finetune, probe): the pre-trained backbone and the classifier's start
+    init_from: str | None = (
+        None  # a checkpoint dir, a catlip safetensors export, a timm/open_clip/corenet file
+    )
+    classifier_init: str = "random"  # "random" | "zero" | "synset" (the pre-trained head's class rows)
 
 
 @dataclass
@@ -40,6 +45,7 @@ class DataConfig:
     num_threads: int = 2  # DALI CPU threads per rank
     decode_device: str = "auto"  # "auto" | "cpu" | "mixed"
     scale: tuple[float, float] = (0.08, 1.0)  # random-resized-crop area range
+    cache_features: bool = False  # probe: the frozen tower's features of the un-augmented train images, once
 
 
 @dataclass
@@ -53,6 +59,7 @@ class OptimConfig:
     grad_clip: float = 1.0  # 0 disables
     grad_accum: int = 1
     ema_decay: float = 0.0  # 0 disables the EMA of weights
+    layer_decay: float = 1.0  # layer-wise lr decay (BEiT): block i's lr x layer_decay ** (depth - i); 1: off
 
 
 @dataclass
@@ -69,6 +76,7 @@ class RunConfig:
     resume: str = "auto"  # "auto" (latest in out_dir if any) | "never" | a checkpoint directory
     persistence_threshold: int = 100_000  # ZeRO-3: params smaller than this stay whole on every rank
     max_skipped_steps: int = 10  # DeepSpeed overflow-skipped optimizer steps in a row before stopping
+    offload_optimizer: str = "none"  # "none" | "cpu": DeepSpeed's offload_optimizer (ZeRO 1-3)
 
 
 @dataclass
@@ -86,7 +94,8 @@ class ConfigError(ValueError):
     pass
 
 
-OBJECTIVES = ("catlip", "clip", "siglip")
+OBJECTIVES = ("catlip", "clip", "siglip", "finetune", "probe")
+CLASSIFIER_INITS = ("random", "zero", "synset")
 
 
 def _coerce(section: str, key: str, typ: Any, value: Any) -> Any:
@@ -163,6 +172,23 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.data.decode_device in ("auto", "cpu", "mixed"), "data.decode_device: auto | cpu | mixed"),
         (cfg.optim.grad_accum >= 1, "optim.grad_accum must be >= 1"),
         (0 <= cfg.optim.ema_decay < 1, "optim.ema_decay must be in [0, 1)"),
+        (0 < cfg.optim.layer_decay <= 1, f"optim.layer_decay must be in (0, 1], got {cfg.optim.layer_decay}"),
+        (
+            cfg.model.classifier_init in CLASSIFIER_INITS,
+            f"model.classifier_init must be one of {CLASSIFIER_INITS}, got {cfg.model.classifier_init!r}",
+        ),
+        (
+            cfg.model.classifier_init != "synset" or bool(cfg.model.init_from),
+            "model.classifier_init synset needs model.init_from (the pre-trained checkpoint whose head it reads)",
+        ),
+        (
+            not cfg.data.cache_features or cfg.model.objective == "probe",
+            "data.cache_features is for model.objective probe (a frozen tower) only",
+        ),
+        (
+            not cfg.data.cache_features or cfg.run.zero_stage < 3,
+            "data.cache_features needs run.zero_stage 0-2 (the tower is called outside the engine)",
+        ),
         (cfg.run.zero_stage in (0, 1, 2, 3), "run.zero_stage must be 0, 1, 2 or 3"),
         (cfg.run.precision in ("auto", "bf16", "fp32"), "run.precision: auto | bf16 | fp32"),
         (cfg.run.steps >= 1, "run.steps must be >= 1"),
@@ -176,6 +202,11 @@ def validate(cfg: TrainConfig) -> None:
         ),
         (cfg.run.keep_checkpoints >= 1, "run.keep_checkpoints must be >= 1"),
         (cfg.run.max_skipped_steps >= 0, "run.max_skipped_steps must be >= 0"),
+        (cfg.run.offload_optimizer in ("none", "cpu"), "run.offload_optimizer: none | cpu"),
+        (
+            cfg.run.offload_optimizer == "none" or cfg.run.zero_stage >= 1,
+            "run.offload_optimizer cpu needs run.zero_stage 1, 2 or 3",
+        ),
         (
             0 < cfg.data.scale[0] <= cfg.data.scale[1] <= 1,
             f"data.scale must be [min, max] with 0 < min <= max <= 1, got {list(cfg.data.scale)}",

@@ -38,6 +38,9 @@ def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict[str, Any]:
             stage3_param_persistence_threshold=r.persistence_threshold,
             model_persistence_threshold=r.persistence_threshold,
         )
+    if r.offload_optimizer != "none":
+        # optimizer states and step in host memory; torch's AdamW steps them (no compiled CPU Adam)
+        zero["offload_optimizer"] = {"device": r.offload_optimizer}
     return {
         "train_micro_batch_size_per_gpu": cfg.data.batch_size,
         "gradient_accumulation_steps": o.grad_accum,
@@ -49,6 +52,7 @@ def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict[str, Any]:
             "params": {"lr": o.lr, "betas": list(o.betas), "eps": o.eps, "torch_adam": True},
         },
         "zero_optimization": zero,
+        "zero_force_ds_cpu_optimizer": False,  # offload with torch's AdamW, as without it
         "bf16": {"enabled": use_bf16(cfg)},
         "steps_per_print": 10**9,  # logging is ours
         "wall_clock_breakdown": False,
@@ -89,6 +93,9 @@ def parallelize(model: nn.Module, cfg: TrainConfig, world_size: int, param_group
     if cfg.model.compile:
         apply_compile(model, cfg)
     total, min_ratio = cfg.run.steps, cfg.optim.min_lr / cfg.optim.lr
+    for group in param_groups:  # layer-wise lr decay: the schedule multiplies each group's own rate
+        if "lr_scale" in group:
+            group["lr"] = cfg.optim.lr * group["lr_scale"]
 
     def scheduler(optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
         return torch.optim.lr_scheduler.LambdaLR(
@@ -107,7 +114,7 @@ def parallelize(model: nn.Module, cfg: TrainConfig, world_size: int, param_group
 # Settings a resumed run cannot change: they shape the model, the data position or the partitions.
 FIXED_ON_RESUME = (
     "model.objective", "model.name", "model.image_size", "data.train", "data.batch_size",
-    "data.max_labels", "optim.grad_accum", "run.zero_stage",
+    "data.max_labels", "optim.grad_accum", "optim.layer_decay", "run.zero_stage",
 )  # fmt: skip
 
 
@@ -132,12 +139,12 @@ def apply_hyperparameters(engine: Any, scheduler: Any, cfg: TrainConfig, saved: 
         shown = ", ".join(f"{k} {changed[k][0]!r} -> {changed[k][1]!r}" for k in fixed)
         raise ConfigError(f"cannot resume with changed {shown}: start a new run (or restore the settings)")
     o = cfg.optim
-    groups = engine.optimizer.param_groups  # [decayed, not decayed], as catlip.models.param_groups
-    for group in groups:
-        group.update(betas=tuple(o.betas), eps=o.eps, initial_lr=o.lr)
+    groups = engine.optimizer.param_groups  # as catlip.models.param_groups: decayed / not decayed
+    for group in groups:  # (per depth, with its lr_scale, under layer-wise lr decay)
+        group.update(betas=tuple(o.betas), eps=o.eps, initial_lr=o.lr * group.get("lr_scale", 1.0))
         if group["weight_decay"]:  # the decayed group (norms, biases and embeddings stay at 0)
             group["weight_decay"] = o.weight_decay
-    scheduler.base_lrs = [o.lr] * len(groups)
+    scheduler.base_lrs = [g["initial_lr"] for g in groups]
     rates = [
         base * fn(scheduler.last_epoch)
         for base, fn in zip(scheduler.base_lrs, scheduler.lr_lambdas, strict=True)
