@@ -237,14 +237,154 @@ class CatLIPModel(nn.Module):
         return self.head(self.encoder(images), labels, sample_weight)
 
 
+class ClassifierHead(nn.Linear):
+    """Linear(width, C) over a downstream class set that, given labels, returns the loss.
+
+    ``multi_label``: sigmoid BCE over the C classes from padded label lists (corenet's batch_mean,
+    as :class:`CatLIPHead`, through the same dispatcher); otherwise softmax cross-entropy against
+    each sample's first label, with ``label_smoothing``. Both are summed over the batch and divided
+    by B, samples weighted by ``sample_weight`` (0: padding or an image that failed to decode).
+    Initialised as timm's and corenet's classifier (truncated normal, std 0.02; zero bias); the
+    objective may overwrite it (zero, or the pre-trained head's synset rows).
+    """
+
+    def __init__(
+        self,
+        width: int,
+        num_classes: int,
+        *,
+        multi_label: bool,
+        label_smoothing: float = 0.0,
+        loss_impl: str = "torch",
+    ) -> None:
+        super().__init__(width, num_classes)
+        if loss_impl not in LOSS_IMPLS:
+            raise ValueError(f"loss_impl must be one of {LOSS_IMPLS}, got {loss_impl!r}")
+        self.multi_label, self.label_smoothing, self.loss_impl = multi_label, label_smoothing, loss_impl
+        nn.init.trunc_normal_(self.weight, std=0.02)
+        nn.init.zeros_(self.bias)
+
+    def forward(
+        self, x: torch.Tensor, labels: torch.Tensor | None = None, sample_weight: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        if labels is None:
+            return super().forward(x)  # (B, C) logits
+        if self.multi_label:
+            return linear_bce(
+                x, self.weight, self.bias, labels, reduction="batch_mean",
+                label_smoothing=self.label_smoothing, sample_weight=sample_weight, impl=self.loss_impl,
+            )  # fmt: skip
+        logits = super().forward(x).float()  # (B, C)
+        target = labels[:, 0]  # (B,) the class of each sample; -1: none (padding)
+        weight = (target >= 0).to(logits.dtype)
+        if sample_weight is not None:
+            weight = weight * sample_weight.to(logits.dtype)
+        per_sample = nn.functional.cross_entropy(
+            logits, target.clamp(min=0), reduction="none", label_smoothing=self.label_smoothing
+        )  # (B,)
+        return (per_sample * weight).sum() / len(target)
+
+
+class ImageClassifier(nn.Module):
+    """Image tower + a classifier over a downstream class set (fine-tuning, linear probes).
+
+    ``forward(images)`` returns logits (B, C), ``forward(images, labels, sample_weight)`` the loss;
+    ``images`` may also be features (B, width) the tower computed before (a probe's feature
+    cache). ``freeze_encoder``: the tower takes no gradients and runs under ``no_grad`` (a linear
+    probe). State keys are CatLIPModel's (``encoder.*``, ``head.*``), the head having C rows.
+    """
+
+    def __init__(
+        self,
+        cfg: ViTConfig | str,
+        num_classes: int,
+        *,
+        multi_label: bool,
+        label_smoothing: float = 0.0,
+        attn_impl: str = "sdpa",
+        loss_impl: str = "torch",
+        grad_checkpointing: bool = False,
+        freeze_encoder: bool = False,
+    ) -> None:
+        super().__init__()
+        cfg = vit_config(cfg) if isinstance(cfg, str) else cfg
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be positive, got {num_classes}")
+        self.encoder = VisionTransformer(cfg, attn_impl=attn_impl, grad_checkpointing=grad_checkpointing)
+        self.head = ClassifierHead(
+            cfg.width,
+            num_classes,
+            multi_label=multi_label,
+            label_smoothing=label_smoothing,
+            loss_impl=loss_impl,
+        )
+        self.freeze_encoder = freeze_encoder
+        if freeze_encoder:
+            self.encoder.requires_grad_(False)
+
+    @property
+    def cfg(self) -> ViTConfig:
+        return self.encoder.cfg
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, width): the tower's pooled output."""
+        if self.freeze_encoder:
+            with torch.no_grad():
+                return self.encoder(images)
+        return self.encoder(images)
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        sample_weight: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        x = images if images.dim() == 2 else self.features(images)  # (B, width)
+        return self.head(x, labels, sample_weight)
+
+
 def no_weight_decay(name: str, param: nn.Parameter) -> bool:
     """Biases, norms, the class token and position embeddings are not decayed (timm, open_clip)."""
     return param.ndim < 2 or name.endswith(("cls_token", "pos_embed"))
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    decay, no_decay = [], []
+def layer_id(name: str, depth: int) -> int:
+    """Depth of a parameter for layer-wise lr decay (BEiT, timm): 0 for the patch and position
+    embeddings and the class token, i + 1 for block i, depth + 1 for the final norm and the head."""
+    parts = name.split(".")
+    if "blocks" in parts:
+        return int(parts[parts.index("blocks") + 1]) + 1
+    if parts[-1] in ("cls_token", "pos_embed") or "patch_embed" in parts:
+        return 0
+    return depth + 1
+
+
+def param_groups(model: nn.Module, weight_decay: float, layer_decay: float = 1.0) -> list[dict]:
+    """AdamW groups: [decayed, not decayed] (trainable parameters only). With ``layer_decay`` < 1
+    (BEiT's layer-wise lr decay), one pair per depth instead, each with ``lr_scale`` =
+    layer_decay ** (depth + 1 - layer_id): the head at the full rate, block i at
+    layer_decay ** (depth - i), the embeddings at layer_decay ** (depth + 1). The trainer
+    multiplies each group's rate by its ``lr_scale``, under the schedule."""
+    if layer_decay == 1.0:
+        decay, no_decay = [], []
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                (no_decay if no_weight_decay(name, p) else decay).append(p)
+        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    depth = len(model.encoder.blocks)
+    groups: dict[tuple[int, bool], dict] = {}
     for name, p in model.named_parameters():
-        if p.requires_grad:
-            (no_decay if no_weight_decay(name, p) else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if not p.requires_grad:
+            continue
+        layer, decayed = layer_id(name, depth), not no_weight_decay(name, p)
+        group = groups.setdefault(
+            (layer, decayed),
+            {
+                "params": [],
+                "weight_decay": weight_decay if decayed else 0.0,
+                "lr_scale": layer_decay ** (depth + 1 - layer),
+                "layer": layer,
+            },
+        )
+        group["params"].append(p)
+    return [groups[k] for k in sorted(groups, key=lambda k: (k[0], not k[1]))]

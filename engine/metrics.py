@@ -209,6 +209,7 @@ class TopKAccumulator:
         self.ks = ks
         self._correct = torch.zeros(len(ks), dtype=torch.float64)
         self._count = 0
+        self.total = 0  # samples over all ranks, set by compute()
 
     def add(self, scores: torch.Tensor, target: torch.Tensor, keep: torch.Tensor | None = None) -> None:
         """scores (B, C), target (B,) class indices."""
@@ -225,5 +226,6 @@ class TopKAccumulator:
         totals = torch.cat([self._correct, torch.tensor([float(self._count)], dtype=torch.float64)])
         if _rank_world()[1] > 1:
             dist.all_reduce(totals)
+        self.total = int(totals[-1])
         n = max(float(totals[-1]), 1.0)
         return {k: float(totals[i]) / n for i, k in enumerate(self.ks)}

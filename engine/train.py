@@ -6,8 +6,8 @@
 
 Each optimizer step: ``grad_accum`` micro-batches of ``data.batch_size`` per rank; AdamW with
 weight decay on matrices only; cosine schedule with linear warmup; gradient clipping; bf16 on a GPU,
-fp32 on the CPU. The task (``model.objective``: catlip, clip, siglip) is an object from
-``engine/objectives.py``; DeepSpeed, checkpointing and compile are applied by ``engine/parallel.py``;
+fp32 on the CPU. The task (``model.objective``: catlip, clip, siglip; finetune and probe on a
+class pack) is an object from ``engine/objectives.py``; DeepSpeed, checkpointing and compile are applied by ``engine/parallel.py``;
 checkpoints are ``engine/checkpoint.py``'s. The host synchronises with the device only at log
 steps and before checkpoints: that is where a NaN or inf loss (flagged on the device every
 micro-step) stops the run on all ranks, before anything is saved over the last good checkpoint.
@@ -25,7 +25,6 @@ import time
 import traceback
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +50,8 @@ class Trainer:
 
     ``train_loader``/``val_loader`` default to DALI over ``cfg.data`` shards; tests may pass any
     re-iterable of batch dicts (``image``, ``labels``, optional ``valid``) with ``state_dict()`` and
-    ``load_state_dict()``. ``model_fn`` overrides the objective's model (tests).
+    ``load_state_dict()``, and then ``dataset_meta`` (what the shards' dataset.json would say:
+    ``multi_label``, ``classes``). ``model_fn`` overrides the objective's model (tests).
     """
 
     def __init__(
@@ -62,12 +62,13 @@ class Trainer:
         model_fn: Callable[[], Any] | None = None,
         train_loader: Any = None,
         val_loader: Any = None,
+        dataset_meta: dict[str, Any] | None = None,
         log: Callable[[str], None] | None = None,
     ) -> None:
         from catlip.models import param_groups, vit_config
 
         self.cfg = cfg
-        self.dataset_meta: dict[str, Any] = {}  # the train shards' dataset.json (vocabulary identity)
+        self.dataset_meta: dict[str, Any] = dict(dataset_meta or {})  # the train shards' dataset.json
         self.rank, self.world_size, self.local_rank = init_distributed()
         self.is_main = self.rank == 0
         self.out_dir = Path(cfg.run.out_dir)
@@ -81,13 +82,15 @@ class Trainer:
         size = cfg.model.image_size
         self.vit_cfg = vit_config(cfg.model.name, **({"image_size": size} if size else {}))
         self.objective = make_objective(cfg, self.vit_cfg)
+        self.loaders_from_shards = train_loader is None
         if train_loader is None:
             from engine.data import loaders_from_config
 
             train_loader, val_loader, self.dataset_meta = loaders_from_config(
                 cfg, self.rank, self.world_size, self.vit_cfg.image_size, self.objective.captions
             )
-            vocab_size = int(self.dataset_meta["vocab_size"])
+            # a class pack's classes, or a caption pack's synset vocabulary
+            vocab_size = int(self.dataset_meta.get("num_classes") or self.dataset_meta["vocab_size"])
         self.train_loader, self.val_loader = train_loader, val_loader
         if self.objective.host_work:  # tokenising etc. in a thread, one batch ahead of the step
             self.train_loader = Prefetcher(train_loader, self.objective.prepare)
@@ -96,10 +99,13 @@ class Trainer:
         # Not under deepspeed.zero.Init: it partitions each submodule as its __init__ returns, so the
         # model-level initialisation after that (head bias at the label prior, truncated normals)
         # would not reach the weights. Even ViT-H (632M parameters, 2.5 GB fp32) fits in host memory.
+        self.objective.bind(self.dataset_meta)
         model = model_fn() if model_fn is not None else self.objective.build(vocab_size)
-        self.engine, self.scheduler = parallelize(
-            model, cfg, self.world_size, param_groups(model, cfg.optim.weight_decay)
-        )
+        for line in getattr(self.objective, "report", []):
+            self._log(line)
+        groups = param_groups(model, cfg.optim.weight_decay, cfg.optim.layer_decay)
+        self.engine, self.scheduler = parallelize(model, cfg, self.world_size, groups)
+        self.train_loader = self.objective.train_batches(self.train_loader, self.engine.module, self)
         self.checkpoints = Checkpointer(
             self.engine, self.out_dir, keep=cfg.run.keep_checkpoints, log=self._log
         )
@@ -238,7 +244,8 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------ eval
     def evaluate(self) -> dict[str, float] | None:
-        """The objective's held-out metric (CatLIP: per-image mAP over the vocabulary)."""
+        """The objective's held-out metrics (CatLIP: per-image mAP over the vocabulary; finetune and
+        probe: mAP or top-1/top-5 over the classes), each next to its chance level."""
         if self.val_loader is None or not self.objective.has_eval:
             return None
         self.engine.eval()
@@ -246,9 +253,13 @@ class Trainer:
             result = self.objective.evaluate(self.engine, self.val_loader, self.device, self.dtype)
         finally:
             self.engine.train()
-        out = {"val_mAP": result.mean_ap, "chance_mAP": result.chance, **asdict(result)}
-        del out["mean_ap"], out["chance"]
-        self.logs.eval(self.step, out)
+        out = self.objective.metrics(result)
+        if self.objective.name == "catlip":
+            self.logs.eval(self.step, out)
+        elif self.is_main:  # RunLog.eval's line speaks of synsets and captions
+            print(f"eval step {self.step}: {self.objective.summary(out)}")
+            with open(self.out_dir / "eval.jsonl", "a") as f:
+                f.write(json.dumps({"step": self.step, **out}) + "\n")
         return out
 
     # ------------------------------------------------------------------------------------ checkpoints
@@ -279,12 +290,12 @@ class Trainer:
 
     def vocab_identity(self) -> dict[str, Any]:
         """The vocabulary the train shards were labelled with (from their dataset.json)."""
-        keys = ("vocab", "vocab_size", "vocab_sha256")
+        keys = ("vocab", "vocab_size", "vocab_sha256", "num_classes")
         return {k: self.dataset_meta[k] for k in keys if k in self.dataset_meta}
 
     def _check_vocab(self, saved: dict[str, Any], path: Path) -> None:
         now = self.vocab_identity()
-        for key in ("vocab_sha256", "vocab_size"):
+        for key in ("vocab_sha256", "vocab_size", "num_classes"):
             if key in saved and key in now and saved[key] != now[key]:
                 raise CheckpointError(
                     f"{path} was trained on vocabulary {saved.get('vocab', '?')} ({key} {saved[key]}), but "
@@ -360,10 +371,7 @@ def run(args: argparse.Namespace) -> int:
         first, last = history[0], history[-1]
         print(f"loss: step {first.step} {first.loss:.4f} -> step {last.step} {last.loss:.4f}")
         if result:
-            print(
-                f"held-out mAP {100 * result['val_mAP']:.2f}% vs chance {100 * result['chance_mAP']:.2f}% "
-                f"({result['classes']} synsets, {result['images']} images, {result['samples']} captions)"
-            )
+            print(trainer.objective.summary(result))
     return 0
 
 

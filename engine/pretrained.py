@@ -1,0 +1,201 @@
+"""The pre-trained side of transfer: ``model.init_from`` and ``model.classifier_init: synset``.
+
+``load_pretrained(path)`` reads, into our state-dict names (``encoder.*``, ``head.*``):
+  * a checkpoint of this engine: a tag directory, a ``checkpoints/`` directory or a run's out_dir
+    (:func:`engine.checkpoint.consolidate`: the whole fp32 state, ZeRO partitions put together);
+  * a ``catlip export`` safetensors file (the same state, its metadata the checkpoint's);
+  * anything else (a timm or open_clip visual tower, a corenet ViT checkpoint, a timm export):
+    through :func:`catlip.interop.load_encoder_state`, imported only then.
+The vocabulary identity (``vocab_sha256``) comes with our checkpoints and exports; a foreign state
+has none, so it can give a backbone but no synset classifier.
+
+Synset initialisation (the paper's data-efficient transfer): class c of the downstream set maps,
+in its CLASSES.json (``catlip classes``), to one or more rows of the pre-trained vocabulary; the
+new classifier's row c is the pre-trained head's weight row and bias of that synset, the mean of
+them when several rows map to one class (so the initial logit of c is the mean of those rows'
+logits). CLASSES.json is the one the class pack records (path and SHA-256 in its dataset.json);
+its vocabulary must be the checkpoint's: a mismatch is an error naming both hashes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from engine.config import ConfigError
+
+
+@dataclass
+class Pretrained:
+    state: dict[str, torch.Tensor]  # our names: encoder.*, and head.* where the source has our head
+    source: str  # what was read, for messages
+    kind: str  # "catlip checkpoint" | "catlip export" | "foreign"
+    config: dict[str, Any] = field(default_factory=dict)  # the pre-training run's config, if known
+    vocab: dict[str, Any] = field(default_factory=dict)  # {"vocab", "vocab_size", "vocab_sha256"}
+
+
+def _json(text: str | None) -> dict[str, Any]:
+    try:
+        value = json.loads(text or "{}")
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def load_pretrained(path: str | Path) -> Pretrained:
+    """The state of ``model.init_from``, in our names (see the module docstring)."""
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"model.init_from: {p} does not exist")
+    if p.is_dir():
+        from engine.checkpoint import CheckpointError, consolidate
+
+        try:
+            state, meta = consolidate(p)
+        except (CheckpointError, FileNotFoundError) as err:
+            raise ConfigError(f"model.init_from: {err}") from None
+        return Pretrained(
+            state, str(p), "catlip checkpoint", _json(meta["catlip_config"]), _json(meta["vocab"])
+        )
+    if p.suffix == ".safetensors":
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        with safe_open(str(p), "pt") as f:
+            meta = f.metadata() or {}
+        if "catlip_config" in meta and "timm_model" not in meta:
+            state = load_file(str(p))
+            return Pretrained(
+                state, str(p), "catlip export", _json(meta["catlip_config"]), _json(meta.get("vocab"))
+            )
+    return _foreign(p)
+
+
+def _foreign(p: Path) -> Pretrained:
+    try:
+        from catlip.interop import load_encoder_state
+    except ImportError as err:
+        raise ConfigError(
+            f"model.init_from: {p} is neither a checkpoint of this engine nor a catlip safetensors export, "
+            f"and catlip.interop (timm / open_clip / corenet weights) is not available: {err}"
+        ) from None
+    try:
+        state = load_encoder_state(p)
+    except (ValueError, KeyError, RuntimeError, OSError) as err:
+        raise ConfigError(f"model.init_from: {p}: {err}") from None
+    return Pretrained(dict(state), str(p), "foreign")
+
+
+def load_backbone(model: nn.Module, pre: Pretrained, model_name: str) -> int:
+    """Copy the pre-trained tower into ``model.encoder`` (every tensor, shapes checked); returns
+    how many tensors were loaded."""
+    enc = {k[len("encoder.") :]: v for k, v in pre.state.items() if k.startswith("encoder.")}
+    if not enc:
+        raise ConfigError(
+            f"model.init_from: {pre.source} holds no encoder.* weights ({len(pre.state)} tensors)"
+        )
+    was = pre.config.get("model", {})
+    mine = model.encoder.state_dict()
+    missing = sorted(set(mine) - set(enc))
+    bad = [k for k in mine if k in enc and tuple(enc[k].shape) != tuple(mine[k].shape)]
+    if missing or bad:
+        trained = f" (pre-trained as {was.get('name')}, image_size {was.get('image_size')})" if was else ""
+        what = (
+            f"missing {missing[:4]}" if missing else f"shape of {bad[0]} {tuple(enc[bad[0]].shape)} vs ours "
+        )
+        what += "" if missing else f"{tuple(mine[bad[0]].shape)}"
+        raise ConfigError(
+            f"model.init_from: {pre.source}{trained} does not fit model.name {model_name} with "
+            f"image_size {model.encoder.cfg.image_size}: {what}"
+        )
+    with torch.no_grad():
+        for k, t in mine.items():
+            t.copy_(enc[k].to(t.dtype))
+    return len(mine)
+
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def read_class_map(meta: dict[str, Any], train_dir: str | Path | None) -> tuple[Path, dict[str, Any]]:
+    """The CLASSES.json a class pack's dataset.json names, checked against its recorded SHA-256.
+    A relative path is taken relative to the pack's folder, then to the working directory."""
+    rec = meta.get("classes") or {}
+    if not rec.get("path"):
+        raise ConfigError(
+            "model.classifier_init synset: data.train's dataset.json records no class map (classes.path); "
+            "pack the downstream set with `catlip pack ... --classes CLASSES.json`"
+        )
+    path = Path(rec["path"])
+    here = [Path(train_dir), Path(train_dir).parent] if train_dir else []
+    candidates = [path] if path.is_absolute() else [*(d / path for d in here), path]
+    found = [c for c in candidates if c.is_file()]
+    if not found:
+        raise ConfigError(
+            f"model.classifier_init synset: the class map {rec['path']} named by data.train is missing "
+            f"(looked at {', '.join(map(str, candidates))})"
+        )
+    path = found[0]
+    digest = sha256_file(path)
+    if rec.get("sha256") and digest != rec["sha256"]:
+        raise ConfigError(
+            f"model.classifier_init synset: {path} has sha256 {digest}, but data.train was packed with a class map "
+            f"of sha256 {rec['sha256']}: the file changed since packing (re-pack, or restore it)"
+        )
+    try:
+        classes = json.loads(path.read_text())
+    except ValueError as err:
+        raise ConfigError(f"model.classifier_init synset: {path} is not valid JSON ({err})") from None
+    return path, classes
+
+
+def synset_classifier(
+    pre: Pretrained, classes: dict[str, Any], classes_path: Path, num_classes: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(C, W) weight and (C,) bias: per class the mean of the pre-trained head's rows it maps to."""
+    if "head.weight" not in pre.state or "head.bias" not in pre.state:
+        raise ConfigError(
+            f"model.classifier_init synset: {pre.source} has no pre-trained head (head.weight, head.bias); "
+            "synset initialisation needs a CatLIP checkpoint or its catlip export"
+        )
+    ckpt_sha = pre.vocab.get("vocab_sha256")
+    map_sha = (classes.get("vocab") or {}).get("sha256")
+    if not ckpt_sha:
+        raise ConfigError(
+            f"model.classifier_init synset: {pre.source} records no vocabulary hash (vocab_sha256), so its head "
+            f"rows cannot be matched to {classes_path}"
+        )
+    if ckpt_sha != map_sha:
+        raise ConfigError(
+            f"model.classifier_init synset: {pre.source} was trained on vocabulary {pre.vocab.get('vocab', '?')} "
+            f"(sha256 {ckpt_sha}), but {classes_path} maps classes onto vocabulary "
+            f"{(classes.get('vocab') or {}).get('path', '?')} (sha256 {map_sha}): make the class map with "
+            "`catlip classes --vocab` of the checkpoint's vocabulary"
+        )
+    entries = classes.get("classes") or []
+    if len(entries) != num_classes:
+        raise ConfigError(
+            f"model.classifier_init synset: {classes_path} has {len(entries)} classes, data.train {num_classes}"
+        )
+    head_w, head_b = pre.state["head.weight"].float(), pre.state["head.bias"].float()  # (V, W), (V,)
+    vocab_size = head_w.shape[0]
+    weight = torch.empty(num_classes, head_w.shape[1])
+    bias = torch.empty(num_classes)
+    for c, entry in enumerate(entries):
+        rows = [int(r) for r in entry.get("rows") or []]
+        if not rows or min(rows) < 0 or max(rows) >= vocab_size:
+            raise ConfigError(
+                f"model.classifier_init synset: class {c} ({entry.get('name')}) of {classes_path} maps to rows "
+                f"{rows}, not rows of the pre-trained head's {vocab_size}"
+            )
+        idx = torch.tensor(rows)
+        weight[c] = head_w[idx].mean(0)
+        bias[c] = head_b[idx].mean()
+    return weight, bias
