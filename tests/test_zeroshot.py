@@ -1,0 +1,253 @@
+"""Zero-shot readout: catlip predict / evaluate on tiny models whose scores are known by hand."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from catlip.classes import ClassMap, build_class_map, vocab_sha256
+from catlip.labels import Vocabulary, wnid
+from engine.data import CLIP_MEAN, CLIP_STD
+
+SIZE = 32  # vit_tiny at 32 px: 16 patches of 8
+VOCAB = ["dog.n.01", "cat.n.01", "car.n.01", "truck.n.01"]
+# classes: dog -> row 0, cat -> row 1, motor vehicle -> rows 2 and 3 (car and truck, 1 link each)
+NAMES = ["dog", "cat", "motor vehicle"]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory, nltk_ready: None) -> dict[str, Path]:
+    from nltk.corpus import wordnet as wn
+
+    root = tmp_path_factory.mktemp("zeroshot")
+    wnids = [wnid(wn.synset(n).offset()) for n in VOCAB]
+    Vocabulary(wnids, VOCAB, [40, 30, 20, 10]).save(root / "vocab.tsv")
+    (root / "names.txt").write_text("\n".join(NAMES) + "\n")
+    class_map = build_class_map(root / "vocab.tsv", names=root / "names.txt")
+    assert [c.rows for c in class_map.classes] == [[0], [1], [2, 3]]
+    class_map.save(root / "classes.json")
+    # the same class names onto another vocabulary (one more synset): another hash
+    Vocabulary([*wnids, wnid(wn.synset("bus.n.01").offset())], [*VOCAB, "bus.n.01"], [5] * 5).save(
+        root / "other.tsv"
+    )
+    build_class_map(root / "other.tsv", names=root / "names.txt").save(root / "other_classes.json")
+    return {"root": root, "vocab": root / "vocab.tsv", "classes": root / "classes.json"}
+
+
+def write_checkpoint(run: Path, vocab: Path, bias: list[float]) -> Path:
+    """A stage-0 DeepSpeed checkpoint as the trainer lays it out (mp_rank_00_model_states.pt with
+    the module state and the client state, complete.json), of vit_tiny with a zero head weight and
+    ``bias``: every image gets logits = bias."""
+    from catlip.models import CatLIPModel, vit_config
+
+    torch.manual_seed(0)
+    model = CatLIPModel(vit_config("vit_tiny", image_size=SIZE), len(bias))
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.copy_(torch.tensor(bias))
+    tag = run / "checkpoints" / "step_00000007"
+    tag.mkdir(parents=True)
+    config = {"model": {"name": "vit_tiny", "image_size": SIZE, "objective": "catlip"}}
+    vocab_meta = {"vocab": str(vocab), "vocab_size": len(bias), "vocab_sha256": vocab_sha256(vocab)}
+    states = {
+        "module": model.state_dict(),
+        "ds_config": {"zero_optimization": {"stage": 0}},
+        "config": config,
+        "vocab": vocab_meta,
+        "step": 7,
+    }
+    torch.save(states, tag / "mp_rank_00_model_states.pt")
+    files = {p.name: p.stat().st_size for p in tag.iterdir()}
+    (tag / "complete.json").write_text(json.dumps({"step": 7, "files": files}))
+    (run / "checkpoints" / "latest").write_text(tag.name)
+    return run
+
+
+def solid(path: Path, rgb: tuple[int, int, int], size: tuple[int, int] = (48, 40)) -> Path:
+    Image.new("RGB", size, rgb).save(path)
+    return path
+
+
+def test_predict_from_export_and_checkpoint(setup, tmp_path: Path, capsys) -> None:
+    """Scores = max logit over a class's rows: motor vehicle = max(0.5, 3) = 3 beats cat (2); a
+    mean over rows (1.75) would not. From the checkpoint directory and from its safetensors export."""
+    from safetensors import safe_open
+
+    from engine.checkpoint import export_fp32
+    from engine.cli import main
+
+    run = write_checkpoint(tmp_path / "run", setup["vocab"], [-1.0, 2.0, 0.5, 3.0])
+    export = export_fp32(run, tmp_path / "model.safetensors")
+    with safe_open(str(export), "pt") as f:
+        assert json.loads(f.metadata()["vocab"])["vocab_sha256"] == vocab_sha256(setup["vocab"])
+    png = solid(tmp_path / "a.png", (200, 30, 30))
+    jpg = tmp_path / "b.jpg"
+    Image.new("RGB", (70, 50), (10, 90, 200)).save(jpg, quality=90)
+    text = tmp_path / "notes.jpg"
+    text.write_text("not an image")
+    for ckpt in (export, run):
+        argv = ["predict", "--checkpoint", str(ckpt), "--classes", str(setup["classes"]), "--top", "3"]
+        assert main([*argv, str(png), str(text), str(tmp_path / "missing.png"), str(jpg)]) == 0
+        out, err = capsys.readouterr()
+        lines = [ln for ln in out.splitlines() if not ln.startswith("[20")]  # DeepSpeed's log lines
+        assert lines[0] == f"{png}:" and lines[4] == f"{jpg}:"
+        ranked = [ln.split()[1:3] for ln in lines[1:4]]
+        assert ranked == [
+            ["motor", "vehicle"],
+            ["cat", f"{torch.sigmoid(torch.tensor(2.0)):.4f}"],
+            ["dog", "0.2689"],
+        ]
+        assert "(logit +3.000)" in lines[1] and f"{torch.sigmoid(torch.tensor(3.0)):.4f}" in lines[1]
+        assert f"{text}: skipped: not an image" in err and "missing.png: skipped: no such file" in err
+        assert "2 image(s) classified, 2 skipped" in err and "Traceback" not in err
+    # nothing readable: nonzero exit, still no traceback
+    assert main([*argv, str(text)]) == 1
+    assert "skipped" in capsys.readouterr().err
+
+
+def test_bad_inputs_are_errors_naming_them(setup, tmp_path: Path, capsys) -> None:
+    from engine.cli import main
+
+    run = write_checkpoint(tmp_path / "run", setup["vocab"], [0.0, 0.0, 0.0, 0.0])
+    img = str(solid(tmp_path / "a.png", (1, 2, 3)))
+    other = setup["root"] / "other_classes.json"
+    assert main(["predict", "--checkpoint", str(run), "--classes", str(other), img]) == 2
+    err = capsys.readouterr().err
+    assert "vocabulary mismatch" in err and str(run) in err and str(other) in err
+    assert vocab_sha256(setup["vocab"]) in err and vocab_sha256(setup["root"] / "other.tsv") in err
+    assert "Traceback" not in err
+    for argv, said in [
+        (
+            ["--checkpoint", str(tmp_path / "nope"), "--classes", str(setup["classes"])],
+            "no such file or directory",
+        ),
+        (["--checkpoint", str(run), "--classes", str(tmp_path / "nope.json")], "nope.json: no such file"),
+        (["--checkpoint", img, "--classes", str(setup["classes"])], "not a safetensors file"),
+        (["--checkpoint", str(tmp_path), "--classes", str(setup["classes"])], "not a usable checkpoint"),
+    ]:
+        assert main(["evaluate", *argv, "--data", str(tmp_path)]) == 2
+        err = capsys.readouterr().err
+        assert said in err and "Traceback" not in err, err
+    assert main(["evaluate", "--checkpoint", str(run), "--classes", str(setup["classes"]), "--data", str(tmp_path / "x")]) == 2  # fmt: skip
+    assert "--data" in capsys.readouterr().err
+
+
+class MeanColour(nn.Module):
+    """logits (B, 4) = the mean of the normalised R, G, B and -B channels: scores known by hand."""
+
+    def __init__(self) -> None:
+        from catlip.models import ViTConfig
+
+        super().__init__()
+        self.cfg = ViTConfig(image_size=SIZE, patch_size=8, width=8, depth=1, heads=1)
+        self.register_buffer("w", torch.tensor([[1.0, 0, 0], [0, 1, 0], [0, 0, 1], [0, 0, -1]]))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        assert images.shape[1:] == (3, SIZE, SIZE)
+        return images.mean(dim=(2, 3)) @ self.w.T  # (B, 4)
+
+
+COLOURS = {  # image -> (RGB, classes)
+    "a": ((220, 30, 60), ["dog"]),
+    "b": ((40, 210, 90), ["cat"]),
+    "c": ((90, 50, 230), ["dog", "motor vehicle"]),
+    "d": ((150, 140, 20), ["cat"]),
+}
+
+
+def normalised(rgb: tuple[int, int, int]) -> np.ndarray:
+    return (np.array(rgb) / 255.0 - np.array(CLIP_MEAN)) / np.array(CLIP_STD)
+
+
+def test_evaluate_multilabel_map_by_hand(setup, tmp_path: Path, capsys) -> None:
+    """A YOLO pack of 4 solid-colour images, scored by MeanColour: dog = R, cat = G, motor vehicle =
+    max(B, -B) = |B| (normalised). dog ranks a, d, c, b with a, c positive: AP (1 + 2/3) / 2; cat
+    ranks b, d first: AP 1; motor vehicle ranks c first (|B| 1.79): AP 1. Chance: positive rates
+    2/4, 2/4, 1/4."""
+    from engine.packing import ClassSet, YoloSource, pack
+    from engine.zeroshot import ZeroShotClassifier, evaluate
+
+    yolo = tmp_path / "yolo"
+    (yolo / "images" / "val").mkdir(parents=True)
+    (yolo / "labels" / "val").mkdir(parents=True)
+    (yolo / "names.yaml").write_text("names:\n" + "".join(f"  {i}: {n}\n" for i, n in enumerate(NAMES)))
+    for key, (rgb, classes) in COLOURS.items():
+        solid(yolo / "images" / "val" / f"{key}.png", rgb)
+        lines = "".join(f"{NAMES.index(c)} 0.5 0.5 0.2 0.2\n" for c in classes)
+        (yolo / "labels" / "val" / f"{key}.txt").write_text(lines)
+    pack(YoloSource(yolo, "val", ClassSet.load(setup["classes"])), tmp_path / "pack", progress=False)
+    scores = {k: normalised(rgb) for k, (rgb, _) in COLOURS.items()}
+    assert [k for k in sorted(scores, key=lambda k: -scores[k][0])] == ["a", "d", "c", "b"]
+    assert [k for k in sorted(scores, key=lambda k: -abs(scores[k][2]))][0] == "c"
+    classifier = ZeroShotClassifier(MeanColour(), ClassMap.load(setup["classes"]))
+    result = evaluate(classifier, tmp_path / "pack", batch_size=3, progress=False)  # 2 batches, 1 padded
+    assert result.images == 4 and result.classes == 3 and result.multi_label and result.topk is None
+    assert result.mean_ap == pytest.approx(((1 + 2 / 3) / 2 + 1 + 1) / 3, abs=1e-6)
+    assert result.chance == pytest.approx((0.5 + 0.5 + 0.25) / 3, abs=1e-6)
+    assert result.summary() == "mAP 94.44% over 3 classes (4 images); chance 41.67%"
+
+    # the eval transform of `predict` is the loader's: same pixels for the same file
+    from engine.data import class_pack_loader
+    from engine.zeroshot import ImageTransform
+
+    loader, _ = class_pack_loader(tmp_path / "pack", 4, image_size=SIZE, device="cpu")
+    batch = next(iter(loader))
+    photo = tmp_path / "photo.jpg"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (45, 61, 3), dtype=np.uint8)).save(photo, quality=95)
+    for key, image in zip(batch["key"], batch["image"], strict=True):
+        raw = (yolo / "images" / "val" / f"{key}.png").read_bytes()
+        assert torch.equal(ImageTransform(SIZE)([raw])[0], image)
+    assert torch.allclose(ImageTransform(SIZE)([photo.read_bytes()])[0, :, 0, 0], ImageTransform(SIZE, batch_size=2)([photo.read_bytes()] * 2)[1, :, 0, 0])  # fmt: skip
+
+    # the CLI's last line, from a real checkpoint
+    from engine.cli import main
+
+    run = write_checkpoint(tmp_path / "run", setup["vocab"], [0.0, 1.0, 2.0, 3.0])
+    argv = [
+        "evaluate",
+        "--checkpoint",
+        str(run),
+        "--classes",
+        str(setup["classes"]),
+        "--data",
+        str(tmp_path / "pack"),
+    ]
+    assert main([*argv, "--no-progress"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]  # after any DeepSpeed log line
+    assert re.fullmatch(r"mAP \d+\.\d\d% over 3 classes \(4 images\); chance 41\.67%", last), last
+
+
+def test_evaluate_single_label_topk(setup, tmp_path: Path) -> None:
+    """An ImageFolder pack: top-1 by hand. a (dog): R 1.42 is the top score; b (cat): G 1.40; c
+    (motor vehicle): |B| 1.79; d (cat): |B| 1.20 beats G 0.35, wrong. Top-1 3/4; top-5 (of 3) 1."""
+    from engine.packing import ClassSet, ImageFolderSource, pack
+    from engine.zeroshot import ZeroShotClassifier, evaluate
+
+    folder = {"a": "dog", "b": "cat", "c": "motor vehicle", "d": "cat"}
+    for key, (rgb, _) in COLOURS.items():
+        (tmp_path / "imgs" / folder[key]).mkdir(parents=True, exist_ok=True)
+        solid(tmp_path / "imgs" / folder[key] / f"{key}.png", rgb)
+    (tmp_path / "imgs" / "cat" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(20))
+    pack(
+        ImageFolderSource(tmp_path / "imgs", ClassSet.load(setup["classes"])),
+        tmp_path / "pack",
+        progress=False,
+    )
+    top1 = [
+        np.argmax(normalised(rgb) * [1, 1, 0] + [0, 0, abs(normalised(rgb)[2])])
+        for rgb, _ in COLOURS.values()
+    ]
+    assert top1 == [0, 1, 2, 2]
+    classifier = ZeroShotClassifier(MeanColour(), ClassMap.load(setup["classes"]))
+    result = evaluate(classifier, tmp_path / "pack", batch_size=8, progress=False)
+    assert not result.multi_label and result.images == 4
+    assert result.topk == {1: 0.75, 5: 1.0}
+    assert result.summary().startswith("mAP ") and result.summary().endswith("; top-1 75.00%, top-5 100.00%")
