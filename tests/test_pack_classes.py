@@ -28,6 +28,7 @@ from engine.packing import (
     CocoInstancesSource,
     ImageExclusion,
     ImageFolderSource,
+    PackError,
     YoloSource,
     pack,
 )
@@ -263,6 +264,53 @@ def test_yolo_pack_and_holdout(tmp_path: Path) -> None:
     assert top["splits"]["train"]["samples"] + top["splits"]["val"]["samples"] == 5
     with pytest.raises(ConfigError, match="holds the splits"):
         class_pack_loader(out, 2)
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+class _LastTaskFails:
+    """An executor whose last task fails, as a killed worker's would."""
+
+    def map_unordered(self, fn, tasks, progress):
+        tasks = list(tasks)
+        for i, task in enumerate(tasks):
+            yield (
+                i,
+                SimpleNamespace(error=RuntimeError("worker lost"))
+                if i == len(tasks) - 1
+                else fn(task, progress),
+            )
+
+
+def test_class_pack_resumes_and_restarts_for_another_class_set(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = yolo_set(tmp_path)
+    names = ["dog", "hot dog", "person"]
+    classes = ClassSet.load(write_classes(tmp_path / "c.json", names))
+    out = tmp_path / "out"
+    with pytest.raises(PackError, match=r"1 of 3 shard\(s\) failed"):
+        pack(YoloSource(root, "train", classes), out, shard_size=2, progress=False, executor=_LastTaskFails())
+    stats = pack(YoloSource(root, "train", classes), out, shard_size=2, progress=False)
+    assert stats.shards_skipped == 2 and stats.samples == 5
+    pack(YoloSource(root, "train", classes), tmp_path / "fresh", shard_size=2, progress=False)
+    assert _tree(out) == _tree(tmp_path / "fresh")
+    # a partial pack of another class set (here one more class) is discarded, not resumed
+    more = ClassSet.load(write_classes(tmp_path / "more.json", [*names, "cat"]))
+    with pytest.raises(PackError):
+        pack(
+            YoloSource(root, "train", classes),
+            tmp_path / "o2",
+            shard_size=2,
+            progress=False,
+            executor=_LastTaskFails(),
+        )
+    capsys.readouterr()
+    stats = pack(YoloSource(root, "train", more), tmp_path / "o2", shard_size=2, progress=False)
+    assert stats.shards_skipped == 0 and "discarding" in capsys.readouterr().out
+    assert meta_of(tmp_path / "o2")["num_classes"] == 4
 
 
 @pytest.mark.parametrize(

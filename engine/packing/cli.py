@@ -15,9 +15,9 @@ PACK_EPILOG = """examples:
   catlip pack --img2dataset /shared/laion/ --vocab vocab.tsv --out /shared/shards --ray auto
 class sets (downstream shards: no captions, no --vocab, no NLTK):
   catlip pack --imagefolder imagenet/val --classes in1k.json --out shards/in1k-val
-  catlip pack --coco-instances instances_val2017.json --images val2017/ --classes coco.json \
+  catlip pack --coco-instances instances_val2017.json --images val2017/ --classes coco.json \\
       --out shards/coco-ml
-  catlip pack --yolo ../shared/data/coco128 --split val2017 --classes coco.json \
+  catlip pack --yolo ../shared/data/coco128 --split val2017 --classes coco.json \\
       --exclude ../shared/data/coco_photos --out shards/coco128-val
 
 Each sample is KEY.jpg|png|webp (original bytes), KEY.txt (caption) and KEY.lbl (sorted label
@@ -30,8 +30,15 @@ reason in dataset.json, and listed in rejects.tsv.
 The pack is built in OUT.partial and moved to OUT when complete; an existing OUT is replaced only
 with --overwrite, and only then. Each finished shard is marked done: after an interruption (a
 killed worker, a corrupt input tar), the same command packs only the missing shards. Shard k
-holds the samples of input slice k (--coco/--tsv: --shard-size samples; --img2dataset: input tar
-k), so the output is the same, byte for byte, on 1 or N workers or on Ray.
+holds the samples of input slice k (--coco/--tsv and class sources: --shard-size samples;
+--img2dataset: input tar k), so the output is the same, byte for byte, on 1 or N workers or on Ray.
+
+Class sources, in short: a class folder, COCO category or YOLO name is matched to a class of
+CLASSES.json by name (a folder also by wnid); one that is no class is an error naming it, unless
+CLASSES.json lists it as unmapped (its labels are then dropped, and counted). A bad YOLO line, an
+id outside names.yaml or an empty class folder is an error naming the file (and line); a file
+that is not an image is a counted reject. dataset.json adds label_member "cls", num_classes,
+multi_label, classes {path, sha256, names} and the class map's vocab_sha256.
 """
 
 
@@ -139,7 +146,8 @@ def add_pack_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
         type=int,
         default=1000,
         metavar="N",
-        help="--coco/--tsv: samples read per shard, which keeps those that pass (default 1000); "
+        help="--coco/--tsv and class sources: samples read per shard, which keeps those that pass "
+        "(default 1000); "
         "--img2dataset input keeps its sharding (one output shard per input tar)",
     )
     p.add_argument(
