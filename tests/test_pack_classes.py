@@ -462,6 +462,25 @@ def test_loader_reads_cls_batches(tmp_path: Path) -> None:
         list(class_pack_loader(out, 4, image_size=16, device="cpu")[0])
 
 
+def test_odd_length_cls_member_names_the_sample(tmp_path: Path) -> None:
+    from engine.data import make_loader
+    from engine.packing import ShardWriter
+
+    writer = ShardWriter(tmp_path, 8)
+    for i in range(4):
+        cls = np.asarray([0, 1], "<i4").tobytes()
+        writer.write(f"s{i}", [("jpg", image_bytes(40 + i)), ("cls", cls[:5] if i == 2 else cls)])
+    writer.close()
+    meta = {"label_member": "cls", "num_classes": 2, "shard_names": writer.names, "samples": 4}
+    (tmp_path / "dataset.json").write_text(json.dumps(meta))
+    with pytest.raises(
+        DataError, match=r"shard-000000.tar: sample s2: its .cls has 5 bytes, not a multiple of 4"
+    ):
+        make_loader(
+            tmp_path, 2, train=False, image_size=16, num_threads=1, device="cpu"
+        )  # label_member from dataset.json
+
+
 # --------------------------------------------------------------------------------------------- CLI
 def test_pack_command_for_class_sources(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
