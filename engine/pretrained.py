@@ -104,6 +104,9 @@ def load_backbone(model: nn.Module, pre: Pretrained, model_name: str) -> int:
     mine = model.encoder.state_dict()
     missing = sorted(set(mine) - set(enc))
     bad = [k for k in mine if k in enc and tuple(enc[k].shape) != tuple(mine[k].shape)]
+    if bad == ["pos_embed"] and not missing:  # another resolution, the same patches: resample the grid
+        enc["pos_embed"] = _resample_pos_embed(enc, model.encoder.cfg.image_size, pre.source)
+        bad = [] if tuple(enc["pos_embed"].shape) == tuple(mine["pos_embed"].shape) else bad
     if missing or bad:
         trained = f" (pre-trained as {was.get('name')}, image_size {was.get('image_size')})" if was else ""
         what = (
@@ -118,6 +121,20 @@ def load_backbone(model: nn.Module, pre: Pretrained, model_name: str) -> int:
         for k, t in mine.items():
             t.copy_(enc[k].to(t.dtype))
     return len(mine)
+
+
+def _resample_pos_embed(enc: dict[str, torch.Tensor], image_size: int, source: str) -> torch.Tensor:
+    """The position embedding for ``image_size``: bicubic over the patch grid, the class token's
+    row kept (catlip.interop's resampling, as timm's ``resample_abs_pos_embed``)."""
+    try:
+        from catlip.interop import load_encoder_state
+    except ImportError as err:
+        raise ConfigError(
+            f"model.init_from: {source} is for another resolution and catlip.interop is missing ({err})"
+        )
+    return load_encoder_state({f"encoder.{k}": v for k, v in enc.items()}, image_size=image_size)[
+        "encoder.pos_embed"
+    ]
 
 
 def sha256_file(path: Path) -> str:

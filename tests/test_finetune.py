@@ -97,7 +97,7 @@ def build(tmp: Path, objective: str, meta: dict, **model):
     from engine.objectives import make_objective
 
     cfg = cfg_for(tmp, objective, **model)
-    obj = make_objective(cfg, vit_config("vit_tiny", image_size=cfg.model.image_size))
+    obj = make_objective(cfg, vit_config(cfg.model.name, image_size=cfg.model.image_size))
     obj.bind(meta)
     torch.manual_seed(0)
     return obj, obj.build(meta.get("num_classes", C))
@@ -136,8 +136,16 @@ def test_vocabulary_and_class_map_hash_mismatches_are_clear_errors(tmp_path):
         build(tmp_path, "finetune", meta, init_from=str(path), classifier_init="synset")
     with pytest.raises(ConfigError, match="synset needs model.init_from"):
         cfg_for(tmp_path, "finetune", classifier_init="synset")
-    with pytest.raises(ConfigError, match="does not fit model.name vit_tiny with image_size 32"):
-        build(tmp_path, "finetune", {"num_classes": C}, init_from=str(path), image_size=32)
+    with pytest.raises(ConfigError, match="does not fit model.name vit_small with image_size 32"):
+        build(tmp_path, "finetune", {"num_classes": C}, init_from=str(path), name="vit_small", image_size=32)
+
+
+def test_init_from_another_resolution_resamples_the_position_embedding(tmp_path):
+    path, state = write_export(tmp_path)  # 16 px: a 2 x 2 grid
+    _, model = build(tmp_path, "finetune", {"num_classes": C}, init_from=str(path), image_size=32)
+    pos = model.encoder.pos_embed.detach()  # (1, 1 + 4 x 4, W)
+    assert pos.shape == (1, 17, 96) and torch.equal(pos[:, 0], state["encoder.pos_embed"][:, 0])
+    assert torch.equal(model.encoder.blocks[1].mlp[0].weight, state["encoder.blocks.1.mlp.0.weight"])
 
 
 def test_loss_follows_multi_label_and_label_smoothing(tmp_path):

@@ -303,6 +303,25 @@ def test_shipped_configs_parse():
     assert paths
     for path in paths:
         load_config(path)
+    # the transfer presets: corenet's fine-tuning recipes (projects/catlip/...), the CPU demos
+    imagenet = load_config(root / "finetune_imagenet_vit_b16.yaml")
+    o = imagenet.optim
+    assert (imagenet.model.objective, imagenet.model.label_smoothing, imagenet.model.image_size) == (
+        "finetune", 0.1, 224,
+    )  # fmt: skip
+    assert (o.lr, o.min_lr, o.weight_decay, o.warmup_steps, o.ema_decay) == (3e-5, 3e-6, 0.05, 500, 0.9995)
+    assert imagenet.run.steps == 10 * 2503 and imagenet.data.batch_size * 8 == 512
+    coco = load_config(root / "finetune_coco_vit_b16.yaml")
+    assert (coco.model.objective, coco.model.label_smoothing, coco.model.image_size) == ("finetune", 0.0, 512)
+    assert (coco.optim.lr, coco.optim.min_lr, coco.optim.ema_decay, coco.run.steps) == (
+        1e-5,
+        1e-6,
+        0.9995,
+        9170,
+    )
+    probe = load_config(root / "coco128_probe_cpu.yaml")
+    assert probe.model.objective == "probe" and probe.data.cache_features
+    assert load_config(root / "coco128_finetune_cpu.yaml").model.objective == "finetune"
 
 
 # ------------------------------------------------------------------------ real data through DALI
