@@ -131,7 +131,7 @@ def _resample_pos_embed(enc: dict[str, torch.Tensor], image_size: int, source: s
     except ImportError as err:
         raise ConfigError(
             f"model.init_from: {source} is for another resolution and catlip.interop is missing ({err})"
-        )
+        ) from None
     return load_encoder_state({f"encoder.{k}": v for k, v in enc.items()}, image_size=image_size)[
         "encoder.pos_embed"
     ]
