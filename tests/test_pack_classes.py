@@ -107,7 +107,9 @@ def imagefolder(tmp_path: Path) -> Path:
 def test_imagefolder_pack(imagefolder: Path, tmp_path: Path) -> None:
     classes = write_classes(tmp_path / "classes.json", ["bird", "cat", "dog"])
     out = tmp_path / "out"
-    stats = pack(ImageFolderSource(imagefolder, ClassSet.load(classes)), out, shard_size=2, progress=False)
+    source = ImageFolderSource(imagefolder, ClassSet.load(classes))
+    assert source.notes == ["1 of the 3 classes have no images here"]
+    stats = pack(source, out, shard_size=2, progress=False)
     samples = read_all(out)
     assert {k: cls_of(s) for k, s in samples.items()} == {
         "cat_a": [1],

@@ -235,7 +235,7 @@ class ClassSource:
 
     def _add(self, found: Iterable[_Image]) -> None:
         owner: dict[str, str] = {}
-        excluded = empty = 0
+        empty = 0
         for image in sorted(found, key=lambda im: im.rel):
             key = sanitize_key(Path(image.rel).with_suffix("").as_posix().replace("/", "_"))
             if key in owner:  # x.jpg beside x.png, or a/b_c beside a_b/c: the whole path, hashed
@@ -246,7 +246,6 @@ class ClassSource:
                 )
             owner[key] = image.rel
             if self.exclude is not None and self.exclude.excludes(image.rel, key):
-                excluded += 1
                 continue
             if not image.classes and self.drop_empty:
                 empty += 1
@@ -324,15 +323,16 @@ class ImageFolderSource(ClassSource):
         unknown = [n for n in unknown if n not in classes.unmapped]
         if unknown:
             raise classes.unknown(unknown, f"--imagefolder {root}: class folder(s)")
-        found, empty, per_class = [], [], {}
+        found, empty, present = [], [], set()
         for folder in folders:
             if folder.name in skipped:
                 continue
             index = classes.index(folder.name, by_wnid=True)
             files = _files(folder)
-            if not files:
+            if files:
+                present.add(index)
+            else:
                 empty.append(folder.name)
-            per_class[folder.name] = len(files)
             found += [_Image(p.relative_to(root).as_posix(), (index,)) for p in files]
         if empty and not allow_empty:
             raise ClassSetError(
@@ -344,7 +344,7 @@ class ImageFolderSource(ClassSource):
             self.notes.append(
                 f"skipped the folder(s) of unmapped class(es) {', '.join(skipped)} (in {classes.path} 'unmapped')"
             )
-        without = len(classes) - len(per_class) + len(empty)
+        without = len(classes) - len(present)
         if without:
             self.notes.append(f"{without:,} of the {len(classes):,} classes have no images here")
         self._add(found)
