@@ -51,6 +51,7 @@ from perf.common import ROOT, commit, cpu_name  # noqa: E402
 DATA = Path(os.environ.get("CATLIP_SHARED", ROOT.parent / "shared")) / "data"
 OBJECTIVES = ("catlip", "clip", "siglip")
 PROMPT = "a photo of a {}"
+CATLIP = (sys.executable, "-m", "engine")  # the catlip command, without relying on PATH
 FIELDS = [
     "date", "commit", "device", "seed", "objective", "budget", "steps", "step", "images_seen",
     "pretrain_s", "images_per_s", "probe_map", "synset_probe_map", "zero_shot_map", "chance",
@@ -90,20 +91,20 @@ def prepare(work: Path) -> dict[str, Path]:
     }
     if not paths["vocab"].is_file():
         print("[claim] vocabulary of the coco_photos captions (min count 5)", flush=True)
-        sh("catlip", "vocab", "--captions", str(photos / "captions.tsv"), "--min-count", "5",
+        sh(*CATLIP, "vocab", "--captions", str(photos / "captions.tsv"), "--min-count", "5",
            "--out", str(paths["vocab"]), log=d / "vocab.log")  # fmt: skip
     if not (paths["pretrain"] / "dataset.json").is_file():
         print("[claim] packing the 255 photos (all for pre-training)", flush=True)
-        sh("catlip", "pack", "--tsv", str(photos / "captions.tsv"), "--images", str(photos),
+        sh(*CATLIP, "pack", "--tsv", str(photos / "captions.tsv"), "--images", str(photos),
            "--vocab", str(paths["vocab"]), "--out", str(paths["pretrain"]), "--shard-size", "640",
            "--quiet", "--overwrite", log=d / "pack.log")  # fmt: skip
     if not paths["classes"].is_file():
-        sh("catlip", "classes", "--vocab", str(paths["vocab"]), "--names", str(DATA / "coco128" / "names.yaml"),
+        sh(*CATLIP, "classes", "--vocab", str(paths["vocab"]), "--names", str(DATA / "coco128" / "names.yaml"),
            "--allow-unmapped", "--out", str(paths["classes"]), log=d / "classes.log")  # fmt: skip
     for split, name, extra in (("train", "train2017", []), ("val", "val2017", ["--exclude", str(photos)])):
         if not (paths[split] / "dataset.json").is_file():
             print(f"[claim] packing coco128 {name}", flush=True)
-            sh("catlip", "pack", "--yolo", str(DATA / "coco128"), "--split", name, "--classes",
+            sh(*CATLIP, "pack", "--yolo", str(DATA / "coco128"), "--split", name, "--classes",
                str(paths["classes"]), *extra, "--out", str(paths[split]), "--quiet", "--overwrite",
                log=d / f"pack-{split}.log")  # fmt: skip
     return paths
