@@ -1,0 +1,445 @@
+"""catlip.interop: exports that real timm loads with our logits, timm / open_clip / corenet towers into
+our ViT, corenet's vocabulary pickle read without running code.
+
+The checks against real timm and open_clip run tests/interop_check.py in scripts/env_interop.sh's
+virtualenv (torch 2.14.1 + torchvision + timm + open_clip; built on first use under a lock, a few
+minutes once, then cached), one child process for all of them (test_real_* below share it).
+The rest runs here, on state dicts written from the names in the libraries' sources.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from catlip.interop import (
+    InteropError,
+    check_vit_state,
+    export_timm,
+    load_encoder_state,
+    read_corenet_vocab,
+    timm_model_args,
+    to_timm_state,
+    write_corenet_vocab,
+)
+from catlip.models import CatLIPModel, VisionTransformer, ViTConfig, vit_config
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = dict(image_size=64, patch_size=8, width=96, depth=4, heads=3)
+
+
+def _meta(name: str, image_size: int | None = None) -> dict[str, str]:
+    cfg = {"model": {"name": name, "image_size": image_size, "objective": "catlip"}}
+    return {
+        "catlip_config": json.dumps(cfg),
+        "vocab": json.dumps({"vocab": "vocab.tsv", "vocab_size": 37, "vocab_sha256": "ab" * 32}),
+        "step": "7",
+        "weights": "trained",
+    }
+
+
+def _perturbed(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Every parameter moved by noise (no unit norms, no zero biases): a swap then shows."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    return model.eval()
+
+
+def _tiny_model(vocab: int = 37, seed: int = 0) -> CatLIPModel:
+    torch.manual_seed(seed)
+    model = _perturbed(CatLIPModel("vit_tiny", vocab), seed)
+    with torch.no_grad():
+        model.head.weight.normal_(0, 0.5)  # logits of order 1, not the zero-init head's constants
+    return model
+
+
+# --------------------------------------------------------------------------------- export, here
+
+
+def test_timm_names_and_kwargs_for_each_preset() -> None:
+    assert timm_model_args(vit_config("vit_b16"), "vit_b16") == ("vit_base_patch16_224", {})
+    assert timm_model_args(vit_config("vit_l16"), "vit_l16") == ("vit_large_patch16_224", {})
+    assert timm_model_args(vit_config("vit_h14"), "vit_h14") == ("vit_huge_patch14_224", {})
+    assert timm_model_args(vit_config("vit_small"), "vit_small") == ("vit_small_patch16_224", {})
+    assert timm_model_args(vit_config("vit_h16"), "vit_h16") == (
+        "vit_huge_patch14_224",
+        {"patch_size": 16, "num_heads": 20},
+    )
+    assert timm_model_args(vit_config("vit_tiny"), "vit_tiny") == (
+        "vit_tiny_patch16_224",
+        {"img_size": 64, "patch_size": 8, "embed_dim": 96, "depth": 4},
+    )
+    assert timm_model_args(vit_config("vit_b16", image_size=384), "vit_b16") == (
+        "vit_base_patch16_224",
+        {"img_size": 384},
+    )
+    with pytest.raises(InteropError, match="norm_eps"):
+        timm_model_args(vit_config("vit_b16", norm_eps=1e-5), "vit_b16")
+
+
+def test_export_writes_timm_names_and_keeps_the_metadata(tmp_path: Path) -> None:
+    state = _tiny_model().state_dict()
+    out = export_timm(state, _meta("vit_tiny"), tmp_path / "t.safetensors")
+    with safe_open(str(out), "pt") as f:
+        meta = f.metadata()
+    assert meta["timm_model"] == "vit_tiny_patch16_224"
+    assert json.loads(meta["timm_kwargs"]) == {"img_size": 64, "patch_size": 8, "embed_dim": 96, "depth": 4}
+    assert meta["timm_num_classes"] == "37" and meta["format"] == "timm"
+    for key, value in _meta("vit_tiny").items():
+        assert meta[key] == value
+    names = set(load_file(str(out)))
+    block0 = {k for k in names if k.startswith("blocks.0.")}
+    assert block0 == {
+        f"blocks.0.{m}.{p}"
+        for m in ("norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2")
+        for p in ("weight", "bias")
+    }
+    assert {
+        "cls_token",
+        "pos_embed",
+        "patch_embed.proj.weight",
+        "patch_embed.proj.bias",
+        "norm.weight",
+    } <= names
+    assert {"head.weight", "head.bias"} <= names and len(names) == 4 + 4 * 12 + 2 + 2
+    back = load_encoder_state(out)  # our own timm export reads back unchanged
+    assert back.keys() == state.keys() and all(torch.equal(back[k], state[k]) for k in state)
+
+
+def test_export_refuses_weights_that_are_not_the_configured_model(tmp_path: Path) -> None:
+    state = _tiny_model().state_dict()
+    with pytest.raises(InteropError, match=r"not the configured model: width 96 \(config says 768\)"):
+        export_timm(state, _meta("vit_b16"), tmp_path / "x.safetensors")
+    with pytest.raises(InteropError, match="more than an image model"):
+        export_timm({**state, "logit_scale": torch.zeros(())}, _meta("vit_tiny"), tmp_path / "x.safetensors")
+    with pytest.raises(InteropError, match="model.name"):
+        export_timm(state, {"catlip_config": "{}"}, tmp_path / "x.safetensors")
+
+
+# -------------------------------------------------------------------------- import: shape errors
+
+
+def test_shape_errors_name_the_tensor() -> None:
+    state = to_timm_state(_tiny_model().state_dict())
+    bad = dict(state)
+    bad["blocks.2.attn.qkv.weight"] = bad["blocks.2.attn.qkv.weight"][:-3]
+    with pytest.raises(
+        InteropError, match=r"encoder.blocks.2.attn.qkv.weight .* has shape \(285, 96\), expected \(288, 96\)"
+    ):
+        load_encoder_state(bad)
+    missing = {k: v for k, v in state.items() if k != "blocks.1.norm2.weight"}
+    with pytest.raises(InteropError, match="blocks.1.norm2.weight is missing"):
+        load_encoder_state(missing)
+    odd = dict(state, pos_embed=state["pos_embed"][:, :-2])
+    with pytest.raises(InteropError, match="encoder.pos_embed"):
+        load_encoder_state(odd)
+    with pytest.raises(InteropError, match="not a ViT image tower.*first keys are: conv.weight"):
+        load_encoder_state({"conv.weight": torch.zeros(3), "fc.weight": torch.zeros(3)})
+    with pytest.raises(InteropError, match="head"):
+        check_vit_state({**load_encoder_state(state), "head.weight": torch.zeros(5, 95)})
+
+
+def test_unrepresentable_parts_are_refused_with_the_reason() -> None:
+    state = to_timm_state(_tiny_model().state_dict())
+    pre = dict(state, **{"norm_pre.weight": torch.ones(96), "norm_pre.bias": torch.zeros(96)})
+    with pytest.raises(InteropError, match="norm_pre .*our ViT has no pre-norm"):
+        load_encoder_state(pre)
+    with pytest.warns(UserWarning, match="left out: timm's norm_pre"):
+        out = load_encoder_state(pre, partial=True)
+    assert "encoder.norm_pre.weight" not in out and "encoder.blocks.3.mlp.2.bias" in out
+    with pytest.raises(InteropError, match="register tokens"):
+        load_encoder_state(dict(state, reg_token=torch.zeros(1, 4, 96)))
+
+
+def test_our_states_under_their_prefixes() -> None:
+    model = _tiny_model()
+    state = model.state_dict()
+    wrapped = {"module": {"module." + k: v for k, v in state.items()}, "step": 3}
+    out = load_encoder_state(wrapped)
+    assert out.keys() == state.keys()
+    clip_like = {"visual." + k[len("encoder.") :]: v for k, v in state.items() if k.startswith("encoder.")}
+    clip_like |= {"text.token_embedding.weight": torch.zeros(10, 4), "logit_scale": torch.zeros(())}
+    out = load_encoder_state(clip_like)  # this engine's CLIP run: its image tower
+    assert set(out) == {k for k in state if k.startswith("encoder.")}
+
+
+def test_pos_embed_resampled_to_another_resolution() -> None:
+    state = to_timm_state(_tiny_model().state_dict())
+    out = load_encoder_state(state, image_size=96)
+    assert out["encoder.pos_embed"].shape == (1, 12 * 12 + 1, 96)
+    assert torch.equal(out["encoder.pos_embed"][:, 0], state["pos_embed"][:, 0])
+    model = VisionTransformer(ViTConfig(**{**TINY, "image_size": 96}))
+    model.load_state_dict({k[len("encoder.") :]: v for k, v in out.items() if k.startswith("encoder.")})
+
+
+# ---------------------------------------------------------------------------------- corenet names
+
+
+def _corenet_vit(width: int = 96, depth: int = 3, classes: int = 11, *, flash: bool = True, seed: int = 0):
+    """A state dict with corenet's VisionTransformer names and shapes (corenet/modeling/models/
+    classification/vit.py, modules/flash_transformer.py, modules/transformer.py,
+    layers/positional_embedding.py, layers/conv_layer.py), random values."""
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=g)
+
+    stem = max(32, width // 4)
+    s = {
+        "patch_emb.0.block.conv.weight": r(stem, 3, 4, 4),
+        "patch_emb.1.block.conv.weight": r(stem, stem, 2, 2),
+        "patch_emb.2.block.conv.weight": r(width, stem, 2, 2),
+        "patch_emb.2.block.conv.bias": r(width),
+        "cls_token": r(1, 1, width),
+        "pos_embed.pos_embed.pos_embed": r(1, 1, 196, width),
+        "post_transformer_norm.weight": r(width),
+        "post_transformer_norm.bias": r(width),
+        "classifier.weight": r(classes, width),
+        "classifier.bias": r(classes),
+        "neural_augmentor.brightness._low": r(1),
+    }
+    for i in (0, 1):
+        s |= {
+            f"patch_emb.{i}.block.norm.weight": r(stem),
+            f"patch_emb.{i}.block.norm.bias": r(stem),
+            f"patch_emb.{i}.block.norm.running_mean": r(stem),
+            f"patch_emb.{i}.block.norm.running_var": r(stem).abs(),
+            f"patch_emb.{i}.block.norm.num_batches_tracked": torch.tensor(5),
+        }
+    out_proj = "out_proj_attn" if flash else "out_proj"
+    for i in range(depth):
+        b = f"transformer.{i}."
+        s |= {
+            b + "pre_norm_mha.0.weight": r(width), b + "pre_norm_mha.0.bias": r(width),
+            b + "pre_norm_mha.1.qkv_proj.weight": r(3 * width, width), b + "pre_norm_mha.1.qkv_proj.bias": r(3 * width),
+            b + f"pre_norm_mha.1.{out_proj}.weight": r(width, width), b + f"pre_norm_mha.1.{out_proj}.bias": r(width),
+            b + "pre_norm_ffn.0.weight": r(width), b + "pre_norm_ffn.0.bias": r(width),
+            b + "pre_norm_ffn.1.weight": r(4 * width, width), b + "pre_norm_ffn.1.bias": r(4 * width),
+            b + "pre_norm_ffn.4.weight": r(width, 4 * width), b + "pre_norm_ffn.4.bias": r(width),
+        }  # fmt: skip
+    return s
+
+
+@pytest.mark.filterwarnings("ignore:.*left out:")
+@pytest.mark.parametrize("flash", [True, False], ids=["FlashTransformerEncoder", "TransformerEncoder"])
+def test_corenet_vit_names_map_onto_ours(tmp_path: Path, flash: bool) -> None:
+    src = _corenet_vit(flash=flash)
+    path = tmp_path / "checkpoint_ema_best.pt"
+    torch.save({"model_state_dict": src, "epoch": 3}, path)  # corenet's checkpoint wrapper
+    with pytest.raises(InteropError, match="corenet's convolutional stem .* not a linear patch embedding"):
+        load_encoder_state(path)
+    with pytest.warns(UserWarning, match="left out: corenet's convolutional stem"):
+        out = load_encoder_state(path, partial=True)
+    assert not any("patch_embed" in k or "augment" in k for k in out)
+    out_proj = "out_proj_attn" if flash else "out_proj"
+    pairs = {
+        "encoder.cls_token": "cls_token",
+        "encoder.norm.weight": "post_transformer_norm.weight",
+        "encoder.norm.bias": "post_transformer_norm.bias",
+        "head.weight": "classifier.weight",
+        "head.bias": "classifier.bias",
+    }
+    for i in range(3):
+        o, b = f"encoder.blocks.{i}.", f"transformer.{i}."
+        for p in ("weight", "bias"):
+            pairs |= {
+                o + f"norm1.{p}": b + f"pre_norm_mha.0.{p}",
+                o + f"attn.qkv.{p}": b + f"pre_norm_mha.1.qkv_proj.{p}",
+                o + f"attn.proj.{p}": b + f"pre_norm_mha.1.{out_proj}.{p}",
+                o + f"norm2.{p}": b + f"pre_norm_ffn.0.{p}",
+                o + f"mlp.0.{p}": b + f"pre_norm_ffn.1.{p}",
+                o + f"mlp.2.{p}": b + f"pre_norm_ffn.4.{p}",
+            }
+    assert set(out) == set(pairs) | {"encoder.pos_embed"}
+    for ours, theirs in pairs.items():
+        assert torch.equal(out[ours], src[theirs]), ours
+    # corenet adds its 196 positions to the patches and then prepends the class token (no position):
+    # our cat(cls, patches) + pos_embed computes the same with a zero first row.
+    pos = out["encoder.pos_embed"]
+    assert pos.shape == (1, 197, 96) and torch.equal(pos[0, 0], torch.zeros(96))
+    table = src["pos_embed.pos_embed.pos_embed"]
+    assert torch.equal(pos[0, 1:], table[0, 0])
+    patches, cls = torch.randn(2, 196, 96), out["encoder.cls_token"]
+    theirs = torch.cat([cls.expand(2, -1, -1), patches + table.reshape(1, 196, 96)], dim=1)
+    ours = torch.cat([cls.expand(2, -1, -1), patches], dim=1) + pos
+    assert torch.equal(ours, theirs)
+    # at 256 px (256 patches), corenet's forward interpolates the table over (sequence, width)
+    big = load_encoder_state(path, partial=True, image_size=256)["encoder.pos_embed"]
+    expect = torch.nn.functional.interpolate(table, size=(256, 96), mode="bilinear")
+    assert big.shape == (1, 257, 96) and torch.allclose(big[0, 1:], expect[0, 0])
+
+
+@pytest.mark.filterwarnings("ignore:.*left out:")
+def test_corenet_shape_errors() -> None:
+    src = _corenet_vit()
+    src["transformer.1.pre_norm_ffn.4.weight"] = src["transformer.1.pre_norm_ffn.4.weight"][:, :-16]
+    with pytest.raises(
+        InteropError, match=r"encoder.blocks.1.mlp.2.weight .*\(96, 368\), expected \(96, 384\)"
+    ):
+        load_encoder_state(src, partial=True)
+    src = _corenet_vit()
+    del src["cls_token"]
+    with pytest.raises(InteropError, match="no cls_token"):
+        load_encoder_state(src, partial=True)
+
+
+# ---------------------------------------------------------------------------- corenet vocabulary
+
+
+class _RunsCode:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_corenet_vocab_pickle_with_a_global_is_refused_without_running(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    evil = tmp_path / "vocab.pkl"
+    evil.write_bytes(pickle.dumps({"n2084071": 5, "x": _RunsCode(marker)}))
+    with pytest.raises(InteropError, match=r"names the global (posix|os)\.system.*refused without running"):
+        read_corenet_vocab(evil, synset_name=lambda o: "dog.n.01")
+    assert not marker.exists()
+    pickle.loads(evil.read_bytes())  # the same bytes with pickle's own loader do run it
+    assert marker.exists()
+    (tmp_path / "list.pkl").write_bytes(pickle.dumps(["n2084071"]))
+    with pytest.raises(InteropError, match="holds a list"):
+        read_corenet_vocab(tmp_path / "list.pkl")
+    (tmp_path / "key.pkl").write_bytes(pickle.dumps({"02084071": 3}))
+    with pytest.raises(InteropError, match="not corenet's pos \\+ offset"):
+        read_corenet_vocab(tmp_path / "key.pkl")
+
+
+def test_corenet_vocab_to_our_tsv(tmp_path: Path) -> None:  # WordNet 3.0: `catlip setup-nltk`
+    from catlip.labels import Vocabulary
+
+    counts = {"n4379243": 90, "n2084071": 70, "n2121620": 70, "n7942152": 10}  # table, dog, cat, people
+    (tmp_path / "v.pkl").write_bytes(pickle.dumps(counts, protocol=4))
+    out = write_corenet_vocab(tmp_path / "v.pkl", tmp_path / "vocab.tsv", vocab_size=3)
+    vocab = Vocabulary.load(out)
+    assert vocab.wnids == ["n04379243", "n02084071", "n02121620"]  # corenet's order, padded offsets
+    assert vocab.synsets == ["table.n.02", "dog.n.01", "cat.n.01"]
+    assert vocab.lemmas == ["table", "dog", "cat"] and vocab.counts == [90, 70, 70]
+    (tmp_path / "bad.pkl").write_bytes(pickle.dumps({"n1": 1}))
+    with pytest.raises(InteropError, match="n1 is no WordNet 3.0 noun synset"):
+        read_corenet_vocab(tmp_path / "bad.pkl")
+
+
+# ------------------------------------------------------------------ real timm and open_clip (venv)
+
+
+def _open_clip_kwargs(**kw):
+    return dict(image_size=64, patch_size=8, width=96, layers=2, heads=3, mlp_ratio=4.0, output_dim=96, **kw)
+
+
+MAKE = {  # name -> (library, model name, kwargs, our ViTConfig for it)
+    "timm_plain": ("timm", "vit_tiny_patch16_224", dict(img_size=64, patch_size=8, embed_dim=96, depth=2, num_classes=11), {}),
+    "timm_ls_noembedcls_noqkvbias": (
+        "timm",
+        "vit_tiny_patch16_224",
+        dict(img_size=64, patch_size=8, embed_dim=96, depth=2, num_classes=0, init_values=0.1, no_embed_class=True, qkv_bias=False),
+        {},
+    ),
+    "open_clip_no_ln_pre_ls": ("open_clip", "", _open_clip_kwargs(no_ln_pre=True, ls_init_value=0.1), {"norm_eps": 1e-5}),
+    "open_clip": ("open_clip", "", _open_clip_kwargs(), {"norm_eps": 1e-5}),
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def real_libraries(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One run of tests/interop_check.py in the interop venv: our exports into timm, and models made
+    there for the reverse direction."""
+    tmp = tmp_path_factory.mktemp("interop")
+    job: dict = {"parity": [], "make": [], "atol": 1e-5, "rtol": 1e-5, "threads": 2}
+    for name, image_size, batch in (("vit_tiny", None, 4), ("vit_b16", None, 2)):
+        torch.manual_seed(1)
+        model = _tiny_model() if name == "vit_tiny" else _perturbed(CatLIPModel(name, 53), 1)
+        images = torch.randn(batch, 3, model.cfg.image_size, model.cfg.image_size)
+        with torch.no_grad():
+            logits = model(images)
+        export = export_timm(model.state_dict(), _meta(name, image_size), tmp / f"{name}.safetensors")
+        save_file({"images": images, "logits": logits}, str(tmp / f"{name}.case"))
+        job["parity"].append({"export": str(export), "case": str(tmp / f"{name}.case")})
+    for i, (key, (library, model_name, kwargs, _)) in enumerate(MAKE.items()):
+        job["make"].append(
+            {
+                "library": library,
+                "name": model_name,
+                "kwargs": kwargs,
+                "out": str(tmp / f"{key}.safetensors"),
+                "seed": 10 + i,
+            }
+        )
+    (tmp / "job.json").write_text(json.dumps(job))
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    cmd = (
+        f"source scripts/env_interop.sh >&2 && python tests/interop_check.py {tmp}/job.json {tmp}/result.json"
+    )
+    proc = subprocess.run(
+        ["bash", "-c", cmd], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200
+    )  # ~30 s with the venv cached; building it takes a few minutes, once
+    result = json.loads((tmp / "result.json").read_text()) if (tmp / "result.json").is_file() else {}
+    return {"proc": proc, "result": result, "tmp": tmp}
+
+
+def _ran(real: dict) -> dict:
+    proc = real["proc"]
+    assert real["result"], (
+        f"interop_check.py failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    )
+    return real["result"]
+
+
+@pytest.mark.slow
+def test_real_timm_loads_our_export_strictly_with_our_logits(real_libraries: dict) -> None:
+    result = _ran(real_libraries)
+    assert result["torch"].startswith("2.14.1")
+    parity = {Path(p["export"]).stem: p for p in result["parity"]}
+    assert parity["vit_tiny"]["timm_model"] == "vit_tiny_patch16_224"
+    assert (
+        parity["vit_b16"]["timm_model"] == "vit_base_patch16_224" and parity["vit_b16"]["timm_kwargs"] == "{}"
+    )
+    for name, p in parity.items():
+        assert p["ok"], (
+            f"{name}: timm's logits differ from ours by {p['max_abs_diff']:.3g} (|logit| up to {p['max_abs_logit']:.3g})"
+        )
+    assert real_libraries["proc"].returncode == 0, real_libraries["proc"].stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("key", [k for k in MAKE if k != "open_clip"])
+def test_real_timm_and_open_clip_towers_give_our_outputs(real_libraries: dict, key: str) -> None:
+    _ran(real_libraries)
+    library, _, kwargs, overrides = MAKE[key]
+    path = real_libraries["tmp"] / f"{key}.safetensors"
+    case = load_file(str(path) + ".case")
+    state = load_encoder_state(path)
+    depth = kwargs.get("depth", kwargs.get("layers"))
+    cfg = ViTConfig(**{**TINY, "depth": depth, **overrides})
+    encoder = VisionTransformer(cfg).eval()
+    encoder.load_state_dict({k[len("encoder.") :]: v for k, v in state.items() if k.startswith("encoder.")})
+    with torch.no_grad():
+        out = encoder(case["images"])  # (B, W)
+        if "head.weight" in state:
+            out = torch.nn.functional.linear(out, state["head.weight"], state["head.bias"])
+    assert out.shape == case["output"].shape
+    torch.testing.assert_close(out, case["output"], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_real_open_clip_tower_with_ln_pre_is_refused(real_libraries: dict) -> None:
+    _ran(real_libraries)
+    path = real_libraries["tmp"] / "open_clip.safetensors"
+    with pytest.raises(InteropError, match="open_clip's ln_pre, a LayerNorm before the blocks"):
+        load_encoder_state(path)
