@@ -43,9 +43,12 @@ COCO_PHOTOS_IN_COCO128_VAL = [  # the coco128 val2017 images that are also in co
 
 def write_classes(path: Path, names: list[str], *, unmapped: tuple[str, ...] = (), wnids=None) -> Path:
     classes = [
-        {"index": i, "name": n, "wnid": (wnids or {}).get(n, f"n{i:08d}"), "rows": [i], "distance": 0}
+        {
+            "index": i, "name": n, "wnid": (wnids or {}).get(n, f"n{i:08d}"), "synset": f"{n}.n.01",
+            "rows": [i], "row_wnids": [f"n{i:08d}"], "distance": 0, "how": "lemma",
+        }
         for i, n in enumerate(names)
-    ]
+    ]  # fmt: skip
     data = {
         "format": "catlip-classes/1",
         "vocab": {"path": "vocab.tsv", "size": 99, "sha256": VOCAB_SHA},
@@ -389,32 +392,42 @@ def test_exclusion_by_name_stem_path_and_folder(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------ CLASSES.json
+def _entry(i: int, class_name: str, **changes) -> dict:
+    entry = {
+        "index": i, "name": class_name, "wnid": f"n{i:08d}", "synset": f"{class_name}.n.01", "rows": [i],
+        "row_wnids": [f"n{i:08d}"], "distance": 0, "how": "lemma",
+    }  # fmt: skip
+    return {k: v for k, v in {**entry, **changes}.items() if v is not None}
+
+
 @pytest.mark.parametrize(
     ("content", "error"),
     [
-        ("{not json", r"c\.json:1:2: invalid JSON"),
-        ("[1, 2]", r"the top level is a list, not an object"),
-        ('{"format": "catlip-classes/2"}', r"'format' is 'catlip-classes/2', not 'catlip-classes/1'"),
-        (
-            '{"format": "catlip-classes/1", "vocab": {"sha256": "x"}, "classes": []}',
-            r"'vocab' must be an object",
-        ),
-        (None, r"'classes' must be a non-empty list"),
-        ([{"index": 0, "name": "a"}, {"index": 0, "name": "b"}], r"classes\[1\] \('b'\) has 'index' 0"),
-        (
-            [{"index": 0, "name": "a"}, {"index": 1, "name": "a"}],
-            r"class name\(s\) 'a' appear more than once",
-        ),
-        ([{"index": 0}], r"classes\[0\] has no 'name'"),
+        ("{not json", r"c\.json: not a readable class map"),
+        ("[1, 2]", r"c\.json: not a class map"),
+        ('{"format": "catlip-classes/2"}', r"c\.json: not a class map \(no \"format\": 'catlip-classes/1'"),
+        ({"vocab": {"size": 9}}, r"c\.json: malformed class map \(missing 'sha256'\)"),
+        ({"vocab": {"size": 9, "sha256": "x"}}, r"c\.json: its vocab sha256 is not 64 hex digits"),
+        ({"classes": []}, r"c\.json: holds no class"),
+        ({"classes": [_entry(0, "a"), _entry(0, "b")]}, r"class 1 \('b'\) has a bad index"),
+        ({"classes": [_entry(0, "a"), _entry(1, "a")]}, r"class name\(s\) 'a' appear more than once"),
+        ({"classes": [_entry(0, "a", name=None)]}, r"malformed class map \(missing 'name'\)"),
+        ({"classes": [_entry(0, "a", rows=[])]}, r"class 0 \('a'\) has a bad index or rows"),
+        ({"classes": "a"}, r"malformed class map"),
     ],
 )
 def test_bad_classes_json(tmp_path: Path, content, error: str) -> None:
     path = tmp_path / "c.json"
     if not isinstance(content, str):
-        data = {"format": "catlip-classes/1", "vocab": {"sha256": VOCAB_SHA}, "classes": content or []}
+        data = {
+            "format": "catlip-classes/1",
+            "vocab": {"path": "v.tsv", "size": 9, "sha256": VOCAB_SHA},
+            "classes": [_entry(0, "a")],
+            **content,
+        }
         content = json.dumps(data)
     path.write_text(content)
-    with pytest.raises(ClassSetError, match=error):
+    with pytest.raises(ClassSetError, match=error + ".*make it with `catlip classes"):
         ClassSet.load(path)
 
 

@@ -44,7 +44,6 @@ from pathlib import Path
 
 from engine.packing.sources import RawSample, chunk_tasks, inside, sanitize_key
 
-CLASSES_FORMAT = "catlip-classes/1"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -67,54 +66,32 @@ class ClassSet:
 
     @classmethod
     def load(cls, path: Path | str) -> ClassSet:
-        """Read and check ``CLASSES.json``; a ClassSetError says what is wrong in it."""
+        """Read ``CLASSES.json`` with ``catlip classes``' own reader (``catlip.classes.ClassMap``,
+        the one owner of the format), then check what packing adds: names that are unique (they
+        are matched by name) and a vocabulary digest to copy. A ClassSetError says what is wrong."""
+        from catlip.classes import ClassMap, ClassMapError
+
         path = Path(path)
         fix = "make it with `catlip classes --vocab VOCAB --names FILE --out CLASSES.json`"
         if not path.is_file():
             raise ClassSetError(f"{path}: no such class set ({fix})")
         raw = path.read_bytes()
         try:
-            data = json.loads(raw)
-        except UnicodeDecodeError as err:
-            raise ClassSetError(f"{path}: not UTF-8 text ({err}); {fix}") from None
-        except json.JSONDecodeError as err:
-            raise ClassSetError(f"{path}:{err.lineno}:{err.colno}: invalid JSON ({err.msg}); {fix}") from None
-
-        def bad(what: str) -> ClassSetError:
-            return ClassSetError(f"{path}: {what}; not a {CLASSES_FORMAT} class set ({fix})")
-
-        if not isinstance(data, dict):
-            raise bad(f"the top level is a {type(data).__name__}, not an object")
-        if data.get("format") != CLASSES_FORMAT:
-            raise bad(f"'format' is {data.get('format')!r}, not {CLASSES_FORMAT!r}")
-        vocab = data.get("vocab")
-        if not isinstance(vocab, dict) or not _SHA256.fullmatch(str(vocab.get("sha256", ""))):
-            raise bad("'vocab' must be an object with the vocabulary's 'sha256' (64 hex digits)")
-        classes = data.get("classes")
-        if not isinstance(classes, list) or not classes:
-            raise bad("'classes' must be a non-empty list")
-        names, wnids = [], []
-        for i, entry in enumerate(classes):
-            if not isinstance(entry, dict):
-                raise bad(f"classes[{i}] is a {type(entry).__name__}, not an object")
-            name = entry.get("name")
-            if not isinstance(name, str) or not name.strip():
-                raise bad(f"classes[{i}] has no 'name'")
-            if entry.get("index", i) != i:
-                raise bad(
-                    f"classes[{i}] ({name!r}) has 'index' {entry.get('index')!r}: it must be its position"
-                )
-            names.append(name)
-            wnids.append(entry.get("wnid") if isinstance(entry.get("wnid"), str) else None)
+            class_map = ClassMap.load(path)
+        except ClassMapError as err:
+            raise ClassSetError(f"{err}; {fix}") from None
+        names = tuple(class_map.names)
         repeated = [n for n, k in Counter(names).items() if k > 1]
         if repeated:
-            raise bad(f"class name(s) {', '.join(map(repr, repeated))} appear more than once")
-        unmapped = data.get("unmapped", [])
-        if not isinstance(unmapped, list) or not all(isinstance(u, str) for u in unmapped):
-            raise bad("'unmapped' must be a list of names")
+            raise ClassSetError(
+                f"{path}: class name(s) {', '.join(map(repr, repeated))} appear more than once; {fix}"
+            )
+        if not _SHA256.fullmatch(str(class_map.vocab.get("sha256"))):
+            raise ClassSetError(f"{path}: its vocab sha256 is not 64 hex digits; {fix}")
         return cls(
-            path.resolve(), hashlib.sha256(raw).hexdigest(), tuple(names), tuple(wnids),
-            frozenset(unmapped), dict(vocab),
+            path.resolve(), hashlib.sha256(raw).hexdigest(), names,
+            tuple(c.wnid or None for c in class_map.classes), frozenset(class_map.unmapped),
+            dict(class_map.vocab),
         )  # fmt: skip
 
     def __len__(self) -> int:
