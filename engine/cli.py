@@ -111,7 +111,6 @@ def _add_zeroshot_parsers(sub: argparse._SubParsersAction) -> None:
         "synset, WordNet distance, rows, how) and writes CLASSES.json (format catlip-classes/1: "
         "per class its wnid, synset, rows, row wnids, distance and how; the vocabulary's path, "
         "size and SHA-256). A class that does not map is an error naming it.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
         "--vocab", type=Path, required=True, help="vocabulary TSV from `catlip vocab` (the checkpoint's)"

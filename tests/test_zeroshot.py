@@ -193,20 +193,6 @@ def test_evaluate_multilabel_map_by_hand(setup, tmp_path: Path, capsys) -> None:
     assert result.chance == pytest.approx((0.5 + 0.5 + 0.25) / 3, abs=1e-6)
     assert result.summary() == "mAP 94.44% over 3 classes (4 images); chance 41.67%"
 
-    # the eval transform of `predict` is the loader's: same pixels for the same file
-    from engine.data import class_pack_loader
-    from engine.zeroshot import ImageTransform
-
-    loader, _ = class_pack_loader(tmp_path / "pack", 4, image_size=SIZE, device="cpu")
-    batch = next(iter(loader))
-    photo = tmp_path / "photo.jpg"
-    rng = np.random.default_rng(0)
-    Image.fromarray(rng.integers(0, 255, (45, 61, 3), dtype=np.uint8)).save(photo, quality=95)
-    for key, image in zip(batch["key"], batch["image"], strict=True):
-        raw = (yolo / "images" / "val" / f"{key}.png").read_bytes()
-        assert torch.equal(ImageTransform(SIZE)([raw])[0], image)
-    assert torch.allclose(ImageTransform(SIZE)([photo.read_bytes()])[0, :, 0, 0], ImageTransform(SIZE, batch_size=2)([photo.read_bytes()] * 2)[1, :, 0, 0])  # fmt: skip
-
     # the CLI's last line, from a real checkpoint
     from engine.cli import main
 
@@ -251,3 +237,31 @@ def test_evaluate_single_label_topk(setup, tmp_path: Path) -> None:
     assert not result.multi_label and result.images == 4
     assert result.topk == {1: 0.75, 5: 1.0}
     assert result.summary().startswith("mAP ") and result.summary().endswith("; top-1 75.00%, top-5 100.00%")
+
+
+def test_predict_transform_is_the_loaders(setup, tmp_path: Path) -> None:
+    """``predict``'s transform gives the pixels the trainer's eval loader gives for the same file
+    (textured images, downscaled: the resize filter and the crop show)."""
+    from engine.data import class_pack_loader
+    from engine.packing import ClassSet, ImageFolderSource, pack
+    from engine.zeroshot import ImageTransform
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "imgs" / "dog").mkdir(parents=True)
+    files = {}
+    for key, (h, w), ext in [("wide", (45, 77), "jpg"), ("tall", (90, 51), "png")]:
+        pixels = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        files[key] = tmp_path / "imgs" / "dog" / f"{key}.{ext}"
+        Image.fromarray(pixels).save(files[key], **({"quality": 95} if ext == "jpg" else {}))
+    pack(
+        ImageFolderSource(tmp_path / "imgs", ClassSet.load(setup["classes"])),
+        tmp_path / "pack",
+        progress=False,
+    )
+    loader, _ = class_pack_loader(tmp_path / "pack", 2, image_size=SIZE, device="cpu")
+    batch = next(iter(loader))
+    transform = ImageTransform(SIZE, batch_size=2)
+    assert sorted(batch["key"]) == ["dog_tall", "dog_wide"]  # ROOT/dog/tall.png -> key dog_tall
+    mine = transform([files[k.removeprefix("dog_")].read_bytes() for k in batch["key"]])
+    assert mine.shape == (2, 3, SIZE, SIZE) and mine.dtype == torch.float32
+    assert torch.equal(mine, batch["image"])
