@@ -1,22 +1,31 @@
 #!/usr/bin/env bash
 # Set up everything on a fresh machine, then run the main job on its out-of-the-box default:
 # CatLIP pre-training of a tiny ViT on real photos, on the CPU, with DeepSpeed ZeRO-2 over 2 gloo
-# ranks:
+# ranks, then its transfer to COCO's 80 object classes:
 #   1. the synset vocabulary of the COCO val2017 captions (25,014 captions, min count 5);
 #   2. the 255 COCO photos of ../shared/data with their 1,275 captions packed into WebDataset
 #      shards with label indices, 20% of the photos held out;
 #   3. 300 training steps (configs/coco_tiny_cpu.yaml), printing the falling loss and the held-out
-#      mAP over the vocabulary next to the chance level.
+#      mAP over the vocabulary next to the chance level;
+#   4. COCO's 80 names mapped to synsets of that vocabulary (`catlip classes`, CLASSES.json);
+#   5. ../shared/data/coco128 packed as class sets (`catlip pack --yolo`): train2017 (128 images)
+#      and val2017 less the 9 images that are also pre-training photos (119 images);
+#   6. zero-shot mAP on those 119 images (`catlip evaluate`: the head's synset rows, no training),
+#      then linear probes on train2017 (configs/coco128_probe_cpu.yaml) from a random and from the
+#      synset classifier at equal steps, each mAP next to chance; a summary block closes the run.
 # Where ../shared is absent, steps 1-2 use scikit-image's 19 documented photos from PyPI instead
-# (engine/sample_data.py). Each invocation writes a new folder runs/main/<date-time>/ (vocabulary,
-# shards, training) and points runs/main/latest at it; nothing earlier is deleted. With
-# `--set run.resume=auto` it continues the newest run in that run's folder instead (its shards are
-# reused). Extra arguments go to the trainer, e.g. --set run.steps=100.
+# (engine/sample_data.py) and steps 4-6 are skipped (coco128 is part of ../shared). Each
+# invocation writes a new folder runs/main/<date-time>/ (vocabulary, shards, training, transfer/)
+# and points runs/main/latest at it; nothing earlier is deleted. With `--set run.resume=auto` it
+# continues the newest run in that run's folder instead (its shards are reused; transfer/ is
+# redone from the continued checkpoint). Extra arguments go to the pre-training, e.g.
+# --set run.steps=100.
 source "$(dirname "$0")/env.sh"
 SHARED=${CATLIP_SHARED:-$CATLIP_ROOT/../shared}
 DATA=$SHARED/data
 ROOT_RUNS=${CATLIP_RUNS:-runs/main}  # where the run folders go
 catlip setup-nltk
+SECONDS=0  # the main job's own time, after set-up (venv, NLTK data)
 resume=0
 for arg in "$@"; do [[ "$arg" == *run.resume=auto* ]] && resume=1; done
 if [ "$resume" = 1 ] && [ -e "$ROOT_RUNS/latest" ]; then
@@ -31,10 +40,10 @@ else
 fi
 extra=()
 if [ -f "$RUN/shards/train/dataset.json" ]; then
-  echo "[catlip] 1-2/3 vocabulary and shards of this run exist: reused"
+  echo "[catlip] 1-2/6 vocabulary and shards of this run exist: reused"
   extra=($(cat "$RUN/extra_args" 2>/dev/null || true))
 elif [ -f "$DATA/coco_captions_val2017.json" ]; then
-  echo "[catlip] 1/3 vocabulary of the COCO val2017 captions"
+  echo "[catlip] 1/6 vocabulary of the COCO val2017 captions"
   catlip vocab --captions "$DATA/coco_captions_val2017.json" --min-count 5 --out "$RUN/vocab.tsv"
   TSV=$DATA/coco_photos/captions.tsv
   IMAGES=$DATA/coco_photos
@@ -43,17 +52,90 @@ else
   python -m engine.sample_data --out "$RUN/sample_data"
   TSV=$RUN/sample_data/captions.tsv
   IMAGES=$RUN/sample_data/images
-  echo "[catlip] 1/3 vocabulary of their captions"
+  echo "[catlip] 1/6 vocabulary of their captions"
   catlip vocab --captions "$TSV" --min-count 1 --out "$RUN/vocab.tsv"
   extra=(--set data.batch_size=4 --set run.steps=150)
 fi
 if [ ! -f "$RUN/shards/train/dataset.json" ]; then
-  echo "[catlip] 2/3 shards"
+  echo "[catlip] 2/6 shards (at ${SECONDS} s)"
   catlip pack --tsv "$TSV" --images "$IMAGES" --vocab "$RUN/vocab.tsv" --out "$RUN/shards" \
     --shard-size 256 --holdout-fraction 0.2
   echo "${extra[*]}" > "$RUN/extra_args"
 fi
-echo "[catlip] 3/3 training: tiny ViT, ZeRO-2, 2 CPU ranks (gloo)"
+echo "[catlip] 3/6 training: tiny ViT, ZeRO-2, 2 CPU ranks (gloo) (at ${SECONDS} s)"
 OMP_NUM_THREADS=1 torchrun --standalone --nproc_per_node 2 -m engine.train --config configs/coco_tiny_cpu.yaml \
   --set data.train="$RUN/shards/train" --set data.val="$RUN/shards/val" --set run.out_dir="$RUN/train" \
-  "${extra[@]}" "$@"
+  "${extra[@]}" "$@" | tee "$RUN/pretrain.log"
+pretrain=$(grep "^held-out mAP" "$RUN/pretrain.log" | tail -1 || true)
+
+COCO128=$DATA/coco128
+if [ ! -f "$COCO128/names.yaml" ]; then
+  echo "[catlip] 4-6/6 transfer to COCO skipped: $COCO128 is absent (it comes with ../shared/data)"
+  exit 0
+fi
+T=$RUN/transfer
+rm -rf "$T"  # derived from this run's checkpoint: redone on every invocation
+mkdir -p "$T"
+echo "[catlip] 4/6 COCO's 80 names to synsets of the vocabulary (at ${SECONDS} s)"
+catlip classes --vocab "$RUN/vocab.tsv" --names "$COCO128/names.yaml" --out "$T/coco80.json" > "$T/classes.txt"
+tail -1 "$T/classes.txt"
+echo "[catlip] 5/6 coco128 as class sets: train2017, and val2017 less the pre-training photos (at ${SECONDS} s)"
+catlip pack --yolo "$COCO128" --split train2017 --classes "$T/coco80.json" --out "$T/train" --workers 1 \
+  > "$T/pack_train.txt" 2>&1 &
+train_pack=$!
+catlip pack --yolo "$COCO128" --split val2017 --classes "$T/coco80.json" --exclude "$DATA/coco_photos" \
+  --out "$T/val" --workers 1 > "$T/pack_val.txt" 2>&1 || { cat "$T/pack_val.txt"; exit 1; }
+wait "$train_pack" || { cat "$T/pack_train.txt"; exit 1; }
+echo "[catlip] 6/6 zero-shot readout, then linear probes from a random and a synset classifier (at ${SECONDS} s)"
+OMP_NUM_THREADS=1 catlip evaluate --checkpoint "$RUN/train" --classes "$T/coco80.json" --data "$T/val" \
+  --threads 1 --no-progress > "$T/zeroshot.txt" 2>&1 &
+zeroshot=$!
+probes=()
+for init in random synset; do
+  OMP_NUM_THREADS=1 python -m engine.train --config configs/coco128_probe_cpu.yaml \
+    --set model.init_from="$RUN/train" --set model.classifier_init=$init \
+    --set data.train="$T/train" --set data.val="$T/val" --set run.out_dir="$T/probe_$init" \
+    > "$T/probe_$init.txt" 2>&1 &
+  probes+=($!)
+done
+wait "$zeroshot" || { cat "$T/zeroshot.txt"; exit 1; }
+for i in 0 1; do wait "${probes[$i]}" || { cat "$T/probe_$([ $i = 0 ] && echo random || echo synset).txt"; exit 1; }; done
+zs=$(tail -1 "$T/zeroshot.txt")
+random=$(grep "^held-out mAP" "$T/probe_random.txt" | tail -1)
+synset=$(grep "^held-out mAP" "$T/probe_synset.txt" | tail -1)
+echo "$zs"
+echo "probe random: $random"
+echo "probe synset: $synset"
+python - "$T" "$pretrain" "$zs" "$random" "$synset" "$SECONDS" <<'PY'
+import json, re, sys
+folder, pretrain, zs, rnd, syn, seconds = sys.argv[1:]
+steps = json.load(open(f"{folder}/probe_random/config.json"))["run"]["steps"]
+excluded = json.load(open(f"{folder}/val/dataset.json"))["source"].get("excluded", {}).get("images", "?")
+pct = lambda text, word: float(re.search(word + r" ([0-9.]+)%", text).group(1))
+m = {k: (pct(t, "mAP"), pct(t, "chance")) for k, t in (("zero", zs), ("random", rnd), ("synset", syn))}
+images = re.search(r"\((\d+) images", zs)
+diff = m["synset"][0] - m["random"][0]
+
+
+def curve() -> str:
+    runs = {}
+    for init in ("random", "synset"):
+        rows = [json.loads(line) for line in open(f"{folder}/probe_{init}/eval.jsonl")]
+        runs[init] = {r["step"]: 100 * r["val_mAP"] for r in rows}
+    return ", ".join(f"{s}: {runs['random'][s]:.1f} / {runs['synset'][s]:.1f}" for s in sorted(runs["random"]))
+
+
+print(f"""
+================================ main job summary ================================
+pre-training (coco_photos, vocabulary): {pretrain or 'no held-out line'}
+transfer to COCO's 80 classes, scored on coco128 val2017 less the {excluded} pre-training photos
+({images.group(1) if images else '?'} images), mAP over the classes with a positive:
+  {'zero-shot synset readout (no training)':<48} mAP {m['zero'][0]:6.2f}%   chance {m['zero'][1]:.2f}%
+  {f'linear probe, classifier_init random, {steps} steps':<48} mAP {m['random'][0]:6.2f}%   chance {m['random'][1]:.2f}%
+  {f'linear probe, classifier_init synset, {steps} steps':<48} mAP {m['synset'][0]:6.2f}%   chance {m['synset'][1]:.2f}%
+synset initialisation {'beat' if diff > 0 else 'did not beat'} random initialisation by {diff:+.2f} points at step {steps}
+held-out mAP along the way (step: random / synset): {curve()}
+(coco128 train2017: 128 images; details in {folder})
+main job: {int(seconds)} s after set-up
+==================================================================================""")
+PY

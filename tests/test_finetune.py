@@ -296,3 +296,38 @@ def test_finetune_and_probe_in_the_trainer(tmp_path):
     for case in ("resume_ft", "resume_probe"):
         uninterrupted, resumed, same_ema = r[case]
         assert len(resumed) == 5 and resumed == uninterrupted and same_ema, case  # bit-exact, fp32 on the CPU
+
+
+def test_evaluation_map_or_top_k_next_to_chance(tmp_path):
+    import numpy as np
+
+    from engine.metrics import average_precision
+
+    torch.manual_seed(11)
+    scorer = torch.nn.Linear(SIZE * SIZE * 3, C)
+
+    def model(images: torch.Tensor) -> torch.Tensor:
+        return scorer(images.flatten(1))
+
+    for multi_label in (True, False):
+        obj, _ = build(tmp_path, "finetune", {"num_classes": C, "multi_label": multi_label})
+        data = batches(3, C, multi_label, seed=5)
+        data[-1]["valid"] = torch.tensor([True, True, False, False])  # the last batch's padding
+        with torch.no_grad():
+            got = obj.evaluate(model, data, torch.device("cpu"), torch.float32)
+            scores = torch.cat([model(b["image"]) for b in data])[:-2]  # (10, C)
+        labels = torch.cat([b["labels"] for b in data])[:-2]
+        if multi_label:
+            targets = np.zeros((10, C), dtype=bool)
+            for i, row in enumerate(labels.tolist()):
+                targets[i, [x for x in row if x >= 0]] = True
+            m_ap, chance, classes = average_precision(scores.numpy(), targets)
+            assert got["val_mAP"] == pytest.approx(m_ap) and got["chance_mAP"] == pytest.approx(chance)
+            assert (got["classes"], got["images"]) == (classes, 10)
+            assert "mAP" in obj.summary(got) and "chance" in obj.summary(got)
+        else:
+            rank = (scores > scores.gather(1, labels[:, :1])).sum(1)  # classes scored above the target
+            assert got["val_top1"] == pytest.approx(float((rank < 1).float().mean()))
+            assert got["val_top5"] == pytest.approx(float((rank < 5).float().mean()))
+            assert (got["chance_top1"], got["chance_top5"], got["images"]) == (1 / C, 5 / C, 10)
+            assert "top-1" in obj.summary(got) and "chance" in obj.summary(got)
