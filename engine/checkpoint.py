@@ -26,6 +26,7 @@ import os
 import pickle
 import random
 import shutil
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -379,7 +380,8 @@ def consolidate(
     elif stage:
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-        with _torch_load_weights_only():
+        # zero_to_fp32 prints its progress; on stderr, so stdout stays the command's own output
+        with _torch_load_weights_only(), contextlib.redirect_stdout(sys.stderr):
             state = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint.parent), tag=checkpoint.name)
     else:
         state = states["module"]

@@ -220,3 +220,15 @@ def test_word_row_must_be_a_sense_of_that_word(tmp_path: Path, nltk_ready: None)
     assert mapper.word_row("weeds") == 0  # what the labeler does with the word
     assert mapper.rows_for(wn.synset("weeds.n.01")) is None
     assert mapper.rows_for(wn.synset("weed.n.01")) == ([0], 0, "")
+
+
+@pytest.mark.parametrize("command", ["classes", "predict", "evaluate"])
+def test_help_explains_the_commands(command: str, capsys) -> None:
+    from engine.cli import EPILOG, main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert f"usage: catlip {command}" in text and "CLASSES.json" in text and len(text) > 600
+    assert f"catlip {command} --" in EPILOG
