@@ -6,8 +6,9 @@
   * a ``catlip export`` safetensors file (the same state, its metadata the checkpoint's);
   * anything else (a timm or open_clip visual tower, a corenet ViT checkpoint, a timm export):
     through :func:`catlip.interop.load_encoder_state`, imported only then.
-The vocabulary identity (``vocab_sha256``) comes with our checkpoints and exports; a foreign state
-has none, so it can give a backbone but no synset classifier.
+The vocabulary identity (``vocab_sha256``) comes with our checkpoints and exports (``--format timm``
+included: its metadata keeps ours); a foreign state has none, so it gives a backbone but no synset
+classifier.
 
 Synset initialisation (the paper's data-efficient transfer): class c of the downstream set maps,
 in its CLASSES.json (``catlip classes``), to one or more rows of the pre-trained vocabulary; the
@@ -35,7 +36,7 @@ from engine.config import ConfigError
 class Pretrained:
     state: dict[str, torch.Tensor]  # our names: encoder.*, and head.* where the source has our head
     source: str  # what was read, for messages
-    kind: str  # "catlip checkpoint" | "catlip export" | "foreign"
+    kind: str  # "catlip checkpoint" | "catlip export" | "catlip timm export" | "foreign"
     config: dict[str, Any] = field(default_factory=dict)  # the pre-training run's config, if known
     vocab: dict[str, Any] = field(default_factory=dict)  # {"vocab", "vocab_size", "vocab_sha256"}
 
@@ -74,6 +75,11 @@ def load_pretrained(path: str | Path) -> Pretrained:
             return Pretrained(
                 state, str(p), "catlip export", _json(meta["catlip_config"]), _json(meta.get("vocab"))
             )
+        if "timm_model" in meta:  # `catlip export --format timm`: timm's names, our metadata
+            pre = _foreign(p)
+            pre.kind = "catlip timm export"
+            pre.config, pre.vocab = _json(meta.get("catlip_config")), _json(meta.get("vocab"))
+            return pre
     return _foreign(p)
 
 

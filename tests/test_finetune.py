@@ -122,6 +122,35 @@ def test_synset_init_copies_head_rows_and_init_from_loads_the_backbone(tmp_path)
     assert 0.01 < float(rand.head.weight.detach().std()) < 0.03 and not rand.head.bias.any()
 
 
+def test_init_from_a_timm_export_and_a_foreign_state(tmp_path):
+    interop = pytest.importorskip("catlip.interop")
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    path, state = write_export(tmp_path)
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    timm_file = interop.export_timm(state, meta, tmp_path / "timm.safetensors")
+    rows = [[3], [5, 7], [0], [39, 1, 2], [10], [11]]
+    classes = write_class_map(tmp_path, rows)
+    _, model = build(tmp_path, "finetune", classes, init_from=str(timm_file), classifier_init="synset")
+    for k, v in model.encoder.state_dict().items():
+        torch.testing.assert_close(v, state[f"encoder.{k}"], rtol=0, atol=1e-6, msg=k)
+    torch.testing.assert_close(model.head.weight[1], state["head.weight"][[5, 7]].mean(0), rtol=0, atol=1e-6)
+    # timm's names without our metadata: a backbone, but no vocabulary to map synsets with
+    save_file(load_file(str(timm_file)), str(tmp_path / "bare.safetensors"))
+    _, model = build(tmp_path, "finetune", classes, init_from=str(tmp_path / "bare.safetensors"))
+    torch.testing.assert_close(model.encoder.norm.weight, state["encoder.norm.weight"], rtol=0, atol=0)
+    with pytest.raises(ConfigError, match="records no vocabulary hash"):
+        build(
+            tmp_path,
+            "finetune",
+            classes,
+            init_from=str(tmp_path / "bare.safetensors"),
+            classifier_init="synset",
+        )
+
+
 def test_vocabulary_and_class_map_hash_mismatches_are_clear_errors(tmp_path):
     path, _ = write_export(tmp_path)
     other = hashlib.sha256(b"another vocabulary").hexdigest()
