@@ -6,7 +6,7 @@ of the vocabulary, the rows its zero-shot score and its synset classifier initia
 
 The class's synset (``how``):
   * ``override``: the overrides TSV (``name<TAB>wnid``, or a synset name like ``dog.n.01``) wins;
-  * ``wnid``: the id a wnid file gives;
+  * ``wnid``: the id a wnid file gives (an overrides line may name the wnid instead of a name);
   * ``lemma``: the name is a WordNet noun lemma (spaces and hyphens as underscores, or written as
     one word: "wine glass" -> wineglass, "cell phone" -> cellphone; plurals via WordNet's
     morphology: "skis" -> ski): its first sense, as the labeler takes it, except for the few names
@@ -22,12 +22,12 @@ what captions using that word showed, whichever sense of the word they meant ("t
 of data, yet it is the row "a dining table with food" trained). The rows of a synset S:
   * S's own row, when S is in the vocabulary (``distance`` 0);
   * else the row of S's word: its first lemma name, when it is one word that captions label with a
-    vocabulary synset ("hot dog" -> hotdog.n.02, the food, word "hotdog" -> row hotdog.n.01; "donut"
-    -> doughnut.n.02 -> row doughnut.n.01), also at distance 0;
+    vocabulary synset that is a sense of that same word ("hot dog" -> hotdog.n.02, the food: word
+    "hotdog" -> row hotdog.n.01; "handbag" -> bag.n.04: word "bag" -> row bag.n.01), distance 0;
   * else the same for the synsets nearest to S by hypernym and hyponym links: all those at the
     shortest distance that give a row (their own rows if any has one, else their words' rows), at
-    most :data:`MAX_DISTANCE` links ("dining table" ->
-    table.n.02, 1 link, word "table" -> row table.n.01; "cell phone" -> telephone.n.01, 2 links).
+    most :data:`MAX_DISTANCE` links ("dining table" -> table.n.03, 1 link: word "table" -> row
+    table.n.01; "cell phone" -> telephone.n.01, 2 links; "tie" -> shirt, suit, scarf ..., 3 links).
 ``distance`` counts the links from S to the synset that gave the row; ``how`` names it.
 A class with no synset, or no row by any of these, is unmapped: an error naming it, or (with
 ``allow_unmapped``) left out and listed in the output's ``unmapped``.
@@ -281,6 +281,10 @@ def _lemma_forms(name: str) -> list[str]:
     return out
 
 
+def _lemmas(synset: Any) -> set[str]:
+    return {n.lower() for n in synset.lemma_names()}
+
+
 def _words(text: str) -> list[str]:
     return [w for w in re.split(r"[^a-z0-9]+", text.lower()) if w]
 
@@ -329,11 +333,6 @@ def resolve_synset(name: str, override: str | None = None) -> tuple[Any, str] | 
     return None
 
 
-def path_distance(a: Any, b: Any) -> int:
-    d = a.shortest_path_distance(b)
-    return -1 if d is None else int(d)
-
-
 # ------------------------------------------------------------------------------------ the mapper
 class ClassMapper:
     """Maps class names or wnids onto a vocabulary's rows (see the module docstring)."""
@@ -375,7 +374,7 @@ class ClassMapper:
                 word = s.lemma_names()[0].lower()
                 row = None if "_" in word else self.word_row(word)
                 # the row's synset must be a sense of this very word ("weeds" -> weed.n.01 is not)
-                if row is not None and word in _wn().synset(self.vocab.synsets[row]).lemma_names():
+                if row is not None and word in _lemmas(_synset_of(self.vocab.wnids[row])):
                     hits.setdefault(row, f"{s.name()} by its word {word!r}")
             if hits:
                 rows = sorted(hits)

@@ -408,6 +408,11 @@ def evaluate(
         bar.close()
     result = acc.compute()
     counters = loader.counters()
+    if result.classes == 0:
+        raise ZeroShotError(
+            f"--data {data}: none of its {result.images} decodable image(s) has a class label, so there is "
+            "no average precision to compute"
+        )
     return ZeroShotResult(
         mean_ap=result.mean_ap,
         chance=result.chance,
