@@ -265,3 +265,67 @@ def test_predict_transform_is_the_loaders(setup, tmp_path: Path) -> None:
     mine = transform([files[k.removeprefix("dog_")].read_bytes() for k in batch["key"]])
     assert mine.shape == (2, 3, SIZE, SIZE) and mine.dtype == torch.float32
     assert torch.equal(mine, batch["image"])
+
+
+def _train_one_step(rank: int, tmp: str, vocab: str) -> str:
+    """A real ZeRO-2 checkpoint from the trainer: vit_tiny at 32 px, the head as in
+    :func:`write_checkpoint` (bias -1, 2, 0.5, 3), one optimizer step at a tiny learning rate."""
+    from engine.config import from_dict
+    from engine.train import Trainer
+
+    def model():
+        from catlip.models import CatLIPModel, vit_config
+
+        m = CatLIPModel(vit_config("vit_tiny", image_size=SIZE), len(VOCAB))
+        with torch.no_grad():
+            m.head.weight.zero_()
+            m.head.bias.copy_(torch.tensor([-1.0, 2.0, 0.5, 3.0]))
+        return m
+
+    cfg = from_dict(
+        {
+            "model": {"name": "vit_tiny", "image_size": SIZE},
+            "data": {"batch_size": 2},
+            "optim": {"lr": 1e-4, "warmup_steps": 0},
+            "run": {"out_dir": tmp, "steps": 1, "zero_stage": 2, "precision": "fp32", "ckpt_every": 1},
+        }
+    )
+    labels = torch.tensor([[0, -1], [1, 3]])
+    batches = [{"image": torch.randn(2, 3, SIZE, SIZE), "labels": labels}]
+
+    class Loader:
+        pos = 0
+
+        def __len__(self):
+            return 1
+
+        def __iter__(self):
+            yield from batches
+
+        def state_dict(self):
+            return {}
+
+    meta = {"vocab": vocab, "vocab_size": len(VOCAB), "vocab_sha256": vocab_sha256(vocab)}
+    trainer = Trainer(cfg, model_fn=model, train_loader=Loader(), dataset_meta=meta)
+    trainer.fit()
+    path = trainer.save()
+    trainer.close()
+    return str(path)
+
+
+@pytest.mark.distributed
+def test_predict_from_a_trainer_checkpoint(setup, tmp_path: Path, capsys) -> None:
+    """The run folder of a real (ZeRO-2, partitioned) trainer checkpoint: model from its config,
+    vocabulary identity from its client state, the ranking of the hand-set head."""
+    from dist_utils import run_ranks
+
+    from engine.cli import main
+
+    run_ranks(_train_one_step, world=1, tmp=str(tmp_path / "run"), vocab=str(setup["vocab"]))
+    image = solid(tmp_path / "a.png", (90, 120, 30))
+    argv = ["predict", "--checkpoint", str(tmp_path / "run"), "--classes", str(setup["classes"]), str(image)]
+    assert main(argv) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("   ")]
+    assert [ln.split()[1] for ln in lines] == ["motor", "cat", "dog"]
+    assert main([*argv[:4], str(setup["root"] / "other_classes.json"), str(image)]) == 2
+    assert "vocabulary mismatch" in capsys.readouterr().err
