@@ -11,8 +11,10 @@
 #   5. ../shared/data/coco128 packed as class sets (`catlip pack --yolo`): train2017 (128 images)
 #      and val2017 less the 9 images that are also pre-training photos (119 images);
 #   6. zero-shot mAP on those 119 images (`catlip evaluate`: the head's synset rows, no training),
-#      then linear probes on train2017 (configs/coco128_probe_cpu.yaml) from a random and from the
-#      synset classifier at equal steps, each mAP next to chance; a summary block closes the run.
+#      and, on train2017, linear probes (configs/coco128_probe_cpu.yaml) and fine-tunes
+#      (configs/coco128_finetune_cpu.yaml), each from a random and from the synset classifier at
+#      equal steps, one CPU rank each, side by side; every mAP next to chance, and a summary block
+#      (with the mAP along the way of each pair) closes the run.
 # Where ../shared is absent, steps 1-2 use scikit-image's 19 documented photos from PyPI instead
 # (engine/sample_data.py) and steps 4-6 are skipped (coco128 is part of ../shared). Each
 # invocation writes a new folder runs/main/<date-time>/ (vocabulary, shards, training, transfer/)
@@ -86,56 +88,62 @@ train_pack=$!
 catlip pack --yolo "$COCO128" --split val2017 --classes "$T/coco80.json" --exclude "$DATA/coco_photos" \
   --out "$T/val" --workers 1 > "$T/pack_val.txt" 2>&1 || { cat "$T/pack_val.txt"; exit 1; }
 wait "$train_pack" || { cat "$T/pack_train.txt"; exit 1; }
-echo "[catlip] 6/6 zero-shot readout, then linear probes from a random and a synset classifier (at ${SECONDS} s)"
+echo "[catlip] 6/6 zero-shot readout; linear probes and fine-tunes from a random and a synset classifier (at ${SECONDS} s)"
 OMP_NUM_THREADS=1 catlip evaluate --checkpoint "$RUN/train" --classes "$T/coco80.json" --data "$T/val" \
   --threads 1 --no-progress > "$T/zeroshot.txt" 2>&1 &
-zeroshot=$!
-probes=()
-for init in random synset; do
-  OMP_NUM_THREADS=1 python -m engine.train --config configs/coco128_probe_cpu.yaml \
-    --set model.init_from="$RUN/train" --set model.classifier_init=$init \
-    --set data.train="$T/train" --set data.val="$T/val" --set run.out_dir="$T/probe_$init" \
-    > "$T/probe_$init.txt" 2>&1 &
-  probes+=($!)
+jobs_=("$!:zeroshot")
+for task in probe finetune; do
+  for init in random synset; do  # one rank each, side by side
+    OMP_NUM_THREADS=1 python -m engine.train --config "configs/coco128_${task}_cpu.yaml" \
+      --set model.init_from="$RUN/train" --set model.classifier_init=$init \
+      --set data.train="$T/train" --set data.val="$T/val" --set run.out_dir="$T/${task}_$init" \
+      > "$T/${task}_$init.txt" 2>&1 &
+    jobs_+=("$!:${task}_$init")
+  done
 done
-wait "$zeroshot" || { cat "$T/zeroshot.txt"; exit 1; }
-for i in 0 1; do wait "${probes[$i]}" || { cat "$T/probe_$([ $i = 0 ] && echo random || echo synset).txt"; exit 1; }; done
-zs=$(tail -1 "$T/zeroshot.txt")
-random=$(grep "^held-out mAP" "$T/probe_random.txt" | tail -1)
-synset=$(grep "^held-out mAP" "$T/probe_synset.txt" | tail -1)
-echo "$zs"
-echo "probe random: $random"
-echo "probe synset: $synset"
-python - "$T" "$pretrain" "$zs" "$random" "$synset" "$SECONDS" <<'PY'
+for job in "${jobs_[@]}"; do
+  wait "${job%%:*}" || {
+    echo "[catlip] ${job#*:} failed:"; tail -30 "$T/${job#*:}.txt"
+    kill "${jobs_[@]%%:*}" 2>/dev/null || true; exit 1
+  }
+done
+tail -1 "$T/zeroshot.txt"
+python - "$T" "$pretrain" "$SECONDS" <<'PY'
 import json, re, sys
-folder, pretrain, zs, rnd, syn, seconds = sys.argv[1:]
-steps = json.load(open(f"{folder}/probe_random/config.json"))["run"]["steps"]
+
+folder, pretrain, seconds = sys.argv[1:]
+zeroshot = open(f"{folder}/zeroshot.txt").read().strip().splitlines()[-1]
+pct = lambda text, word: float(re.search(word + r" ([0-9.]+)%", text).group(1))  # noqa: E731
 excluded = json.load(open(f"{folder}/val/dataset.json"))["source"].get("excluded", {}).get("images", "?")
-pct = lambda text, word: float(re.search(word + r" ([0-9.]+)%", text).group(1))
-m = {k: (pct(t, "mAP"), pct(t, "chance")) for k, t in (("zero", zs), ("random", rnd), ("synset", syn))}
-images = re.search(r"\((\d+) images", zs)
-diff = m["synset"][0] - m["random"][0]
-
-
-def curve() -> str:
-    runs = {}
+images = re.search(r"\((\d+) images", zeroshot)
+rows = [f"  {'zero-shot synset readout (no training)':<48} mAP {pct(zeroshot, 'mAP'):6.2f}%   chance {pct(zeroshot, 'chance'):.2f}%"]
+verdicts, curves = [], []
+for task, what in (("probe", "linear probe"), ("finetune", "fine-tune")):
+    final, curve = {}, {}
     for init in ("random", "synset"):
-        rows = [json.loads(line) for line in open(f"{folder}/probe_{init}/eval.jsonl")]
-        runs[init] = {r["step"]: 100 * r["val_mAP"] for r in rows}
-    return ", ".join(f"{s}: {runs['random'][s]:.1f} / {runs['synset'][s]:.1f}" for s in sorted(runs["random"]))
-
-
+        run = f"{folder}/{task}_{init}"
+        steps = json.load(open(f"{run}/config.json"))["run"]["steps"]
+        evals = [json.loads(line) for line in open(f"{run}/eval.jsonl")]
+        final[init] = evals[-1]
+        curve[init] = {e["step"]: 100 * e["val_mAP"] for e in evals}
+        e = evals[-1]
+        label = f"{what}, classifier_init {init}, {steps} steps"
+        rows.append(f"  {label:<48} mAP {100 * e['val_mAP']:6.2f}%   chance {100 * e['chance_mAP']:.2f}%")
+    diff = 100 * (final["synset"]["val_mAP"] - final["random"]["val_mAP"])
+    verdicts.append(f"{what}: synset initialisation {'beat' if diff > 0 else 'did not beat'} random by {diff:+.2f} points")
+    curves.append(f"{what} (step: random / synset): " + ", ".join(
+        f"{s}: {curve['random'][s]:.1f} / {curve['synset'][s]:.1f}" for s in sorted(curve["random"])))
+nl = "\n"
 print(f"""
 ================================ main job summary ================================
 pre-training (coco_photos, vocabulary): {pretrain or 'no held-out line'}
 transfer to COCO's 80 classes, scored on coco128 val2017 less the {excluded} pre-training photos
-({images.group(1) if images else '?'} images), mAP over the classes with a positive:
-  {'zero-shot synset readout (no training)':<48} mAP {m['zero'][0]:6.2f}%   chance {m['zero'][1]:.2f}%
-  {f'linear probe, classifier_init random, {steps} steps':<48} mAP {m['random'][0]:6.2f}%   chance {m['random'][1]:.2f}%
-  {f'linear probe, classifier_init synset, {steps} steps':<48} mAP {m['synset'][0]:6.2f}%   chance {m['synset'][1]:.2f}%
-synset initialisation {'beat' if diff > 0 else 'did not beat'} random initialisation by {diff:+.2f} points at step {steps}
-held-out mAP along the way (step: random / synset): {curve()}
-(coco128 train2017: 128 images; details in {folder})
+({images.group(1) if images else '?'} images), mAP over the classes with a positive; trained on train2017 (128 images):
+{nl.join(rows)}
+{nl.join(verdicts)}
+held-out mAP along the way:
+{nl.join('  ' + c for c in curves)}
+(details in {folder})
 main job: {int(seconds)} s after set-up
 ==================================================================================""")
 PY
