@@ -281,14 +281,19 @@ def _read_state(src: str | Path | Mapping[str, Any]) -> dict[str, Any]:
     if not path.is_file():
         raise InteropError(f"{path} is not a file")
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except SafetensorError as err:
+            raise InteropError(f"{path}: not a readable safetensors file ({err})") from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
+    except pickle.UnpicklingError as err:  # also what a file that is no torch file at all gives
         raise InteropError(
-            f"{path}: not a plain torch state dict (weights_only load refused it: {err})"
+            f"{path}: not a torch state dict, or one that asks to build objects (weights_only load refused it: "
+            f"{str(err)[:200]})"
         ) from None
     if not isinstance(obj, Mapping):
         raise InteropError(f"{path} holds a {type(obj).__name__}, not a state dict")

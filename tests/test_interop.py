@@ -149,6 +149,20 @@ def test_shape_errors_name_the_tensor() -> None:
         check_vit_state({**load_encoder_state(state), "head.weight": torch.zeros(5, 95)})
 
 
+def test_unreadable_files_are_clear_errors(tmp_path: Path) -> None:
+    (tmp_path / "x.safetensors").write_bytes(b"garbage")
+    with pytest.raises(InteropError, match="not a readable safetensors file"):
+        load_encoder_state(tmp_path / "x.safetensors")
+    (tmp_path / "x.pt").write_bytes(b"garbage")
+    with pytest.raises(InteropError, match="not a torch state dict"):
+        load_encoder_state(tmp_path / "x.pt")
+    torch.save({"model": torch.nn.Linear(2, 2)}, tmp_path / "module.pt")  # a pickled module, not weights
+    with pytest.raises(InteropError, match="asks to build objects"):
+        load_encoder_state(tmp_path / "module.pt")
+    with pytest.raises(InteropError, match="is not a file"):
+        load_encoder_state(tmp_path / "missing.pt")
+
+
 def test_unrepresentable_parts_are_refused_with_the_reason() -> None:
     state = to_timm_state(_tiny_model().state_dict())
     pre = dict(state, **{"norm_pre.weight": torch.ones(96), "norm_pre.bias": torch.zeros(96)})
