@@ -64,16 +64,16 @@ class RunLog:
             tb.add_scalar(f"train/{key}", getattr(e, key), e.step)
         tb.flush()
 
-    def eval(self, step: int, result: dict[str, Any]) -> None:
+    def eval(self, step: int, result: dict[str, Any], line: str) -> None:
+        """A held-out evaluation: ``line`` (the objective's summary) on the console, the metrics
+        (every ``val_*`` number) in TensorBoard and ``eval.jsonl``."""
         if not self.enabled:
             return
-        print(
-            f"eval step {step}: held-out mAP {100 * result['val_mAP']:.2f}% over {result['classes']} synsets "
-            f"with a positive ({result['images']} images, {result['samples']} captions); "
-            f"chance {100 * result['chance_mAP']:.2f}%"
-        )
+        print(f"eval step {step}: {line}")
         tb = self._board()
-        tb.add_scalar("val/mAP", result["val_mAP"], step)
+        for key, value in result.items():
+            if key.startswith("val_") and isinstance(value, (int, float)):
+                tb.add_scalar(f"val/{key[len('val_') :]}", value, step)
         tb.flush()
         with open(self.out_dir / "eval.jsonl", "a") as f:
             f.write(json.dumps({"step": step, **result}) + "\n")

@@ -254,12 +254,7 @@ class Trainer:
         finally:
             self.engine.train()
         out = self.objective.metrics(result)
-        if self.objective.name == "catlip":
-            self.logs.eval(self.step, out)
-        elif self.is_main:  # RunLog.eval's line speaks of synsets and captions
-            print(f"eval step {self.step}: {self.objective.summary(out)}")
-            with open(self.out_dir / "eval.jsonl", "a") as f:
-                f.write(json.dumps({"step": self.step, **out}) + "\n")
+        self.logs.eval(self.step, out, self.objective.summary(out))
         return out
 
     # ------------------------------------------------------------------------------------ checkpoints

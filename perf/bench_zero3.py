@@ -60,36 +60,21 @@ def _peak_rss_mb(who: int = resource.RUSAGE_SELF) -> float:
     return resource.getrusage(who).ru_maxrss / 1024  # kB on Linux
 
 
-class SyntheticLoader:
-    """Fixed random batches with a resumable position (the trainer's loader interface)."""
+def synthetic_loader(batch: int, image_size: int, steps: int, seed: int):
+    """Fixed random 224 px-style batches and labels (the loader is not what is measured)."""
+    import torch
 
-    def __init__(self, batch: int, image_size: int, steps: int, seed: int) -> None:
-        import torch
+    from engine.data import TensorLoader
 
-        g = torch.Generator().manual_seed(seed)
-        self.batches = []
-        for _ in range(steps):
-            labels = torch.randint(0, VOCAB, (batch, 8), generator=g)
-            labels[:, 5:] = -1
-            self.batches.append(
-                {"image": torch.randn(batch, 3, image_size, image_size, generator=g), "labels": labels}
-            )
-        self.pos = 0
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def __iter__(self):
-        while self.pos < len(self.batches):
-            self.pos += 1
-            yield self.batches[self.pos - 1]
-        self.pos = 0
-
-    def state_dict(self) -> dict:
-        return {"pos": self.pos}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.pos = state["pos"]
+    g = torch.Generator().manual_seed(seed)
+    batches = []
+    for _ in range(steps):
+        labels = torch.randint(0, VOCAB, (batch, 8), generator=g)
+        labels[:, 5:] = -1
+        batches.append(
+            {"image": torch.randn(batch, 3, image_size, image_size, generator=g), "labels": labels}
+        )
+    return TensorLoader(batches)
 
 
 def model_state_bytes(engine) -> tuple[dict[str, int], int]:
@@ -164,7 +149,7 @@ def rank_run(
         overrides["image_size"] = image_size
     vit = vit_config(model, **overrides)
     rank = int(os.environ.get("RANK", 0))
-    loader = SyntheticLoader(batch, vit.image_size, steps, seed=rank)
+    loader = synthetic_loader(batch, vit.image_size, steps, seed=rank)
     trainer = Trainer(
         cfg,
         vocab_size=VOCAB,

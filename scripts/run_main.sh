@@ -21,7 +21,8 @@
 # and points runs/main/latest at it; nothing earlier is deleted. With `--set run.resume=auto` it
 # continues the newest run in that run's folder instead (its shards are reused; transfer/ is
 # redone from the continued checkpoint). Extra arguments go to the pre-training, e.g.
-# --set run.steps=100.
+# --set run.steps=100; CATLIP_TRANSFER_SET="--set run.steps=4 ..." reaches the probes and
+# fine-tunes of step 6.
 source "$(dirname "$0")/env.sh"
 SHARED=${CATLIP_SHARED:-$CATLIP_ROOT/../shared}
 DATA=$SHARED/data
@@ -97,7 +98,7 @@ for task in probe finetune; do
     OMP_NUM_THREADS=1 python -m engine.train --config "configs/coco128_${task}_cpu.yaml" \
       --set model.init_from="$RUN/train" --set model.classifier_init=$init \
       --set data.train="$T/train" --set data.val="$T/val" --set run.out_dir="$T/${task}_$init" \
-      > "$T/${task}_$init.txt" 2>&1 &
+      ${CATLIP_TRANSFER_SET:-} > "$T/${task}_$init.txt" 2>&1 &
     jobs_+=("$!:${task}_$init")
   done
 done

@@ -373,7 +373,12 @@ def test_empty_caption_file_and_duplicate_wnid_are_errors(tmp_path, nltk_ready, 
 @pytest.mark.slow
 def test_main_job_keeps_earlier_runs_and_resumes_in_place(tmp_path, shared_data):
     runs = tmp_path / "runs"
-    env = {**os.environ, "CATLIP_RUNS": str(runs)}
+    # the transfer steps (4-6) at a few steps too: this test is about the run folders
+    env = {
+        **os.environ,
+        "CATLIP_RUNS": str(runs),
+        "CATLIP_TRANSFER_SET": "--set run.steps=4 --set run.eval_every=2 --set optim.warmup_steps=1",
+    }
 
     def main_job(*args: str) -> str:
         cmd = ["bash", "scripts/run_main.sh", "--set", "run.steps=2", "--set", "run.log_every=1", *args]
@@ -381,7 +386,8 @@ def test_main_job_keeps_earlier_runs_and_resumes_in_place(tmp_path, shared_data)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         return proc.stdout
 
-    main_job()
+    first = main_job()
+    assert "main job summary" in first and "zero-shot synset readout" in first
     (run,) = [p for p in runs.iterdir() if p.name != "latest"]
     assert (runs / "latest").resolve() == run.resolve()
     out = main_job("--set", "run.steps=3", "--set", "run.resume=auto")  # deleted everything before

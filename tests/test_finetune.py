@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 from dist_utils import run_ranks
-from test_train import TensorLoader
 
 from engine.config import ConfigError, TrainConfig, from_dict
+from engine.data import TensorLoader
 
 V, C, B, SIZE = 40, 6, 4, 16  # pre-training vocabulary, downstream classes, batch, image size
 VOCAB_SHA = hashlib.sha256(b"the pre-training vocabulary").hexdigest()

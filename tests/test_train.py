@@ -12,6 +12,7 @@ import torch
 from dist_utils import run_ranks
 
 from engine.config import ConfigError, TrainConfig, from_dict, load_config
+from engine.data import TensorLoader
 from engine.metrics import average_precision
 from engine.parallel import lr_multiplier
 
@@ -61,28 +62,6 @@ def global_batches(n: int, world: int) -> list[dict]:
             labels[i, :k] = torch.randperm(V, generator=g)[:k]
         out.append({"image": torch.randn(B * world, 3, 16, 16, generator=g), "labels": labels})
     return out
-
-
-class TensorLoader:
-    """An in-memory loader with a resumable position (the trainer's loader interface)."""
-
-    def __init__(self, batches: list[dict]) -> None:
-        self.batches, self.pos = batches, 0
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def __iter__(self):
-        while self.pos < len(self.batches):
-            self.pos += 1
-            yield self.batches[self.pos - 1]
-        self.pos = 0
-
-    def state_dict(self) -> dict:
-        return {"pos": self.pos}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.pos = state["pos"]
 
 
 def rank_loader(rank: int, world: int, n: int = STEPS, accum: int = 1) -> TensorLoader:

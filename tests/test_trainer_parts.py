@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import torch
 from dist_utils import run_ranks
-from test_train import B, TensorLoader, V, caption_loader, rank_loader, tiny_cfg, tiny_model
+from test_train import B, V, caption_loader, rank_loader, tiny_cfg, tiny_model
 
+from engine.data import TensorLoader
 from engine.metrics import MultiLabelAccumulator, average_precision
 
 
