@@ -327,10 +327,9 @@ def summarise(rows: list[dict], objectives: tuple) -> dict:
     target = out["probe"].get("clip@images", {}).get("mean")
     clip_s = out["pretrain_s"].get("clip@images", {}).get("mean")
     out["catlip_curve"], out["match"] = curve, None
-    if target is not None and clip_s:
+    out["untrained_reaches_clip"] = target is not None and curve[0][1] >= target
+    if target is not None and clip_s and not out["untrained_reaches_clip"]:
         for (t0, m0), (t1, m1) in zip(curve[:-1], curve[1:], strict=True):
-            if m0 >= target:  # the untrained tower already probes as well as CLIP's
-                t1, m1 = t0, m0
             if m1 >= target:
                 t = t1 if m1 == m0 else t0 + (target - m0) * (t1 - t0) / (m1 - m0)
                 out["match"] = {"catlip_s": t, "clip_s": clip_s, "ratio": t / clip_s, "between_s": [t0, t1]}
@@ -472,7 +471,11 @@ def report(s: dict) -> str:
         f"{'untrained tower':<16} {0:>6} {0:>10.1f} {100 * u['mean']:>9.2f} +- {100 * u['std']:.2f}%"
     )
     m = s.get("match")
-    if m:
+    if s.get("untrained_reaches_clip"):
+        lines.append(
+            "the untrained tower already probes as well as CLIP's final one: no pre-training gain to compare, no ratio"
+        )
+    elif m:
         lines.append(f"CatLIP's probe mAP reaches CLIP's final one after ~{m['catlip_s']:.1f} s of pre-training "
                      f"(interpolated between its checkpoints at {m['between_s'][0]:.1f} and {m['between_s'][1]:.1f} s) "
                      f"against CLIP's {m['clip_s']:.1f} s: {m['ratio']:.2f}x the compute (paper: 0.37x)")  # fmt: skip

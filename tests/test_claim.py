@@ -37,6 +37,11 @@ def test_no_ratio_when_catlip_never_reaches_clip_and_spread_over_seeds() -> None
     assert s["probe"]["catlip@images"]["mean"] == pytest.approx(0.12)
     assert s["probe"]["catlip@images"]["std"] == pytest.approx(np.std([0.11, 0.13], ddof=1))
     assert "does not reach" in claim.report({"seeds": [0, 1], **s})
+    # an untrained tower at or above CLIP's final probe: nothing to read a ratio from
+    rows += [_row("untrained", 0, 0, 0.8, seed=2)]  # mean 0.33 >= 0.30
+    s = claim.summarise(rows, ("catlip", "clip"))
+    assert s["match"] is None and s["untrained_reaches_clip"]
+    assert "no pre-training gain" in claim.report({"seeds": [0, 1, 2], **s})
 
 
 def test_probe_learns_and_starts_from_the_given_classifier() -> None:
