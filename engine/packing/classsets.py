@@ -35,14 +35,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import random
 import re
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.packing.sources import RawSample, chunk_tasks, inside, sanitize_key
+from engine.packing.sources import ListedSource, RawSample, inside, sanitize_key
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
@@ -195,7 +194,7 @@ class _Image:
 
 
 @dataclass
-class ClassSource:
+class ClassSource(ListedSource):
     """Images and their classes, keyed, filtered by an exclusion and shuffled with a fixed seed
     (sorted sources would put one class, or one folder, in each shard); sized and re-iterable."""
 
@@ -243,17 +242,7 @@ class ClassSource:
                 self.notes.append(f"{no_class:,} image(s) have no class: kept, with an empty .cls")
         if not self.items:
             raise ClassSetError(f"{self.images}: no images to pack (after --exclude / --drop-empty)")
-        if self.shuffle_seed is not None:
-            random.Random(self.shuffle_seed).shuffle(self.items)
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __iter__(self) -> Iterator[RawSample]:
-        return iter(self.items)
-
-    def tasks(self, shard_size: int) -> Iterator[tuple[RawSample, ...]]:
-        return chunk_tasks(self.items, shard_size)
+        self._shuffle()
 
     def describe(self) -> dict:
         """The source, for the plan (resume) and dataset.json."""

@@ -76,7 +76,28 @@ def chunk_tasks(samples: Iterable[RawSample], shard_size: int) -> Iterator[tuple
         yield chunk
 
 
-class _FolderSource:
+class ListedSource:
+    """A source whose samples are all listed when it is built (``self.items``, in a fixed order
+    after :meth:`_shuffle`): sized, re-iterable, cut into tasks of ``shard_size`` samples."""
+
+    items: list[RawSample]
+    shuffle_seed: int | None
+
+    def _shuffle(self) -> None:
+        if self.shuffle_seed is not None:
+            random.Random(self.shuffle_seed).shuffle(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __iter__(self) -> Iterator[RawSample]:
+        return iter(self.items)
+
+    def tasks(self, shard_size: int) -> Iterator[tuple[RawSample, ...]]:
+        return chunk_tasks(self.items, shard_size)
+
+
+class _FolderSource(ListedSource):
     """Captions naming image files in a folder: keys ``<image stem>_<caption ordinal>``, samples
     shuffled with a fixed seed (see the module docstring), sized and re-iterable."""
 
@@ -104,17 +125,7 @@ class _FolderSource:
                     f"{where}: {name!r} and {owner[key]!r} would share the sample key {key}"
                 )
             self.items.append(RawSample(key, name, caption, path=self.images / name))
-        if shuffle_seed is not None:
-            random.Random(shuffle_seed).shuffle(self.items)
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __iter__(self) -> Iterator[RawSample]:
-        return iter(self.items)
-
-    def tasks(self, shard_size: int) -> Iterator[tuple[RawSample, ...]]:
-        return chunk_tasks(self.items, shard_size)
+        self._shuffle()
 
     def describe(self) -> dict:
         """The source, for a resumed pack to recognise (each task checks its own samples)."""
