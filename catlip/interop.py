@@ -64,7 +64,7 @@ from typing import Any
 
 import torch
 
-from catlip.models import ViTConfig, vit_config
+from catlip.models import ViTConfig, resample_pos_embed, vit_config
 
 Tensor = torch.Tensor
 
@@ -577,22 +577,13 @@ def load_encoder_state(
 _OUR_TOWER = {"patch_embed", "cls_token", "pos_embed", "blocks", "norm"}
 
 
-def _resample_grid(pos: Tensor, grid: int) -> Tensor:
-    """(1, 1 + g0*g0, W) -> (1, 1 + grid*grid, W): the patch rows resampled bicubically over the grid."""
-    cls, patches = pos[:, :1], pos[:, 1:]
-    g0 = math.isqrt(patches.shape[1])
-    img = patches.reshape(1, g0, g0, -1).permute(0, 3, 1, 2)  # (1, W, g0, g0)
-    img = torch.nn.functional.interpolate(img.float(), size=(grid, grid), mode="bicubic", align_corners=False)
-    return torch.cat([cls, img.permute(0, 2, 3, 1).reshape(1, grid * grid, -1)], dim=1)
-
-
 def _checked(out: dict[str, Tensor], where: str, image_size: int | None, kind: str) -> dict[str, Tensor]:
     if image_size is not None and kind != "corenet" and "encoder.patch_embed.weight" in out:
         p = out["encoder.patch_embed.weight"].shape[-1]
         if image_size % p:
             raise InteropError(f"image_size {image_size} is not a multiple of the patch size {p} of {where}")
         if out["encoder.pos_embed"].shape[1] != (image_size // p) ** 2 + 1:
-            out["encoder.pos_embed"] = _resample_grid(out["encoder.pos_embed"], image_size // p)
+            out["encoder.pos_embed"] = resample_pos_embed(out["encoder.pos_embed"], (image_size // p,) * 2)
     if "encoder.patch_embed.weight" not in out:  # corenet with partial=True: no stem
         stub = {"encoder.patch_embed.weight": torch.empty(out["encoder.cls_token"].shape[-1], 3, 16, 16)}
         check_vit_state(

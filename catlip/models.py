@@ -68,6 +68,28 @@ VIT_PRESETS: dict[str, ViTConfig] = {
 }
 
 
+def resample_pos_embed(
+    pos: torch.Tensor, grid: tuple[int, int], *, num_prefix: int = 1, antialias: bool = True
+) -> torch.Tensor:
+    """(1, P + g*g, W) position table -> (1, P + gh*gw, W) for a (gh, gw) patch grid.
+
+    The P prefix rows (the class token's) are kept; the square g x g patch rows are resampled
+    bicubically in fp32 (align_corners False, antialiased when shrinking), as timm's
+    ``resample_abs_pos_embed``, and cast back. The identity for the table's own grid."""
+    g = math.isqrt(pos.shape[1] - num_prefix)
+    if g * g != pos.shape[1] - num_prefix:
+        raise ValueError(f"position table of {pos.shape[1]} rows is not {num_prefix} + a square grid")
+    if tuple(grid) == (g, g):
+        return pos
+    prefix, patches = pos[:, :num_prefix], pos[:, num_prefix:]
+    img = patches.float().reshape(1, g, g, -1).permute(0, 3, 1, 2)  # (1, W, g, g)
+    img = nn.functional.interpolate(
+        img, size=tuple(grid), mode="bicubic", align_corners=False, antialias=antialias
+    )
+    patches = img.permute(0, 2, 3, 1).reshape(1, grid[0] * grid[1], -1).to(pos.dtype)
+    return torch.cat([prefix, patches], dim=1)
+
+
 def vit_config(name: str, **overrides) -> ViTConfig:
     """A preset by name, with optional field overrides (e.g. ``image_size=96``)."""
     if name not in VIT_PRESETS:
@@ -122,7 +144,13 @@ class Block(nn.Module):
 
 
 class VisionTransformer(nn.Module):
-    """ViT image tower: images (B, 3, H, W) -> pooled class-token features (B, width)."""
+    """ViT image tower: images (B, 3, H, W) -> pooled class-token features (B, width).
+
+    Any H and W that are multiples of the patch size are accepted (multi-scale training,
+    evaluation at another resolution): the position table, learnt for ``cfg.image_size``, is
+    resampled to the (H/p, W/p) grid by ``resample_pos_embed``. In training the resampling is
+    part of the graph (the table gets its gradient through it); with gradients off it is
+    cached per grid until the table changes."""
 
     def __init__(self, cfg: ViTConfig, *, attn_impl: str = "sdpa", grad_checkpointing: bool = False) -> None:
         super().__init__()
@@ -138,6 +166,7 @@ class VisionTransformer(nn.Module):
             for _ in range(cfg.depth)
         )
         self.norm = nn.LayerNorm(cfg.width, eps=cfg.norm_eps)
+        self._pos_cache: dict[tuple[int, int], tuple[tuple, torch.Tensor]] = {}
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -154,11 +183,31 @@ class VisionTransformer(nn.Module):
         for block in self.blocks:
             block.attn.attn_impl = impl
 
+    def pos_embed_for(self, grid: tuple[int, int]) -> torch.Tensor:
+        """The (1, 1 + gh*gw, W) position rows for a (gh, gw) patch grid."""
+        base = self.cfg.image_size // self.cfg.patch_size
+        if tuple(grid) == (base, base):
+            return self.pos_embed
+        if torch.is_grad_enabled() and self.pos_embed.requires_grad:
+            return resample_pos_embed(self.pos_embed, grid)
+        p = self.pos_embed
+        key = (p._version, p.data_ptr(), p.device, p.dtype)  # any in-place update or re-gather misses
+        hit = self._pos_cache.get(tuple(grid))
+        if hit is None or hit[0] != key:
+            hit = (key, resample_pos_embed(p.detach(), grid))
+            self._pos_cache[tuple(grid)] = hit
+        return hit[1]
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if images.shape[-2:] != (self.cfg.image_size, self.cfg.image_size):
-            raise ValueError(f"expected {self.cfg.image_size}px images, got {tuple(images.shape)}")
+        p = self.cfg.patch_size
+        h, w = images.shape[-2:]
+        if images.dim() != 4 or h % p or w % p:
+            raise ValueError(
+                f"expected (B, 3, H, W) images with H and W multiples of the patch size {p}, got {tuple(images.shape)}"
+            )
         x = self.patch_embed(images).flatten(2).transpose(1, 2)  # (B, N, W)
-        x = torch.cat([self.cls_token.expand(x.size(0), -1, -1), x], dim=1) + self.pos_embed  # (B, S, W)
+        pos = self.pos_embed_for((h // p, w // p))
+        x = torch.cat([self.cls_token.expand(x.size(0), -1, -1), x], dim=1) + pos  # (B, S, W)
         for block in self.blocks:
             if self.grad_checkpointing and self.training:
                 x = checkpoint(block, x, use_reentrant=False)

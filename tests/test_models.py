@@ -6,7 +6,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from catlip.models import VIT_PRESETS, CatLIPModel, VisionTransformer, ViTConfig, param_groups, vit_config
+from catlip.models import (
+    VIT_PRESETS,
+    CatLIPModel,
+    VisionTransformer,
+    ViTConfig,
+    param_groups,
+    resample_pos_embed,
+    vit_config,
+)
 from kernels.reference import bce_from_logits, check_labels, dense_targets, linear_bce_reference
 
 
@@ -43,8 +51,58 @@ def test_bad_configs_are_rejected():
         vit_config("vit_giant")
     with pytest.raises(ValueError, match="attn_impl"):
         VisionTransformer(VIT_PRESETS["vit_tiny"], attn_impl="flash9")
-    with pytest.raises(ValueError, match="64px"):
-        VisionTransformer(VIT_PRESETS["vit_tiny"])(torch.randn(1, 3, 32, 32))
+    with pytest.raises(ValueError, match="multiples of the patch size 8"):
+        VisionTransformer(VIT_PRESETS["vit_tiny"])(torch.randn(1, 3, 36, 32))
+
+
+def _cubic(x: float, a: float = -0.5) -> float:
+    x = abs(x)
+    if x < 1:
+        return ((a + 2) * x - (a + 3)) * x * x + 1
+    return (((x - 5) * x + 8) * x - 4) * a if x < 2 else 0.0
+
+
+def _resize_matrix(n_in: int, n_out: int) -> torch.Tensor:
+    """float64 (n_out, n_in) weights of antialiased bicubic resizing (PIL's filter, a = -0.5):
+    output i reads the inputs within 2 x max(scale, 1) of its centre, weights normalised."""
+    scale = n_in / n_out
+    support = max(scale, 1.0)
+    m = torch.zeros(n_out, n_in, dtype=torch.float64)
+    for i in range(n_out):
+        centre = (i + 0.5) * scale
+        lo, hi = max(int(centre - 2 * support + 0.5), 0), min(int(centre + 2 * support + 0.5), n_in)
+        for j in range(lo, hi):
+            m[i, j] = _cubic((j - centre + 0.5) / support)
+        m[i] /= m[i].sum()
+    return m
+
+
+@pytest.mark.parametrize("grid", [(8, 8), (20, 12), (25, 9), (7, 20), (14, 14)])
+def test_resampled_position_table_equals_a_float64_reference(grid):
+    torch.manual_seed(0)
+    pos = torch.randn(1, 1 + 14 * 14, 8)
+    out = resample_pos_embed(pos, grid)
+    assert out.shape == (1, 1 + grid[0] * grid[1], 8) and torch.equal(out[:, 0], pos[:, 0])
+    table = pos[0, 1:].double().reshape(14, 14, 8)
+    ref = torch.einsum("ai,ijc,bj->abc", _resize_matrix(14, grid[0]), table, _resize_matrix(14, grid[1]))
+    torch.testing.assert_close(out[0, 1:].double(), ref.reshape(-1, 8), rtol=0, atol=1e-5)
+
+
+def test_vit_runs_any_grid_and_caches_the_table_only_without_gradients():
+    torch.manual_seed(0)
+    model = VisionTransformer(VIT_PRESETS["vit_tiny"]).eval()  # 64 px, patch 8: an 8 x 8 table
+    wide = torch.randn(2, 3, 48, 80)  # a 6 x 10 grid: 61 tokens
+    with torch.no_grad():
+        out = model(wide)
+        assert out.shape == (2, 96) and list(model._pos_cache) == [(6, 10)]
+        cached = model._pos_cache[(6, 10)][1]
+        assert model.pos_embed_for((6, 10)) is cached  # a hit
+        torch.testing.assert_close(cached, resample_pos_embed(model.pos_embed, (6, 10)), rtol=0, atol=0)
+        model.pos_embed.add_(1.0)  # an in-place update (an optimizer step) invalidates the cache
+        assert model.pos_embed_for((6, 10)) is not cached
+    model.train()
+    model(torch.randn(1, 3, 32, 96)).sum().backward()
+    assert model.pos_embed.grad is not None and model.pos_embed.grad[:, 1:].abs().sum() > 0
 
 
 def _grads(model, images, labels):
