@@ -46,6 +46,9 @@ class DataConfig:
     decode_device: str = "auto"  # "auto" | "cpu" | "mixed"
     scale: tuple[float, float] = (0.08, 1.0)  # random-resized-crop area range
     cache_features: bool = False  # probe: the frozen tower's features of the un-augmented train images, once
+    # variable-resolution batches (corenet's variable batch sampler), e.g. {min: 128, max: 320, step: 16,
+    # scales: 25}: engine/multiscale.py. None: every batch at model.image_size.
+    multiscale: dict[str, int] | None = None
 
 
 @dataclass
@@ -213,6 +216,13 @@ def validate(cfg: TrainConfig) -> None:
         ),
     ]
     errors = [msg for ok, msg in checks if not ok]
+    if cfg.data.multiscale is not None:
+        from engine.multiscale import MultiScaleConfig
+
+        try:
+            MultiScaleConfig.from_dict(cfg.data.multiscale)
+        except ValueError as err:
+            errors.append(str(err))
     if errors:
         raise ConfigError("; ".join(errors))
 

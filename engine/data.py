@@ -53,6 +53,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from engine.multiscale import MultiScale, Scale
+
 log = logging.getLogger(__name__)
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -134,10 +136,15 @@ class PipelineSpec:
     keys: bool  # return the sample keys with each batch
     captions: bool = False  # also read the .txt member (contrastive objectives tokenise it)
     label_ext: str = "lbl"  # the label member: "lbl" (caption labels) or "cls" (class indices)
+    multiscale: bool = False  # each iteration's (h, w) comes from an external source (train only)
 
 
-def _build_graph(spec: PipelineSpec, keep_source: Any) -> tuple:
-    """The DALI graph (called inside ``pipeline_def``); returns the pipeline outputs."""
+def _build_graph(spec: PipelineSpec, keep_source: Any, size_source: Any = None) -> tuple:
+    """The DALI graph (called inside ``pipeline_def``); returns the pipeline outputs.
+
+    With ``spec.multiscale``, ``size_source`` gives each iteration's (h, w) per sample (B, 2)
+    float32 (the same for the whole iteration): the crop is resized to it, the placeholder made at
+    it, and ``spec.size`` is not used."""
     from nvidia.dali import fn, types
 
     components = fn.readers.webdataset(
@@ -168,6 +175,9 @@ def _build_graph(spec: PipelineSpec, keep_source: Any) -> tuple:
     is_webp = is_riff & (head[8] == 0x57) & (head[9] == 0x45) & (head[10] == 0x42) & (head[11] == 0x50)
     valid = (is_jpeg | is_png | is_webp) & keep
     h, w = spec.size
+    if spec.multiscale:
+        size = fn.external_source(source=size_source, batch=True, dtype=types.FLOAT)  # (B, 2): h, w
+        h, w = size[0], size[1]
     mirror = fn.random.coin_flip(probability=0.5) if spec.train else 0
     if valid:
         if spec.train:
@@ -179,19 +189,24 @@ def _build_graph(spec: PipelineSpec, keep_source: Any) -> tuple:
                 random_aspect_ratio=list(spec.ratio),
                 num_attempts=10,
             )
-            image = fn.resize(image, size=[h, w], antialias=True)  # (h, w, 3) uint8
+            image = fn.resize(image, size=size if spec.multiscale else [h, w], antialias=True)  # (h, w, 3)
         else:
             image = fn.decoders.image(img, device=spec.decode_device, output_type=types.RGB)
             image = fn.resize(image, resize_shorter=min(h, w), antialias=True)  # (>=h, >=w, 3)
     else:
-        image = fn.constant(idata=0, shape=[h, w, 3], dtype=types.UINT8, layout="HWC")  # (h, w, 3)
+        if spec.multiscale:  # fn.constant's shape is fixed at build time: a zero tile resized
+            image = fn.constant(idata=0, shape=[8, 8, 3], dtype=types.UINT8, layout="HWC")
+            image = fn.resize(image, size=size)  # (h, w, 3) zeros
+        else:
+            image = fn.constant(idata=0, shape=[h, w, 3], dtype=types.UINT8, layout="HWC")  # (h, w, 3)
         if spec.decode_device == "mixed":
             image = image.gpu()
     image = fn.crop_mirror_normalize(
         image,
         dtype=types.FLOAT,
         output_layout="CHW",
-        crop=(h, w),  # centred: the eval center crop; a no-op on the training branch
+        # centred: the eval center crop; a no-op on the training branch
+        **({"crop_h": h, "crop_w": w} if spec.multiscale else {"crop": (h, w)}),
         mean=list(spec.mean),
         std=list(spec.std),
         mirror=mirror,
@@ -215,6 +230,7 @@ def _make_pipeline(
     device_id: int | None,
     checkpoint: bytes | None,
     skip_batches: int,
+    size_source: Any = None,
 ) -> Any:
     """Build one pipeline; its first ``skip_batches`` batches route every sample to the placeholder."""
     from nvidia.dali import pipeline_def
@@ -230,7 +246,7 @@ def _make_pipeline(
 
     @pipeline_def(enable_conditionals=True)
     def pipe():
-        return _build_graph(spec, keep_source)
+        return _build_graph(spec, keep_source, size_source)
 
     with warnings.catch_warnings():
         # The keep flags are ours to set on a restore; DALI warns that it does not checkpoint them.
@@ -304,7 +320,10 @@ class DaliLoader:
         num_classes: int | None = None,
         expected_samples: int | None = None,
         label_member: str = "lbl",
+        multiscale: MultiScale | None = None,
     ) -> None:
+        if multiscale is not None and not (train and drop_last):
+            raise ValueError("multi-scale batches are for training (train=True, drop_last=True) only")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
         if batch_size < 1 or max_labels < 1:
@@ -328,7 +347,11 @@ class DaliLoader:
             keys=keys,
             captions=captions,
             label_ext=label_member,
+            multiscale=multiscale is not None,
         )
+        self.multiscale = multiscale  # None: every batch is batch_size at image_size
+        self._scales = multiscale or MultiScale((Scale(*self.spec.size, batch_size),), seed=0)
+        self._chunk = self._scales.chunk  # samples per pipeline iteration (batch_size when fixed)
         self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
         self.seed, self.num_threads, self.drop_last = seed, num_threads, drop_last
         self.num_classes = num_classes  # labels outside [0, num_classes) stop the run, naming the sample
@@ -339,13 +362,18 @@ class DaliLoader:
         # Per-rank seed: augmentations and the shuffle buffer differ between ranks.
         self._pipe_seed = int(np.random.SeedSequence([seed, rank]).generate_state(1)[0] & 0x7FFFFFFF)
         self._epoch = 0  # the reader's epoch
-        self._pos = 0  # batches taken from the pipeline in this epoch (yielded or dropped)
+        self._pos = 0  # pipeline iterations (chunks) taken in this epoch (yielded or dropped)
+        self._batches = 0  # batches yielded over the run: the index of the next scale draw
+        self._epoch_first = 0  # self._batches when this epoch began
+        self._batch_start = 0  # the chunk the batch being assembled began at (== _pos between batches)
         self.invalid_samples = 0  # real samples that failed the guard (zero image, valid=False)
         self.failed_batches = 0  # batches DALI raised on (replayed as all-placeholder)
         self.lost_samples = 0  # real samples in those batches
         self.truncated_labels = 0  # real samples with more than max_labels labels
+        self._reader_chunks = self._full_chunks = 1  # set below, once the reader has counted
+        self._len_cache: tuple[int, int] = (-1, 0)  # (epoch_first, batches in that epoch)
         try:
-            self._pipe = _make_pipeline(self.spec, **self._pipe_args(), checkpoint=None, skip_batches=0)
+            self._pipe = self._build(checkpoint=None, skip_batches=0)
         except RuntimeError as err:
             named = _index_error(err, label_member)
             if named is None:
@@ -356,39 +384,90 @@ class DaliLoader:
             raise ValueError(f"no samples with an image and a .{label_member} in {len(paths)} shard(s)")
         self.missing_members = self._missing(expected_samples)
         shard_max = math.ceil(self.samples / world_size)
-        self._reader_batches = math.ceil(shard_max / batch_size)  # what DALI produces per epoch
-        self._len = (self.samples // world_size) // batch_size if drop_last else self._reader_batches
-        if self._len == 0:
+        self._reader_chunks = math.ceil(shard_max / self._chunk)  # what DALI produces per epoch
+        full = (self.samples // world_size) // self._chunk
+        self._full_chunks = full if drop_last else self._reader_chunks
+        largest = max(s.batch for s in self._scales.table)
+        if full * self._chunk < largest and drop_last:
             raise ValueError(
-                f"{self.samples} samples over {world_size} rank(s) make no full batch of {batch_size}: "
+                f"{self.samples} samples over {world_size} rank(s) make no full batch of {largest}: "
                 "lower batch_size or set drop_last=False"
             )
+        # The size source was made before the reader counted the epoch: its plan reads the counts
+        # when DALI first calls it (at the first run, not at build).
         self._checkpoint: bytes = self._pipe.checkpoint()
 
-    def _pipe_args(self) -> dict[str, Any]:
-        return dict(
-            batch_size=self.batch_size,
+    def _build(self, checkpoint: bytes | None, skip_batches: int) -> Any:
+        """A pipeline that continues at the current position (its size source too)."""
+        sizes = None
+        if self.multiscale is not None:
+            plan = self._plan(self._batch_start, self._batches)
+            for _ in range(self._pos - self._batch_start):  # a rebuild in the middle of a batch
+                next(plan)
+            chunk = self._chunk
+
+            def sizes() -> np.ndarray:
+                return np.tile(np.asarray(next(plan), dtype=np.float32), (chunk, 1))  # (chunk, 2)
+
+        return _make_pipeline(
+            self.spec,
+            batch_size=self._chunk,
             num_threads=self.num_threads,
             seed=self._pipe_seed,
             device_id=self._device_id,
+            checkpoint=checkpoint,
+            skip_batches=skip_batches,
+            size_source=sizes,
         )
+
+    def _plan(self, pos: int, batch: int) -> Iterator[tuple[int, int]]:
+        """(h, w) of every pipeline iteration from chunk ``pos`` of this epoch on, where batch
+        ``batch`` begins: each drawn batch takes ``batch / chunk`` iterations while it fits in the
+        epoch's full chunks; the rest of the epoch (dropped, as with drop_last) is decoded at the
+        smallest size; then the next epoch, which starts with the draw that did not fit."""
+        tail = self._scales.smallest
+        while True:
+            while True:
+                scale = self._scales.draw(batch)
+                k = scale.batch // self._chunk
+                if pos + k > self._full_chunks:
+                    break
+                for _ in range(k):
+                    yield scale.height, scale.width
+                pos, batch = pos + k, batch + 1
+            for _ in range(pos, self._reader_chunks):
+                yield tail.height, tail.width
+            pos = 0
+
+    def _fits(self) -> bool:
+        """Whether the next batch (the draw at ``_batches``) still fits in this epoch."""
+        k = self._scales.draw(self._batches).batch // self._chunk
+        return self._pos + k <= self._full_chunks
 
     # -------------------------------------------------------------------------------- iteration
     def __len__(self) -> int:
-        """Batches per epoch for this rank (the same on every rank)."""
-        return self._len
+        """Batches in the current epoch for this rank (the same on every rank; with multi-scale
+        it depends on the epoch's draws)."""
+        if self.multiscale is None:
+            return self._full_chunks
+        if self._len_cache[0] != self._epoch_first:
+            pos, batch = 0, self._epoch_first
+            while pos + self._scales.draw(batch).batch // self._chunk <= self._full_chunks:
+                pos, batch = pos + self._scales.draw(batch).batch // self._chunk, batch + 1
+            self._len_cache = (self._epoch_first, batch - self._epoch_first)
+        return self._len_cache[1]
 
     @property
     def epoch(self) -> int:
         """The epoch the next batch comes from (an epoch whose batches were all yielded is done)."""
-        return self._epoch + (self._pos >= self._len)
+        return self._epoch + (not self._fits())
 
-    def _real_in_batch(self) -> int:
-        """Real (not padding) samples in the batch at ``self._pos`` of this rank's current range."""
+    def _real_in_chunk(self) -> int:
+        """Real (not padding) samples in the iteration at ``self._pos`` of this rank's current range."""
         shard = (self.rank + self._epoch) % self.world_size  # DALI moves ranks one range per epoch
         n, w = self.samples, self.world_size
         shard_size = n * (shard + 1) // w - n * shard // w
-        return max(0, min(self.batch_size, shard_size - self._pos * self.batch_size))
+        return max(0, min(self._chunk, shard_size - self._pos * self._chunk))
 
     def _run(self) -> tuple[Any, bool]:
         """The next pipeline outputs, recovering from a DALI error by replaying that batch as
@@ -414,9 +493,7 @@ class DaliLoader:
                     _error_summary(err),
                 )
                 self._pipe = None  # a failed DALI pipeline is no longer valid; free it first
-                self._pipe = _make_pipeline(
-                    self.spec, **self._pipe_args(), checkpoint=self._checkpoint, skip_batches=1
-                )
+                self._pipe = self._build(checkpoint=self._checkpoint, skip_batches=1)
         raise AssertionError("unreachable")
 
     def _missing(self, expected_samples: int | None) -> int:
@@ -453,8 +530,25 @@ class DaliLoader:
             )
 
     def _next_batch(self) -> dict[str, Any]:
+        """The batch at the next draw: ``batch / chunk`` pipeline iterations put together."""
+        k = self._scales.draw(self._batches).batch // self._chunk
+        self._batch_start = self._pos
+        parts = [self._next_chunk() for _ in range(k)]
+        self._batches += 1
+        self._batch_start = self._pos
+        if k == 1:
+            return parts[0]
+        batch = {}
+        for name, first in parts[0].items():
+            if isinstance(first, torch.Tensor):
+                batch[name] = torch.cat([p[name] for p in parts])
+            else:  # key, caption: lists of strings
+                batch[name] = [x for p in parts for x in p[name]]
+        return batch
+
+    def _next_chunk(self) -> dict[str, Any]:
         outputs, replayed = self._run()
-        real = self._real_in_batch()
+        real = self._real_in_chunk()
         self._pos += 1
         image, labels, count, valid, source_info = outputs[:5]
         if replayed:
@@ -468,7 +562,7 @@ class DaliLoader:
         }
         raw_count = _to_torch(count, torch.int64, cpu)  # (B,)
         valid_t = _to_torch(valid, torch.bool, cpu)  # (B,)
-        is_real = torch.arange(self.batch_size) < real  # (B,)
+        is_real = torch.arange(self._chunk) < real  # (B,)
         if replayed:
             self.lost_samples += real
         else:
@@ -493,16 +587,18 @@ class DaliLoader:
         return batch
 
     def _finish_epoch(self) -> None:
-        """Take the padded batches ``drop_last`` does not yield, and move to the next epoch."""
-        while self._pos < self._reader_batches:
+        """Take the padded batches ``drop_last`` does not yield (and, with multi-scale, the chunks
+        too few for the next draw), and move to the next epoch."""
+        while self._pos < self._reader_chunks:
             self._run()
             self._pos += 1
         self._epoch, self._pos = self._epoch + 1, 0
+        self._epoch_first = self._batch_start = self._batches
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        if self._pos >= self._len:
+        if not self._fits():
             self._finish_epoch()
-        while self._pos < self._len:
+        while self._fits():
             yield self._next_batch()
 
     # ----------------------------------------------------------------------------------- resume
@@ -515,6 +611,7 @@ class DaliLoader:
             "seed": self.seed,
             "train": self.spec.train,
             "drop_last": self.drop_last,
+            "multiscale": None if self.multiscale is None else self.multiscale.identity(),
         }
 
     def state_dict(self) -> dict[str, Any]:
@@ -524,6 +621,8 @@ class DaliLoader:
             **self._identity(),
             "epoch": self._epoch,
             "position": self._pos,
+            "batches": self._batches,
+            "epoch_first": self._epoch_first,
             "dali_checkpoint": base64.b64encode(self._checkpoint).decode("ascii"),
             "counters": self.counters(),
         }
@@ -537,10 +636,13 @@ class DaliLoader:
             shown = ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in mismatched.items())
             raise ValueError(f"the data state was saved by a different loader setup ({shown})")
         checkpoint = base64.b64decode(state["dali_checkpoint"])
-        self._pipe = None
-        self._pipe = _make_pipeline(self.spec, **self._pipe_args(), checkpoint=checkpoint, skip_batches=0)
-        self._checkpoint = checkpoint
         self._epoch, self._pos = int(state["epoch"]), int(state["position"])
+        self._batches = int(state.get("batches", 0))  # states from before multi-scale: fixed size
+        self._epoch_first = int(state.get("epoch_first", 0))
+        self._batch_start = self._pos
+        self._pipe = None
+        self._pipe = self._build(checkpoint=checkpoint, skip_batches=0)
+        self._checkpoint = checkpoint
         for name, value in state.get("counters", {}).items():
             setattr(self, name, int(value))
 
@@ -624,6 +726,7 @@ def make_loader(
     num_classes: int | None = None,
     expected_samples: int | None = None,
     label_member: str | None = None,
+    multiscale: MultiScale | None = None,
 ) -> DaliLoader:
     """A DALI loader over packed shards (a folder with ``dataset.json``, or tar paths) for one rank.
 
@@ -633,7 +736,9 @@ def make_loader(
     ~150 kB each for COCO-sized JPEGs). ``keys=True`` adds each sample's key to the batches;
     ``captions=True`` adds the ``.txt`` captions (``caption``: list of B strings).
     ``label_member`` ("lbl" or "cls") defaults to the folder's dataset.json ``label_member``, else
-    "lbl"; ``num_classes`` (None: unchecked) bounds the label ids."""
+    "lbl"; ``num_classes`` (None: unchecked) bounds the label ids. ``multiscale`` (training
+    only): each batch's size and resolution from its draws (engine/multiscale.py), ``batch_size``
+    and ``image_size`` being those of the base."""
     if label_member is None:
         label_member = "lbl"
         if isinstance(shards, (str, Path)) and (Path(shards) / "dataset.json").is_file():
@@ -663,6 +768,7 @@ def make_loader(
         num_classes=num_classes,
         expected_samples=expected_samples,
         label_member=label_member,
+        multiscale=multiscale,
     )
 
 
@@ -724,15 +830,20 @@ def read_dataset_meta(folder: str | Path, option: str) -> dict[str, Any]:
         raise ConfigError(f"{option}: {path} is not valid JSON ({err})") from None
 
 
-def loaders_from_config(cfg: Any, rank: int, world_size: int, image_size: int, captions: bool):
+def loaders_from_config(
+    cfg: Any, rank: int, world_size: int, image_size: int, captions: bool, patch_size: int | None = None
+):
     """DALI loaders over ``data.train`` / ``data.val`` and the train shards' dataset.json.
 
     Caption packs: labels are vocabulary rows, bounded by ``vocab_size``. Class packs
     (``label_member`` "cls"): class indices, bounded by ``num_classes``, padded to at least the
     most classes of one sample (so none is cut). Train and val must agree: the same vocabulary (its
     size and, where dataset.json records it, its SHA-256), and for class packs the same
-    ``CLASSES.json``; a mismatch stops here, naming both folders."""
+    ``CLASSES.json``; a mismatch stops here, naming both folders. ``data.multiscale`` makes the
+    train loader's batches variable (engine/multiscale.py; sides checked against ``patch_size``);
+    the val loader stays at ``image_size``."""
     from engine.config import ConfigError
+    from engine.multiscale import from_config
 
     d = cfg.data
     if not d.train:
@@ -787,9 +898,13 @@ def loaders_from_config(cfg: Any, rank: int, world_size: int, image_size: int, c
                 resolve_shards(folder)
             except (ValueError, FileNotFoundError) as err:
                 raise ConfigError(f"data: {err}") from None
+    try:
+        multiscale = from_config(cfg, image_size, patch_size)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     train = make_loader(
         d.train, d.batch_size, train=True, scale=tuple(d.scale), captions=captions,
-        expected_samples=meta.get("samples"), **common,
+        expected_samples=meta.get("samples"), multiscale=multiscale, **common,
     )  # fmt: skip
     val = None
     if d.val and not captions:

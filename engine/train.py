@@ -4,9 +4,10 @@
     torchrun --nproc_per_node 2 -m engine.train --config configs/coco_tiny_cpu.yaml  # CPU ranks, gloo
     python -m engine.train --config configs/coco_tiny_cpu.yaml                       # one process
 
-Each optimizer step: ``grad_accum`` micro-batches of ``data.batch_size`` per rank; AdamW with
-weight decay on matrices only; cosine schedule with linear warmup; gradient clipping; bf16 on a GPU,
-fp32 on the CPU. The task (``model.objective``: catlip, clip, siglip; finetune and probe on a
+Each optimizer step: ``grad_accum`` micro-batches of ``data.batch_size`` per rank (with
+``data.multiscale``: a size and resolution drawn per step, the same on every rank, see
+engine/multiscale.py); AdamW with weight decay on matrices only; cosine schedule with linear
+warmup; gradient clipping; bf16 on a GPU, fp32 on the CPU. The task (``model.objective``: catlip, clip, siglip; finetune and probe on a
 class pack) is an object from ``engine/objectives.py``; DeepSpeed, checkpointing and compile are applied by ``engine/parallel.py``;
 checkpoints are ``engine/checkpoint.py``'s. The host synchronises with the device only at log
 steps and before checkpoints: that is where a NaN or inf loss (flagged on the device every
@@ -87,8 +88,9 @@ class Trainer:
             from engine.data import loaders_from_config
 
             train_loader, val_loader, self.dataset_meta = loaders_from_config(
-                cfg, self.rank, self.world_size, self.vit_cfg.image_size, self.objective.captions
-            )
+                cfg, self.rank, self.world_size, self.vit_cfg.image_size, self.objective.captions,
+                patch_size=self.vit_cfg.patch_size,
+            )  # fmt: skip
             # a class pack's classes, or a caption pack's synset vocabulary
             vocab_size = int(self.dataset_meta.get("num_classes") or self.dataset_meta["vocab_size"])
         self.train_loader, self.val_loader = train_loader, val_loader
@@ -179,8 +181,10 @@ class Trainer:
         total = torch.zeros((), device=self.device)
         for _ in range(accum):
             t0 = time.perf_counter()
-            inputs = self.objective.inputs(next(batches), self.device, self.dtype)
+            batch = next(batches)
+            inputs = self.objective.inputs(batch, self.device, self.dtype)
             window.data_time += time.perf_counter() - t0
+            window.images += _batch_images(batch, self.cfg.data.batch_size)
             loss = self.engine(*inputs)
             self._health.observe(loss.detach(), self.step + 1)  # no host sync
             self.engine.backward(loss)
@@ -193,7 +197,8 @@ class Trainer:
         mean = loss.detach().clone()
         dist.all_reduce(mean)  # the host sync of this log step
         steps, seconds = window.close(self.step)
-        images = self.cfg.data.batch_size * self.cfg.optim.grad_accum * self.world_size * steps
+        images = window.images * self.world_size  # every rank draws the same batch sizes
+        window.images = 0
         entry = StepLog(
             step=self.step,
             loss=mean.item() / self.world_size,
@@ -304,6 +309,12 @@ class Trainer:
             self.train_loader.close()
 
 
+def _batch_images(batch: dict, default: int) -> int:
+    """Images in a batch, read from a tensor's shape (no device sync); ``default`` if none."""
+    image = batch.get("image")
+    return int(image.shape[0]) if isinstance(image, torch.Tensor) else default
+
+
 def _epochs(loader: Any) -> Iterator[dict]:
     while True:
         yield from loader
@@ -314,6 +325,7 @@ class _Window:
 
     def __init__(self, step: int) -> None:
         self.start, self.step, self.data_time = time.perf_counter(), step, 0.0
+        self.images = 0  # this rank's, from the batches' shapes (multi-scale batches vary)
 
     def close(self, step: int) -> tuple[int, float]:
         now = time.perf_counter()
