@@ -1,0 +1,168 @@
+"""Variable-resolution (multi-scale) training batches: corenet's variable batch sampler.
+
+corenet's CatLIP recipes (``projects/catlip/pretraining/vit_*.yaml``, ``sampler.vbs``) train on
+square crops of 128-320 px (``max_n_scales: 25`` sizes spread evenly over that range, each made a
+multiple of ``check_scale: 16``, plus the base 224), and scale each batch so that the pixels per
+batch stay about those of the base: ``batch = base_batch x base^2 / (h w)``. ``data.multiscale``
+is the same switch here::
+
+    data:
+      batch_size: 1024                                      # at the base resolution (model.image_size)
+      multiscale: {min: 128, max: 320, step: 16, scales: 25}   # multiple: 8 (the default)
+
+gives 13 sizes, 128, 144, ..., 320 (the 25 evenly spaced values collapse onto the multiples of 16;
+224 is among them), with batches 3136 at 128 px down to 504 at 320 px. The base is the model's
+``image_size`` (224 for ViT-B/16, 64 for the CPU tiny model), not a literal 224. Batches are
+rounded to a multiple of ``multiple`` (8) where they are at least 8, else to the nearest integer,
+and are never below 1. Every size must be a multiple of the model's patch (ViT-H/14: step 14).
+
+The draw: the batch at loader index ``i`` uses ``table[k]`` with ``k`` drawn uniformly from a
+``numpy`` generator seeded by ``(run.seed, i // group)``, ``group = optim.grad_accum``: one draw per
+optimizer step (all its micro-batches have the same size, so the mean of the micro-batch means the
+trainer and DeepSpeed take is the mean over the step's images), the same on every rank (it depends
+on no rank), deterministic, and restored exactly on resume (the loader saves ``i``).
+
+Why plain data-parallel averaging stays right: every rank draws the same ``(h, w, batch)`` for a
+step, so each rank's loss is a mean over the same number of images and DeepSpeed's gradient
+average over ranks (and its ``1 / grad_accum`` scaling of each micro-step) is the mean over all the
+step's images. DeepSpeed's ``train_micro_batch_size_per_gpu`` is the base batch: it is used for its
+own throughput bookkeeping only, never to reduce the loss or the gradients.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import numpy as np
+
+_DRAW_STREAM = 0x6D73  # keeps the scale draws apart from other generators seeded by run.seed
+
+
+@dataclass(frozen=True)
+class Scale:
+    """One entry of the table: crop height and width in pixels, and the per-rank batch."""
+
+    height: int
+    width: int
+    batch: int
+
+    def tokens(self, patch: int) -> int:
+        """The ViT's sequence length at this size (patches + the class token)."""
+        return (self.height // patch) * (self.width // patch) + 1
+
+
+@dataclass(frozen=True)
+class MultiScaleConfig:
+    """``data.multiscale``: sizes from ``min`` to ``max`` (``scales`` evenly spaced values, each
+    rounded to a multiple of ``step``, duplicates dropped, the base added); batches rounded to a
+    multiple of ``multiple``."""
+
+    min: int = 128
+    max: int = 320
+    step: int = 16
+    scales: int = 25
+    multiple: int = 8
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> MultiScaleConfig:
+        """Parse the YAML mapping; ``ValueError`` naming what is wrong."""
+        if not isinstance(raw, dict):
+            raise ValueError(
+                f"data.multiscale: expected a mapping like {{min: 128, max: 320, step: 16}}, got {raw!r}"
+            )
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(raw) - set(known))
+        if unknown:
+            raise ValueError(
+                f"data.multiscale: unknown key(s) {', '.join(unknown)} (known: {', '.join(known)})"
+            )
+        bad = [k for k, v in raw.items() if not isinstance(v, int) or isinstance(v, bool)]
+        if bad:
+            raise ValueError(f"data.multiscale: {', '.join(bad)} must be integers")
+        cfg = cls(**raw)
+        problems = []
+        if not 1 <= cfg.step <= cfg.min <= cfg.max:
+            problems.append(
+                f"need 1 <= step <= min <= max, got step {cfg.step}, min {cfg.min}, max {cfg.max}"
+            )
+        if cfg.scales < 1 or cfg.multiple < 1:
+            problems.append("scales and multiple must be >= 1")
+        if problems:
+            raise ValueError("data.multiscale: " + "; ".join(problems))
+        return cfg
+
+    def sizes(self, base: int) -> list[int]:
+        """The crop sides: corenet's ``create_intervallic_integer_list`` + ``make_divisible``."""
+        values = np.linspace(self.min, self.max, self.scales) if self.scales > 1 else [self.min]
+        out = {max(self.step, int(v / self.step + 0.5) * self.step) for v in values}
+        return sorted(out | {base})
+
+    def table(self, base: int, base_batch: int, patch: int | None = None) -> tuple[Scale, ...]:
+        """(h, w, batch) for each size; ``patch`` (the model's) checks every side divides by it."""
+        sizes = self.sizes(base)
+        if patch is not None:
+            off = [s for s in sizes if s % patch]
+            if off:
+                raise ValueError(
+                    f"data.multiscale gives sides {off} that are not multiples of the model's patch {patch} "
+                    f"(set step, min and max to multiples of {patch}, and model.image_size too)"
+                )
+        return tuple(Scale(s, s, scaled_batch(base_batch, base, s, s, self.multiple)) for s in sizes)
+
+
+def scaled_batch(base_batch: int, base: int, height: int, width: int, multiple: int = 8) -> int:
+    """``base_batch x base^2 / (h w)``: a multiple of ``multiple`` where that is at least
+    ``multiple``, else the nearest integer; never below 1."""
+    exact = base_batch * base * base / (height * width)
+    rounded = int(exact / multiple + 0.5) * multiple
+    return rounded if rounded >= multiple else max(1, int(exact + 0.5))
+
+
+class MultiScale:
+    """The per-batch draws over a table (see the module docstring)."""
+
+    def __init__(self, table: tuple[Scale, ...], seed: int, group: int = 1) -> None:
+        if not table:
+            raise ValueError("the multi-scale table is empty")
+        if group < 1:
+            raise ValueError(f"group must be >= 1, got {group}")
+        self.table, self.seed, self.group = tuple(table), int(seed), int(group)
+        # Every pipeline iteration decodes this many samples at one size; a batch is batch / chunk
+        # iterations (engine/data.py says why the pipeline is not one per scale).
+        self.chunk = math.gcd(*(s.batch for s in self.table))
+        self._last: tuple[int, Scale] | None = None
+
+    def draw(self, index: int) -> Scale:
+        """The scale of the loader's batch ``index`` (0, 1, ... over the whole run)."""
+        key = index // self.group
+        if self._last is None or self._last[0] != key:
+            rng = np.random.default_rng([abs(self.seed), _DRAW_STREAM, key])
+            self._last = (key, self.table[int(rng.integers(len(self.table)))])
+        return self._last[1]
+
+    @property
+    def smallest(self) -> Scale:
+        return min(self.table, key=lambda s: s.height * s.width)
+
+    def identity(self) -> dict[str, Any]:
+        """What a saved loader state must match to resume (the table, the seed, the group)."""
+        return {
+            "table": [list(asdict(s).values()) for s in self.table],
+            "seed": self.seed,
+            "group": self.group,
+        }
+
+    def __repr__(self) -> str:
+        rows = ", ".join(f"{s.height}x{s.width}:{s.batch}" for s in self.table)
+        return f"MultiScale([{rows}], seed={self.seed}, group={self.group}, chunk={self.chunk})"
+
+
+def from_config(cfg: Any, base: int, patch: int | None = None) -> MultiScale | None:
+    """The run's draws from ``data.multiscale`` (None when off), ``data.batch_size`` at ``base``."""
+    raw = cfg.data.multiscale
+    if raw is None:
+        return None
+    table = MultiScaleConfig.from_dict(raw).table(base, cfg.data.batch_size, patch)
+    return MultiScale(table, seed=cfg.run.seed, group=cfg.optim.grad_accum)
