@@ -22,7 +22,10 @@ source has a classifier), the image tower of
   * corenet's ``VisionTransformer`` (``corenet/modeling/models/classification/vit.py``:
     ``patch_emb``, ``cls_token``, ``pos_embed.pos_embed.pos_embed``, ``transformer.N.pre_norm_mha``
     / ``pre_norm_ffn`` of ``TransformerEncoder`` or ``FlashTransformerEncoder``,
-    ``post_transformer_norm``, ``classifier``), as its checkpoints hold it (``model_state_dict``).
+    ``post_transformer_norm``, ``classifier``), as its checkpoints hold it (``model_state_dict``),
+    into the ``corenet_vit_*`` presets: its convolutional stem (``patch_emb.{0,1,2}.block``: conv
+    k4 s4 + batch norm + GELU, conv k2 s2 + batch norm + GELU, conv k2 s2) is our ``ConvStem``
+    (``ViTConfig(stem="conv")``), running statistics included.
 The source is told by its key names. What maps exactly:
   * a layer scale (timm ``ls1.gamma``, open_clip ``ls_1.gamma``) is folded into the projection before
     it; a missing qkv or patch-embedding bias (open_clip's ``conv1`` has none) becomes zeros;
@@ -34,8 +37,7 @@ What does not, and is refused with the reason (``partial=True`` leaves those ten
 warning, for an initialisation that will be trained further):
   * a norm before the blocks (open_clip ``ln_pre``, timm ``norm_pre``): our ViT has none, and a
     LayerNorm cannot be folded into the embeddings (it normalises each token);
-  * corenet's convolutional stem (3 convolutions with batch norm and GELU, stride 4-2-2) in place of
-    a patch embedding: not one linear map, so not our ``patch_embed``;
+  * (to timm) the conv stem: timm's patch embedding is one convolution;
   * attention pooling, register tokens, an fc-norm (average pooling), q/k norms, other MLPs.
 Dropped on purpose: open_clip's ``proj`` (the map into the joint image-text space; our encoder's
 output is the ``ln_post``'d class token before it, the features a new classifier reads), corenet's
@@ -64,7 +66,7 @@ from typing import Any
 
 import torch
 
-from catlip.models import ViTConfig, resample_pos_embed, vit_config
+from catlip.models import ViTConfig, conv_stem_shapes, resample_pos_embed, vit_config
 
 Tensor = torch.Tensor
 
@@ -129,6 +131,12 @@ def config_from_meta(meta: Mapping[str, str]) -> tuple[str, ViTConfig]:
 
 def timm_model_args(cfg: ViTConfig, preset: str | None = None) -> tuple[str, dict[str, Any]]:
     """timm's model name and the kwargs that make it ``cfg`` (only the fields that differ)."""
+    if cfg.stem != "patch":
+        raise InteropError(
+            f"a ViT with the {cfg.stem} stem (corenet's convolutions with batch norm) has no timm "
+            "VisionTransformer counterpart: timm's patch embedding is one convolution, and its hybrid ViTs "
+            "take a ResNet backbone, not this stem"
+        )
     if cfg.norm_eps != TIMM_NORM_EPS:
         raise InteropError(
             f"norm_eps {cfg.norm_eps} is not timm's ViT LayerNorm eps {TIMM_NORM_EPS}, and timm takes the norm "
@@ -158,12 +166,17 @@ def check_vit_state(state: Mapping[str, Tensor], cfg: ViTConfig | None = None, *
             raise InteropError(f"{key} is missing{at}")
         return state[key]
 
-    patch = get("encoder.patch_embed.weight")  # (W, 3, p, p)
-    if patch.ndim != 4 or patch.shape[1] != 3 or patch.shape[2] != patch.shape[3]:
-        raise InteropError(
-            f"encoder.patch_embed.weight{at} has shape {tuple(patch.shape)}, expected (W, 3, p, p)"
-        )
-    width, p = patch.shape[0], patch.shape[2]
+    if "encoder.patch_embed.0.weight" in state:  # corenet's convolutional stem (ConvStem)
+        width, p, stem_kind = get("encoder.patch_embed.6.weight").shape[0], 16, "conv"
+        stem = {f"encoder.patch_embed.{k}": v for k, v in conv_stem_shapes(width).items()}
+    else:
+        patch = get("encoder.patch_embed.weight")  # (W, 3, p, p)
+        if patch.ndim != 4 or patch.shape[1] != 3 or patch.shape[2] != patch.shape[3]:
+            raise InteropError(
+                f"encoder.patch_embed.weight{at} has shape {tuple(patch.shape)}, expected (W, 3, p, p)"
+            )
+        width, p, stem_kind = patch.shape[0], patch.shape[2], "patch"
+        stem = {"encoder.patch_embed.weight": tuple(patch.shape), "encoder.patch_embed.bias": (width,)}
     depth = 1 + max(
         (int(m.group(1)) for k in state if (m := re.match(r"encoder\.blocks\.(\d+)\.", k))), default=-1
     )
@@ -171,7 +184,7 @@ def check_vit_state(state: Mapping[str, Tensor], cfg: ViTConfig | None = None, *
     tokens = get("encoder.pos_embed").shape[1] if get("encoder.pos_embed").ndim == 3 else -1
     grid = math.isqrt(max(tokens - 1, 0))
     expected = {
-        "encoder.patch_embed.bias": (width,),
+        **stem,
         "encoder.cls_token": (1, 1, width),
         "encoder.pos_embed": (1, grid * grid + 1, width),
         "encoder.norm.weight": (width,),
@@ -190,11 +203,7 @@ def check_vit_state(state: Mapping[str, Tensor], cfg: ViTConfig | None = None, *
     for key, shape in expected.items():
         if tuple(get(key).shape) != shape:
             raise InteropError(f"{key}{at} has shape {tuple(state[key].shape)}, expected {shape}")
-    extra = sorted(
-        k
-        for k in state
-        if k.startswith("encoder.") and k not in expected and k != "encoder.patch_embed.weight"
-    )
+    extra = sorted(k for k in state if k.startswith("encoder.") and k not in expected)
     if extra:
         raise InteropError(f"tensors our ViT does not have{at}: {extra[:6]}")
     if "head.weight" in state:
@@ -204,9 +213,17 @@ def check_vit_state(state: Mapping[str, Tensor], cfg: ViTConfig | None = None, *
                 f"head{at}: weight {tuple(hw.shape)}, bias {None if hb is None else tuple(hb.shape)}; "
                 f"expected (V, {width}) and (V,)"
             )
-    dims = {"width": width, "depth": depth, "patch_size": p, "image_size": grid * p, "mlp_hidden": hidden}
+    dims = {
+        "width": width,
+        "depth": depth,
+        "patch_size": p,
+        "image_size": grid * p,
+        "mlp_hidden": hidden,
+        "stem": stem_kind,
+    }
     if cfg is not None:
         want = {
+            "stem": cfg.stem,
             "width": cfg.width,
             "depth": cfg.depth,
             "patch_size": cfg.patch_size,
@@ -248,6 +265,7 @@ def export_timm(state: Mapping[str, Tensor], meta: Mapping[str, str], out: str |
     from safetensors.torch import save_file
 
     preset, cfg = config_from_meta(meta)
+    name, kwargs = timm_model_args(cfg, preset)  # first: refuses what timm cannot build
     check_vit_state(state, cfg, where="the checkpoint")
     unknown = sorted(k for k in state if not k.startswith(("encoder.", "head.")))
     if unknown:
@@ -255,7 +273,6 @@ def export_timm(state: Mapping[str, Tensor], meta: Mapping[str, str], out: str |
             f"the checkpoint holds more than an image model ({unknown[:4]}...): only CatLIP / fine-tuned ViTs "
             "(encoder.*, head.*) export to timm's VisionTransformer"
         )
-    name, kwargs = timm_model_args(cfg, preset)
     num_classes = state["head.weight"].shape[0] if "head.weight" in state else 0
     timm_state = {k: v.detach().float().contiguous() for k, v in to_timm_state(state).items()}
     metadata = dict(meta)
@@ -457,8 +474,17 @@ def corenet_pos_embed(pos: Tensor, num_patches: int) -> Tensor:
 
 def _from_corenet(t: _Taker, image_size: int | None) -> dict[str, Tensor]:
     out: dict[str, Tensor] = {}
-    # The stem (patch_emb.0-2: conv k4 s4 + BN + GELU, conv k2 s2 + BN + GELU, conv k2 s2) is not a
-    # patch embedding: it is left over, so refused (or left out with partial=True).
+    # The stem: corenet's ConvLayer2d blocks patch_emb.{0,1,2}.block.{conv,norm} (conv k4 s4 + BN +
+    # GELU, conv k2 s2 + BN + GELU, conv k2 s2) -> our ConvStem's layers 0, 1 | 3, 4 | 6.
+    for theirs, (conv, norm) in {0: (0, 1), 1: (3, 4), 2: (6, None)}.items():
+        b = f"patch_emb.{theirs}.block."
+        out[f"encoder.patch_embed.{conv}.weight"] = t.pop(b + "conv.weight")
+        if theirs == 2:
+            w = out["encoder.patch_embed.6.weight"]
+            out["encoder.patch_embed.6.bias"] = t.pop(b + "conv.bias", torch.zeros(w.shape[0]))
+        else:
+            for k in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
+                out[f"encoder.patch_embed.{norm}.{k}"] = t.pop(b + "norm." + k)
     cls = t.pop("cls_token", required=False)
     if cls is None:
         raise InteropError(
@@ -515,8 +541,6 @@ _WHY = {  # leftover tensor prefix (in the source's names) -> why our ViT cannot
     "ln_pre.": "open_clip's ln_pre, a LayerNorm before the blocks: our ViT has no pre-norm, and a LayerNorm "
     "cannot be folded into the embeddings (it normalises each token)",
     "norm_pre.": "timm's norm_pre (pre_norm=True, as in its CLIP ViTs): our ViT has no pre-norm",
-    "patch_emb.": "corenet's convolutional stem (conv k4 s4 + batch norm + GELU, conv k2 s2 + batch norm + GELU, "
-    "conv k2 s2): not a linear patch embedding, so not our patch_embed",
     "fc_norm.": "timm's fc_norm (average pooling): our ViT reads the normed class token",
     "reg_token": "register tokens: our ViT has none",
     "attn_pool": "attention pooling: our ViT reads the class token",
@@ -571,26 +595,21 @@ def load_encoder_state(
                 "load_encoder_state(..., partial=True) leaves those tensors out (an initialisation to fine-tune)"
             )
         warnings.warn(f"{t.where}: left out: {msg}", stacklevel=2)
-    return _checked({k: v.float() for k, v in out.items()}, t.where, image_size, kind)
+    out = {k: v.float() if v.is_floating_point() else v for k, v in out.items()}  # BN's count stays int
+    return _checked(out, t.where, image_size, kind)
 
 
 _OUR_TOWER = {"patch_embed", "cls_token", "pos_embed", "blocks", "norm"}
 
 
 def _checked(out: dict[str, Tensor], where: str, image_size: int | None, kind: str) -> dict[str, Tensor]:
-    if image_size is not None and kind != "corenet" and "encoder.patch_embed.weight" in out:
-        p = out["encoder.patch_embed.weight"].shape[-1]
+    patch = out.get("encoder.patch_embed.weight")
+    p = 16 if "encoder.patch_embed.0.weight" in out else (None if patch is None else patch.shape[-1])
+    if image_size is not None and kind != "corenet" and p is not None:
         if image_size % p:
             raise InteropError(f"image_size {image_size} is not a multiple of the patch size {p} of {where}")
         if out["encoder.pos_embed"].shape[1] != (image_size // p) ** 2 + 1:
             out["encoder.pos_embed"] = resample_pos_embed(out["encoder.pos_embed"], (image_size // p,) * 2)
-    if "encoder.patch_embed.weight" not in out:  # corenet with partial=True: no stem
-        stub = {"encoder.patch_embed.weight": torch.empty(out["encoder.cls_token"].shape[-1], 3, 16, 16)}
-        check_vit_state(
-            {**out, **stub, "encoder.patch_embed.bias": stub["encoder.patch_embed.weight"][:, 0, 0, 0]},
-            where=where,
-        )
-        return out
     check_vit_state(out, where=where)
     return out
 

@@ -15,6 +15,9 @@ Presets (``VIT_PRESETS``):
   vit_l16    ViT-L/16: width 1024, 24 layers, 16 heads
   vit_h16    corenet's ViT-H/16: width 1280, 32 layers, 20 heads, head dim 64
   vit_h14    open_clip's ViT-H/14: width 1280, 32 layers, 16 heads, head dim 80, 257 tokens
+  corenet_vit_{tiny,b16,l16,h16}  with corenet's convolutional stem (``ConvStem``): vit_tiny's
+             width and depth at 64 px, patch 16 (CPU tests), and the B/L/H-16 towers,
+             the architecture of corenet's released CatLIP checkpoints (catlip.interop loads them)
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from kernels import linear_bce  # the function (kernels/linear_bce.py is its mod
 from kernels.flash_attention import ATTN_IMPLS, attention_qkv
 from kernels.linear_bce import IMPLS as LOSS_IMPLS
 
+STEMS = ("patch", "conv")
+
 
 @dataclass(frozen=True)
 class ViTConfig:
@@ -40,6 +45,7 @@ class ViTConfig:
     heads: int = 12
     mlp_ratio: float = 4.0
     norm_eps: float = 1e-6
+    stem: str = "patch"  # "patch": one p x p convolution | "conv": corenet's convolutional stem (p = 16)
 
     @property
     def head_dim(self) -> int:
@@ -50,6 +56,10 @@ class ViTConfig:
         return (self.image_size // self.patch_size) ** 2 + 1  # patches + class token
 
     def __post_init__(self) -> None:
+        if self.stem not in STEMS:
+            raise ValueError(f"stem must be one of {STEMS}, got {self.stem!r}")
+        if self.stem == "conv" and self.patch_size != 16:
+            raise ValueError(f"the conv stem has stride 16 (4 x 2 x 2), got patch_size {self.patch_size}")
         if self.width % self.heads:
             raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
         if self.image_size % self.patch_size:
@@ -65,6 +75,11 @@ VIT_PRESETS: dict[str, ViTConfig] = {
     "vit_l16": ViTConfig(width=1024, depth=24, heads=16),
     "vit_h16": ViTConfig(width=1280, depth=32, heads=20),
     "vit_h14": ViTConfig(patch_size=14, width=1280, depth=32, heads=16),
+    # corenet's CatLIP ViTs (apple/corenet: its released checkpoints): the same towers with its stem
+    "corenet_vit_tiny": ViTConfig(image_size=64, width=96, depth=4, heads=3, stem="conv"),  # CPU tests
+    "corenet_vit_b16": ViTConfig(width=768, depth=12, heads=12, stem="conv"),
+    "corenet_vit_l16": ViTConfig(width=1024, depth=24, heads=16, stem="conv"),
+    "corenet_vit_h16": ViTConfig(width=1280, depth=32, heads=20, stem="conv"),
 }
 
 
@@ -143,6 +158,53 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+def conv_stem_channels(width: int) -> int:
+    return max(32, width // 4)
+
+
+def conv_stem_shapes(width: int) -> dict[str, tuple[int, ...]]:
+    """``ConvStem(width)``'s state-dict names (inside it) and shapes."""
+    c = conv_stem_channels(width)
+    bn = {"weight": (c,), "bias": (c,), "running_mean": (c,), "running_var": (c,), "num_batches_tracked": ()}
+    return {
+        "0.weight": (c, 3, 4, 4),
+        **{f"1.{k}": v for k, v in bn.items()},
+        "3.weight": (c, c, 2, 2),
+        **{f"4.{k}": v for k, v in bn.items()},
+        "6.weight": (width, c, 2, 2),
+        "6.bias": (width,),
+    }
+
+
+class ConvStem(nn.Sequential):
+    """corenet's ViT stem (after "Early Convolutions Help Transformers See Better", Xiao et al.
+    2021): conv 4x4 stride 4 (padding 1, no bias) -> BatchNorm -> GELU, conv 2x2 stride 2 (no bias)
+    -> BatchNorm -> GELU, conv 2x2 stride 2 (bias): an H x W image -> an (H/16) x (W/16) grid of
+    ``width`` features, with max(32, width / 4) channels inside. Layer indices 0-6 are its
+    state-dict names (catlip.interop maps corenet's ``patch_emb.{0,1,2}.block.*`` onto them).
+
+    The batch norms keep running statistics: in training mode (``model.train()``) each rank
+    normalises with its own batch's statistics and updates its running ones; a frozen tower
+    (linear probe) is kept in eval mode by ``ImageClassifier``."""
+
+    def __init__(self, width: int) -> None:
+        c = conv_stem_channels(width)
+        super().__init__(
+            nn.Conv2d(3, c, kernel_size=4, stride=4, padding=1, bias=False),
+            nn.BatchNorm2d(c),
+            nn.GELU(),
+            nn.Conv2d(c, c, kernel_size=2, stride=2, bias=False),
+            nn.BatchNorm2d(c),
+            nn.GELU(),
+            nn.Conv2d(c, width, kernel_size=2, stride=2),
+        )
+        for m in self:
+            if isinstance(m, nn.Conv2d):  # corenet's conv_init for CatLIP: kaiming normal, fan out
+                nn.init.kaiming_normal_(m.weight, mode="fan_out")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+
 class VisionTransformer(nn.Module):
     """ViT image tower: images (B, 3, H, W) -> pooled class-token features (B, width).
 
@@ -158,7 +220,10 @@ class VisionTransformer(nn.Module):
             raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}, got {attn_impl!r}")
         self.cfg = cfg
         self.grad_checkpointing = grad_checkpointing
-        self.patch_embed = nn.Conv2d(3, cfg.width, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+        if cfg.stem == "conv":
+            self.patch_embed: nn.Module = ConvStem(cfg.width)
+        else:
+            self.patch_embed = nn.Conv2d(3, cfg.width, kernel_size=cfg.patch_size, stride=cfg.patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.width))
         self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_tokens, cfg.width))
         self.blocks = nn.ModuleList(
@@ -374,6 +439,12 @@ class ImageClassifier(nn.Module):
     @property
     def cfg(self) -> ViTConfig:
         return self.encoder.cfg
+
+    def train(self, mode: bool = True) -> ImageClassifier:
+        super().train(mode)
+        if self.freeze_encoder:  # a frozen tower's batch norms (conv stem) keep their statistics
+            self.encoder.eval()
+        return self
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, width): the tower's pooled output."""

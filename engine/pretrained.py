@@ -49,8 +49,9 @@ def _json(text: str | None) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def load_pretrained(path: str | Path) -> Pretrained:
-    """The state of ``model.init_from``, in our names (see the module docstring)."""
+def load_pretrained(path: str | Path, *, image_size: int | None = None) -> Pretrained:
+    """The state of ``model.init_from``, in our names (see the module docstring). ``image_size``:
+    the model's resolution, for a foreign state's position table (corenet's own interpolation)."""
     p = Path(path)
     if not p.exists():
         raise ConfigError(f"model.init_from: {p} does not exist")
@@ -76,14 +77,14 @@ def load_pretrained(path: str | Path) -> Pretrained:
                 state, str(p), "catlip export", _json(meta["catlip_config"]), _json(meta.get("vocab"))
             )
         if "timm_model" in meta:  # `catlip export --format timm`: timm's names, our metadata
-            pre = _foreign(p)
+            pre = _foreign(p, image_size)
             pre.kind = "catlip timm export"
             pre.config, pre.vocab = _json(meta.get("catlip_config")), _json(meta.get("vocab"))
             return pre
-    return _foreign(p)
+    return _foreign(p, image_size)
 
 
-def _foreign(p: Path) -> Pretrained:
+def _foreign(p: Path, image_size: int | None = None) -> Pretrained:
     try:
         from catlip.interop import load_encoder_state
     except ImportError as err:
@@ -92,7 +93,7 @@ def _foreign(p: Path) -> Pretrained:
             f"and catlip.interop (timm / open_clip / corenet weights) is not available: {err}"
         ) from None
     try:
-        state = load_encoder_state(p)
+        state = load_encoder_state(p, image_size=image_size)
     except (ValueError, KeyError, RuntimeError, OSError) as err:
         raise ConfigError(f"model.init_from: {p}: {err}") from None
     return Pretrained(dict(state), str(p), "foreign")
@@ -119,6 +120,12 @@ def load_backbone(model: nn.Module, pre: Pretrained, model_name: str) -> int:
             f"missing {missing[:4]}" if missing else f"shape of {bad[0]} {tuple(enc[bad[0]].shape)} vs ours "
         )
         what += "" if missing else f"{tuple(mine[bad[0]].shape)}"
+        if ("patch_embed.0.weight" in enc) != ("patch_embed.0.weight" in mine):
+            what += (
+                "; the source has corenet's convolutional stem: use a corenet_vit_* model.name"
+                if "patch_embed.0.weight" in enc
+                else "; the source has a patch embedding, model.name a corenet_vit_* (conv stem) preset"
+            )
         raise ConfigError(
             f"model.init_from: {pre.source}{trained} does not fit model.name {model_name} with "
             f"image_size {model.encoder.cfg.image_size}: {what}"

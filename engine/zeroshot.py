@@ -77,7 +77,7 @@ def build_model(state: dict[str, torch.Tensor], meta: dict[str, str], source: st
     """The CatLIPModel the run trained (preset and resolution from its config), with ``state`` loaded."""
     from catlip.models import CatLIPModel, vit_config
 
-    if "head.weight" not in state or "encoder.patch_embed.weight" not in state:
+    if "head.weight" not in state or "encoder.cls_token" not in state:
         fmt = (
             " (a timm export? give the catlip-format export or the checkpoint)"
             if "cls_token" in state

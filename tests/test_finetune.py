@@ -177,6 +177,30 @@ def test_init_from_another_resolution_resamples_the_position_embedding(tmp_path)
     assert torch.equal(model.encoder.blocks[1].mlp[0].weight, state["encoder.blocks.1.mlp.0.weight"])
 
 
+@pytest.mark.filterwarnings("ignore:.*weights_only")
+def test_init_from_a_corenet_checkpoint_needs_and_fills_the_conv_stem(tmp_path):
+    pytest.importorskip("catlip.interop")
+    from corenet_state import corenet_vit
+
+    from catlip.interop import corenet_pos_embed
+
+    src = corenet_vit(depth=4)
+    path = tmp_path / "checkpoint_ema_best.pt"
+    torch.save({"model_state_dict": src}, path)
+    _, model = build(
+        tmp_path, "finetune", {"num_classes": C}, init_from=str(path), name="corenet_vit_tiny", image_size=64
+    )
+    stem = model.encoder.patch_embed
+    assert torch.equal(stem[0].weight, src["patch_emb.0.block.conv.weight"])
+    assert torch.equal(stem[4].running_var, src["patch_emb.1.block.norm.running_var"])
+    assert torch.equal(stem[6].bias, src["patch_emb.2.block.conv.bias"])
+    # 64 px: 16 patches, by corenet's own interpolation of its 196-row table
+    table = corenet_pos_embed(src["pos_embed.pos_embed.pos_embed"], 16)
+    assert torch.equal(model.encoder.pos_embed[0, 1:].detach(), table[0])
+    with pytest.raises(ConfigError, match="convolutional stem: use a corenet_vit_"):
+        build(tmp_path, "finetune", {"num_classes": C}, init_from=str(path), name="vit_tiny", image_size=64)
+
+
 def test_loss_follows_multi_label_and_label_smoothing(tmp_path):
     import torch.nn.functional as F
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from corenet_state import corenet_vit as _corenet_vit
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -199,62 +200,81 @@ def test_pos_embed_resampled_to_another_resolution() -> None:
 # ---------------------------------------------------------------------------------- corenet names
 
 
-def _corenet_vit(width: int = 96, depth: int = 3, classes: int = 11, *, flash: bool = True, seed: int = 0):
-    """A state dict with corenet's VisionTransformer names and shapes (corenet/modeling/models/
-    classification/vit.py, modules/flash_transformer.py, modules/transformer.py,
-    layers/positional_embedding.py, layers/conv_layer.py), random values."""
-    g = torch.Generator().manual_seed(seed)
-
-    def r(*shape: int) -> torch.Tensor:
-        return torch.randn(*shape, generator=g)
-
-    stem = max(32, width // 4)
-    s = {
-        "patch_emb.0.block.conv.weight": r(stem, 3, 4, 4),
-        "patch_emb.1.block.conv.weight": r(stem, stem, 2, 2),
-        "patch_emb.2.block.conv.weight": r(width, stem, 2, 2),
-        "patch_emb.2.block.conv.bias": r(width),
-        "cls_token": r(1, 1, width),
-        "pos_embed.pos_embed.pos_embed": r(1, 1, 196, width),
-        "post_transformer_norm.weight": r(width),
-        "post_transformer_norm.bias": r(width),
-        "classifier.weight": r(classes, width),
-        "classifier.bias": r(classes),
-        "neural_augmentor.brightness._low": r(1),
-    }
-    for i in (0, 1):
-        s |= {
-            f"patch_emb.{i}.block.norm.weight": r(stem),
-            f"patch_emb.{i}.block.norm.bias": r(stem),
-            f"patch_emb.{i}.block.norm.running_mean": r(stem),
-            f"patch_emb.{i}.block.norm.running_var": r(stem).abs(),
-            f"patch_emb.{i}.block.norm.num_batches_tracked": torch.tensor(5),
-        }
+def _corenet_forward(s: dict, images: torch.Tensor, heads: int, *, flash: bool = True) -> torch.Tensor:
+    """corenet's ViT forward at 224 px written out from its modules (conv_layer.py: padding
+    (k - 1) // 2, so 1 for the 4x4 stem conv; BatchNorm2d eps 1e-5 in eval; GELU; flattened
+    patches + the 196-row table, then the class token, no position; pre-norm blocks with
+    LayerNorm eps 1e-6 and qkv as (B, S, 3, heads, Dh)); returns the classifier's logits."""
+    F = torch.nn.functional
+    x = images
+    for i, pad in ((0, 1), (1, 0)):
+        b = f"patch_emb.{i}.block."
+        x = F.conv2d(x, s[b + "conv.weight"], stride=s[b + "conv.weight"].shape[-1], padding=pad)
+        x = F.batch_norm(
+            x, s[b + "norm.running_mean"], s[b + "norm.running_var"], s[b + "norm.weight"],
+            s[b + "norm.bias"], training=False, eps=1e-5,
+        )  # fmt: skip
+        x = F.gelu(x)
+    x = F.conv2d(x, s["patch_emb.2.block.conv.weight"], s["patch_emb.2.block.conv.bias"], stride=2)
+    x = x.flatten(2).transpose(1, 2) + s["pos_embed.pos_embed.pos_embed"][0]  # (B, 196, W)
+    x = torch.cat([s["cls_token"].expand(x.shape[0], -1, -1), x], dim=1)
+    width = x.shape[-1]
     out_proj = "out_proj_attn" if flash else "out_proj"
-    for i in range(depth):
+    for i in range(len({k.split(".")[1] for k in s if k.startswith("transformer.")})):
         b = f"transformer.{i}."
-        s |= {
-            b + "pre_norm_mha.0.weight": r(width), b + "pre_norm_mha.0.bias": r(width),
-            b + "pre_norm_mha.1.qkv_proj.weight": r(3 * width, width), b + "pre_norm_mha.1.qkv_proj.bias": r(3 * width),
-            b + f"pre_norm_mha.1.{out_proj}.weight": r(width, width), b + f"pre_norm_mha.1.{out_proj}.bias": r(width),
-            b + "pre_norm_ffn.0.weight": r(width), b + "pre_norm_ffn.0.bias": r(width),
-            b + "pre_norm_ffn.1.weight": r(4 * width, width), b + "pre_norm_ffn.1.bias": r(4 * width),
-            b + "pre_norm_ffn.4.weight": r(width, 4 * width), b + "pre_norm_ffn.4.bias": r(width),
-        }  # fmt: skip
-    return s
+        h = F.layer_norm(x, (width,), s[b + "pre_norm_mha.0.weight"], s[b + "pre_norm_mha.0.bias"], eps=1e-6)
+        qkv = F.linear(h, s[b + "pre_norm_mha.1.qkv_proj.weight"], s[b + "pre_norm_mha.1.qkv_proj.bias"])
+        q, k, v = qkv.reshape(*x.shape[:2], 3, heads, -1).permute(2, 0, 3, 1, 4)  # (B, heads, S, Dh) each
+        attn = torch.softmax(q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5, dim=-1) @ v
+        attn = attn.transpose(1, 2).reshape(x.shape)
+        x = x + F.linear(
+            attn, s[b + f"pre_norm_mha.1.{out_proj}.weight"], s[b + f"pre_norm_mha.1.{out_proj}.bias"]
+        )
+        h = F.layer_norm(x, (width,), s[b + "pre_norm_ffn.0.weight"], s[b + "pre_norm_ffn.0.bias"], eps=1e-6)
+        h = F.gelu(F.linear(h, s[b + "pre_norm_ffn.1.weight"], s[b + "pre_norm_ffn.1.bias"]))
+        x = x + F.linear(h, s[b + "pre_norm_ffn.4.weight"], s[b + "pre_norm_ffn.4.bias"])
+    x = F.layer_norm(
+        x[:, 0], (width,), s["post_transformer_norm.weight"], s["post_transformer_norm.bias"], eps=1e-6
+    )
+    return F.linear(x, s["classifier.weight"], s["classifier.bias"])
 
 
-@pytest.mark.filterwarnings("ignore:.*left out:")
+@pytest.mark.parametrize("flash", [True, False], ids=["FlashTransformerEncoder", "TransformerEncoder"])
+def test_corenet_vit_loads_whole_and_computes_corenets_logits(tmp_path: Path, flash: bool) -> None:
+    src = _corenet_vit(flash=flash)
+    for i in (0, 1):  # running statistics of a trained stem (positive variances near 1)
+        src[f"patch_emb.{i}.block.norm.running_var"] = 0.5 + src[f"patch_emb.{i}.block.norm.running_var"]
+    path = tmp_path / "checkpoint_ema_best.pt"
+    torch.save({"model_state_dict": src, "epoch": 3}, path)  # corenet's checkpoint wrapper
+    out = load_encoder_state(path)  # no partial: every tensor has its place (the augmentor is dropped)
+    cfg = ViTConfig(width=96, depth=3, heads=3, stem="conv")
+    model = CatLIPModel(cfg, 11).double().eval()
+    model.load_state_dict(out, strict=True)
+    assert model.encoder.patch_embed[1].num_batches_tracked.item() == 5
+    torch.manual_seed(0)
+    images = torch.randn(2, 3, 224, 224, dtype=torch.float64)
+    with torch.no_grad():
+        ours = model(images)
+    theirs = _corenet_forward(
+        {k: v.double() if v.is_floating_point() else v for k, v in src.items()}, images, 3, flash=flash
+    )
+    torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-10)
+    # the stem is corenet's: the same tower with a patch stem cannot take these weights
+    with pytest.raises(InteropError, match="stem conv"):
+        check_vit_state(out, ViTConfig(width=96, depth=3, heads=3), where="x")
+    # and it has no timm counterpart: the export refuses it, saying why
+    meta = {"catlip_config": json.dumps({"model": {"name": "corenet_vit_b16"}})}
+    with pytest.raises(InteropError, match="no timm VisionTransformer counterpart"):
+        export_timm(out, meta, tmp_path / "x.safetensors")
+
+
 @pytest.mark.parametrize("flash", [True, False], ids=["FlashTransformerEncoder", "TransformerEncoder"])
 def test_corenet_vit_names_map_onto_ours(tmp_path: Path, flash: bool) -> None:
     src = _corenet_vit(flash=flash)
     path = tmp_path / "checkpoint_ema_best.pt"
     torch.save({"model_state_dict": src, "epoch": 3}, path)  # corenet's checkpoint wrapper
-    with pytest.raises(InteropError, match="corenet's convolutional stem .* not a linear patch embedding"):
-        load_encoder_state(path)
-    with pytest.warns(UserWarning, match="left out: corenet's convolutional stem"):
-        out = load_encoder_state(path, partial=True)
-    assert not any("patch_embed" in k or "augment" in k for k in out)
+    out = load_encoder_state(path)
+    assert not any("augment" in k for k in out)
     out_proj = "out_proj_attn" if flash else "out_proj"
     pairs = {
         "encoder.cls_token": "cls_token",
@@ -274,6 +294,13 @@ def test_corenet_vit_names_map_onto_ours(tmp_path: Path, flash: bool) -> None:
                 o + f"mlp.0.{p}": b + f"pre_norm_ffn.1.{p}",
                 o + f"mlp.2.{p}": b + f"pre_norm_ffn.4.{p}",
             }
+    for i, (conv, norm) in enumerate(((0, 1), (3, 4), (6, None))):
+        pairs[f"encoder.patch_embed.{conv}.weight"] = f"patch_emb.{i}.block.conv.weight"
+        if norm is None:
+            pairs[f"encoder.patch_embed.{conv}.bias"] = f"patch_emb.{i}.block.conv.bias"
+        else:
+            for k in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
+                pairs[f"encoder.patch_embed.{norm}.{k}"] = f"patch_emb.{i}.block.norm.{k}"
     assert set(out) == set(pairs) | {"encoder.pos_embed"}
     for ours, theirs in pairs.items():
         assert torch.equal(out[ours], src[theirs]), ours
@@ -288,7 +315,7 @@ def test_corenet_vit_names_map_onto_ours(tmp_path: Path, flash: bool) -> None:
     ours = torch.cat([cls.expand(2, -1, -1), patches], dim=1) + pos
     assert torch.equal(ours, theirs)
     # at 256 px (256 patches), corenet's forward interpolates the table over (sequence, width)
-    big = load_encoder_state(path, partial=True, image_size=256)["encoder.pos_embed"]
+    big = load_encoder_state(path, image_size=256)["encoder.pos_embed"]
     expect = torch.nn.functional.interpolate(table, size=(256, 96), mode="bilinear")
     assert big.shape == (1, 257, 96) and torch.allclose(big[0, 1:], expect[0, 0])
 

@@ -241,3 +241,21 @@ def test_bad_labels_are_errors(labels, message):
 
 def test_padding_may_repeat():
     assert check_labels(torch.tensor([[4, -1, -1], [-1, -1, -1]]), 10).sum() == 1
+
+
+def test_conv_stem_is_corenets_shape_and_a_frozen_tower_keeps_its_batch_norm_statistics():
+    from catlip.models import ConvStem, ImageClassifier, conv_stem_shapes
+
+    stem = ConvStem(96)
+    assert {k: tuple(v.shape) for k, v in stem.state_dict().items()} == conv_stem_shapes(96)
+    assert stem(torch.randn(1, 3, 80, 48)).shape == (1, 96, 5, 3)  # stride 16, any multiple of 16
+    with pytest.raises(ValueError, match="stride 16"):
+        vit_config("corenet_vit_tiny", patch_size=8)
+    probe = ImageClassifier(vit_config("corenet_vit_tiny"), 5, multi_label=True, freeze_encoder=True).train()
+    before = probe.encoder.patch_embed[1].running_mean.clone()
+    probe(torch.randn(4, 3, 64, 64))
+    assert probe.head.training and not probe.encoder.training
+    assert torch.equal(probe.encoder.patch_embed[1].running_mean, before)
+    tuned = ImageClassifier(vit_config("corenet_vit_tiny"), 5, multi_label=True).train()
+    tuned(torch.randn(4, 3, 64, 64))
+    assert not torch.equal(tuned.encoder.patch_embed[1].running_mean, before)  # fine-tuning updates them

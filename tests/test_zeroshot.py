@@ -41,20 +41,20 @@ def setup(tmp_path_factory: pytest.TempPathFactory, nltk_ready: None) -> dict[st
     return {"root": root, "vocab": root / "vocab.tsv", "classes": root / "classes.json"}
 
 
-def write_checkpoint(run: Path, vocab: Path, bias: list[float]) -> Path:
+def write_checkpoint(run: Path, vocab: Path, bias: list[float], name: str = "vit_tiny") -> Path:
     """A stage-0 DeepSpeed checkpoint as the trainer lays it out (mp_rank_00_model_states.pt with
     the module state and the client state, complete.json), of vit_tiny with a zero head weight and
     ``bias``: every image gets logits = bias."""
     from catlip.models import CatLIPModel, vit_config
 
     torch.manual_seed(0)
-    model = CatLIPModel(vit_config("vit_tiny", image_size=SIZE), len(bias))
+    model = CatLIPModel(vit_config(name, image_size=SIZE), len(bias))
     with torch.no_grad():
         model.head.weight.zero_()
         model.head.bias.copy_(torch.tensor(bias))
     tag = run / "checkpoints" / "step_00000007"
     tag.mkdir(parents=True)
-    config = {"model": {"name": "vit_tiny", "image_size": SIZE, "objective": "catlip"}}
+    config = {"model": {"name": name, "image_size": SIZE, "objective": "catlip"}}
     vocab_meta = {"vocab": str(vocab), "vocab_size": len(bias), "vocab_sha256": vocab_sha256(vocab)}
     states = {
         "module": model.state_dict(),
@@ -75,15 +75,17 @@ def solid(path: Path, rgb: tuple[int, int, int], size: tuple[int, int] = (48, 40
     return path
 
 
-def test_predict_from_export_and_checkpoint(setup, tmp_path: Path, capsys) -> None:
+@pytest.mark.parametrize("name", ["vit_tiny", "corenet_vit_tiny"], ids=["patch_stem", "conv_stem"])
+def test_predict_from_export_and_checkpoint(setup, tmp_path: Path, capsys, name: str) -> None:
     """Scores = max logit over a class's rows: motor vehicle = max(0.5, 3) = 3 beats cat (2); a
-    mean over rows (1.75) would not. From the checkpoint directory and from its safetensors export."""
+    mean over rows (1.75) would not. From the checkpoint directory and from its safetensors export,
+    for both stems."""
     from safetensors import safe_open
 
     from engine.checkpoint import export_fp32
     from engine.cli import main
 
-    run = write_checkpoint(tmp_path / "run", setup["vocab"], [-1.0, 2.0, 0.5, 3.0])
+    run = write_checkpoint(tmp_path / "run", setup["vocab"], [-1.0, 2.0, 0.5, 3.0], name)
     export = export_fp32(run, tmp_path / "model.safetensors")
     with safe_open(str(export), "pt") as f:
         assert json.loads(f.metadata()["vocab"])["vocab_sha256"] == vocab_sha256(setup["vocab"])
