@@ -8,7 +8,7 @@ metadata beside :func:`engine.checkpoint.consolidate`'s entries, so that::
     m.load_state_dict(safetensors.torch.load_file(F), strict=True)
 
 computes our logits (``timm_num_classes`` holds V). Our ViT is timm's with ``class_token=True``,
-``global_pool="token"``, no pre-norm, no fc-norm, qkv bias, exact GELU and LayerNorm eps 1e-6; the
+``global_pool="token"``, no fc-norm, a pre-norm only where ``ViTConfig.pre_norm``, qkv bias, exact GELU and LayerNorm eps 1e-6; the
 key names differ only in ``patch_embed.proj`` and ``mlp.fc1``/``mlp.fc2``.
 
 ``load_encoder_state(path_or_state)`` reads, into our names (``encoder.*``, and ``head.*`` where the
@@ -27,6 +27,9 @@ source has a classifier), the image tower of
     k4 s4 + batch norm + GELU, conv k2 s2 + batch norm + GELU, conv k2 s2) is our ``ConvStem``
     (``ViTConfig(stem="conv")``), running statistics included.
 The source is told by its key names. What maps exactly:
+  * a norm before the blocks (open_clip ``ln_pre``, timm ``norm_pre``) is our ``norm_pre``
+    (``ViTConfig.pre_norm``; the ``openclip_vit_*`` presets, eps 1e-5, export to timm's
+    ``vit_*_clip_224``);
   * a layer scale (timm ``ls1.gamma``, open_clip ``ls_1.gamma``) is folded into the projection before
     it; a missing qkv or patch-embedding bias (open_clip's ``conv1`` has none) becomes zeros;
   * a position embedding without a class-token row (timm ``no_embed_class``, corenet: its class
@@ -35,8 +38,6 @@ The source is told by its key names. What maps exactly:
     other resolutions: with ``image_size`` that interpolation is done here, as corenet does it.
 What does not, and is refused with the reason (``partial=True`` leaves those tensors out, with a
 warning, for an initialisation that will be trained further):
-  * a norm before the blocks (open_clip ``ln_pre``, timm ``norm_pre``): our ViT has none, and a
-    LayerNorm cannot be folded into the embeddings (it normalises each token);
   * (to timm) the conv stem: timm's patch embedding is one convolution;
   * attention pooling, register tokens, an fc-norm (average pooling), q/k norms, other MLPs.
 Dropped on purpose: open_clip's ``proj`` (the map into the joint image-text space; our encoder's
@@ -78,6 +79,14 @@ TIMM_ARCHS: dict[str, ViTConfig] = {
     "vit_base_patch16_224": ViTConfig(width=768, depth=12, heads=12),
     "vit_large_patch16_224": ViTConfig(width=1024, depth=24, heads=16),
     "vit_huge_patch14_224": ViTConfig(patch_size=14, width=1280, depth=32, heads=16),
+    # timm's CLIP towers: norm_pre and LayerNorm eps 1e-5 (partial(LayerNorm, eps=1e-5))
+    "vit_base_patch16_clip_224": ViTConfig(width=768, depth=12, heads=12, pre_norm=True, norm_eps=1e-5),
+    "vit_large_patch14_clip_224": ViTConfig(
+        patch_size=14, width=1024, depth=24, heads=16, pre_norm=True, norm_eps=1e-5
+    ),
+    "vit_huge_patch14_clip_224": ViTConfig(
+        patch_size=14, width=1280, depth=32, heads=16, pre_norm=True, norm_eps=1e-5
+    ),
 }
 PRESET_TO_TIMM = {
     "vit_tiny": "vit_tiny_patch16_224",  # ours is smaller (64 px, patch 8, width 96, depth 4): kwargs
@@ -86,6 +95,9 @@ PRESET_TO_TIMM = {
     "vit_l16": "vit_large_patch16_224",
     "vit_h16": "vit_huge_patch14_224",  # + patch_size=16, num_heads=20
     "vit_h14": "vit_huge_patch14_224",
+    "openclip_vit_b16": "vit_base_patch16_clip_224",
+    "openclip_vit_l14": "vit_large_patch14_clip_224",
+    "openclip_vit_h14": "vit_huge_patch14_clip_224",
 }
 _TIMM_KWARG = {  # our ViTConfig field -> timm VisionTransformer argument
     "image_size": "img_size",
@@ -94,8 +106,8 @@ _TIMM_KWARG = {  # our ViTConfig field -> timm VisionTransformer argument
     "depth": "depth",
     "heads": "num_heads",
     "mlp_ratio": "mlp_ratio",
+    "pre_norm": "pre_norm",
 }
-TIMM_NORM_EPS = 1e-6  # timm's ViT: partial(nn.LayerNorm, eps=1e-6)
 
 # our block's names -> timm's (the rest of a block is the same in both)
 _BLOCK_TO_TIMM = {"mlp.0.": "mlp.fc1.", "mlp.2.": "mlp.fc2."}
@@ -137,14 +149,15 @@ def timm_model_args(cfg: ViTConfig, preset: str | None = None) -> tuple[str, dic
             "VisionTransformer counterpart: timm's patch embedding is one convolution, and its hybrid ViTs "
             "take a ResNet backbone, not this stem"
         )
-    if cfg.norm_eps != TIMM_NORM_EPS:
-        raise InteropError(
-            f"norm_eps {cfg.norm_eps} is not timm's ViT LayerNorm eps {TIMM_NORM_EPS}, and timm takes the norm "
-            "layer as a callable, which the safetensors metadata cannot carry"
-        )
     name = PRESET_TO_TIMM.get(preset or "")
-    if name is None:  # not a preset: the timm architecture of the same width, else ViT-B
-        name = next((n for n, a in TIMM_ARCHS.items() if a.width == cfg.width), "vit_base_patch16_224")
+    if name is None:  # not a preset: timm's architecture of the same norm eps (and width, if any)
+        same_eps = [n for n, a in TIMM_ARCHS.items() if a.norm_eps == cfg.norm_eps] or ["vit_base_patch16_224"]
+        name = next((n for n in same_eps if TIMM_ARCHS[n].width == cfg.width), same_eps[0])
+    if cfg.norm_eps != TIMM_ARCHS[name].norm_eps:
+        raise InteropError(
+            f"norm_eps {cfg.norm_eps} is not the LayerNorm eps {TIMM_ARCHS[name].norm_eps} of timm's {name}, and "
+            "timm takes the norm layer as a callable, which the safetensors metadata cannot carry"
+        )
     arch = TIMM_ARCHS[name]
     kwargs = {
         timm_key: getattr(cfg, ours)
@@ -183,8 +196,10 @@ def check_vit_state(state: Mapping[str, Tensor], cfg: ViTConfig | None = None, *
     hidden = get("encoder.blocks.0.mlp.0.weight").shape[0] if depth else 4 * width
     tokens = get("encoder.pos_embed").shape[1] if get("encoder.pos_embed").ndim == 3 else -1
     grid = math.isqrt(max(tokens - 1, 0))
+    pre_norm = "encoder.norm_pre.weight" in state
     expected = {
         **stem,
+        **({"encoder.norm_pre.weight": (width,), "encoder.norm_pre.bias": (width,)} if pre_norm else {}),
         "encoder.cls_token": (1, 1, width),
         "encoder.pos_embed": (1, grid * grid + 1, width),
         "encoder.norm.weight": (width,),
@@ -220,10 +235,12 @@ def check_vit_state(state: Mapping[str, Tensor], cfg: ViTConfig | None = None, *
         "image_size": grid * p,
         "mlp_hidden": hidden,
         "stem": stem_kind,
+        "pre_norm": pre_norm,
     }
     if cfg is not None:
         want = {
             "stem": cfg.stem,
+            "pre_norm": cfg.pre_norm,
             "width": cfg.width,
             "depth": cfg.depth,
             "patch_size": cfg.patch_size,
@@ -240,8 +257,15 @@ def check_vit_state(state: Mapping[str, Tensor], cfg: ViTConfig | None = None, *
 
 
 def to_timm_state(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Our ``encoder.*`` / ``head.*`` names -> timm's VisionTransformer names (same tensors)."""
+    """Our ``encoder.*`` / ``head.*`` names -> timm's VisionTransformer names (same tensors).
+
+    With a pre-norm, timm's patch embedding has no bias (``bias=not pre_norm``): ours is added to
+    the position rows of the patches instead, the same sum before the norm."""
     out: dict[str, Tensor] = {}
+    state = dict(state)
+    if "encoder.norm_pre.weight" in state and "encoder.patch_embed.bias" in state:
+        bias, pos = state.pop("encoder.patch_embed.bias"), state["encoder.pos_embed"]
+        state["encoder.pos_embed"] = torch.cat([pos[:, :1], pos[:, 1:] + bias], dim=1)
     for key, value in state.items():
         if key.startswith("head."):
             out[key] = value
@@ -409,6 +433,11 @@ def _from_timm(t: _Taker) -> dict[str, Tensor]:
     if math.isqrt(pos.shape[1]) ** 2 == pos.shape[1]:
         pos = torch.cat([pos.new_zeros(1, 1, width), pos], dim=1)  # timm no_embed_class
     out["encoder.pos_embed"] = pos
+    if "norm_pre.weight" in t.left:  # pre_norm=True (timm's CLIP towers)
+        out["encoder.norm_pre.weight"], out["encoder.norm_pre.bias"] = (
+            t.pop("norm_pre.weight"),
+            t.pop("norm_pre.bias"),
+        )
     for i in range(_depth(t.left, r"blocks\.(\d+)\.")):
         b = f"blocks.{i}."
         o = f"encoder.blocks.{i}."
@@ -439,6 +468,11 @@ def _from_open_clip(t: _Taker) -> dict[str, Tensor]:
     out["encoder.patch_embed.bias"] = t.pop("conv1.bias", torch.zeros(width))
     out["encoder.cls_token"] = t.pop("class_embedding").reshape(1, 1, width)
     out["encoder.pos_embed"] = t.pop("positional_embedding").unsqueeze(0)  # (1, S, W)
+    if "ln_pre.weight" in t.left:  # open_clip's default (no_ln_pre=False)
+        out["encoder.norm_pre.weight"], out["encoder.norm_pre.bias"] = (
+            t.pop("ln_pre.weight"),
+            t.pop("ln_pre.bias"),
+        )
     for i in range(_depth(t.left, r"transformer\.resblocks\.(\d+)\.")):
         b = f"transformer.resblocks.{i}."
         o = f"encoder.blocks.{i}."
@@ -538,9 +572,6 @@ def _from_corenet(t: _Taker, image_size: int | None) -> dict[str, Tensor]:
 
 
 _WHY = {  # leftover tensor prefix (in the source's names) -> why our ViT cannot hold it
-    "ln_pre.": "open_clip's ln_pre, a LayerNorm before the blocks: our ViT has no pre-norm, and a LayerNorm "
-    "cannot be folded into the embeddings (it normalises each token)",
-    "norm_pre.": "timm's norm_pre (pre_norm=True, as in its CLIP ViTs): our ViT has no pre-norm",
     "fc_norm.": "timm's fc_norm (average pooling): our ViT reads the normed class token",
     "reg_token": "register tokens: our ViT has none",
     "attn_pool": "attention pooling: our ViT reads the class token",

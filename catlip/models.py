@@ -15,6 +15,8 @@ Presets (``VIT_PRESETS``):
   vit_l16    ViT-L/16: width 1024, 24 layers, 16 heads
   vit_h16    corenet's ViT-H/16: width 1280, 32 layers, 20 heads, head dim 64
   vit_h14    open_clip's ViT-H/14: width 1280, 32 layers, 16 heads, head dim 80, 257 tokens
+  openclip_vit_{b16,l14,h14}  open_clip's towers: a LayerNorm before the blocks (``ln_pre``,
+             ``ViTConfig.pre_norm``), eps 1e-5; the architecture of its released weights
   corenet_vit_{tiny,b16,l16,h16}  with corenet's convolutional stem (``ConvStem``): vit_tiny's
              width and depth at 64 px, patch 16 (CPU tests), and the B/L/H-16 towers,
              the architecture of corenet's released CatLIP checkpoints (catlip.interop loads them)
@@ -46,6 +48,7 @@ class ViTConfig:
     mlp_ratio: float = 4.0
     norm_eps: float = 1e-6
     stem: str = "patch"  # "patch": one p x p convolution | "conv": corenet's convolutional stem (p = 16)
+    pre_norm: bool = False  # a LayerNorm over the embedded tokens before the blocks (CLIP's ln_pre)
 
     @property
     def head_dim(self) -> int:
@@ -76,6 +79,14 @@ VIT_PRESETS: dict[str, ViTConfig] = {
     "vit_h16": ViTConfig(width=1280, depth=32, heads=20),
     "vit_h14": ViTConfig(patch_size=14, width=1280, depth=32, heads=16),
     # corenet's CatLIP ViTs (apple/corenet: its released checkpoints): the same towers with its stem
+    # open_clip's image towers (its ViT-B-16, ViT-L-14, ViT-H-14 configs: ln_pre, LayerNorm eps 1e-5)
+    "openclip_vit_b16": ViTConfig(width=768, depth=12, heads=12, pre_norm=True, norm_eps=1e-5),
+    "openclip_vit_l14": ViTConfig(
+        patch_size=14, width=1024, depth=24, heads=16, pre_norm=True, norm_eps=1e-5
+    ),
+    "openclip_vit_h14": ViTConfig(
+        patch_size=14, width=1280, depth=32, heads=16, pre_norm=True, norm_eps=1e-5
+    ),
     "corenet_vit_tiny": ViTConfig(image_size=64, width=96, depth=4, heads=3, stem="conv"),  # CPU tests
     "corenet_vit_b16": ViTConfig(width=768, depth=12, heads=12, stem="conv"),
     "corenet_vit_l16": ViTConfig(width=1024, depth=24, heads=16, stem="conv"),
@@ -226,6 +237,7 @@ class VisionTransformer(nn.Module):
             self.patch_embed = nn.Conv2d(3, cfg.width, kernel_size=cfg.patch_size, stride=cfg.patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.width))
         self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_tokens, cfg.width))
+        self.norm_pre = nn.LayerNorm(cfg.width, eps=cfg.norm_eps) if cfg.pre_norm else nn.Identity()
         self.blocks = nn.ModuleList(
             Block(cfg.width, cfg.heads, mlp_ratio=cfg.mlp_ratio, norm_eps=cfg.norm_eps, attn_impl=attn_impl)
             for _ in range(cfg.depth)
@@ -273,6 +285,7 @@ class VisionTransformer(nn.Module):
         x = self.patch_embed(images).flatten(2).transpose(1, 2)  # (B, N, W)
         pos = self.pos_embed_for((h // p, w // p))
         x = torch.cat([self.cls_token.expand(x.size(0), -1, -1), x], dim=1) + pos  # (B, S, W)
+        x = self.norm_pre(x)
         for block in self.blocks:
             if self.grad_checkpointing and self.training:
                 x = checkpoint(block, x, use_reentrant=False)
@@ -470,11 +483,11 @@ def no_weight_decay(name: str, param: nn.Parameter) -> bool:
 
 def layer_id(name: str, depth: int) -> int:
     """Depth of a parameter for layer-wise lr decay (BEiT, timm): 0 for the patch and position
-    embeddings and the class token, i + 1 for block i, depth + 1 for the final norm and the head."""
+    embeddings, the class token and the pre-norm, i + 1 for block i, depth + 1 for the final norm and the head."""
     parts = name.split(".")
     if "blocks" in parts:
         return int(parts[parts.index("blocks") + 1]) + 1
-    if parts[-1] in ("cls_token", "pos_embed") or "patch_embed" in parts:
+    if parts[-1] in ("cls_token", "pos_embed") or "patch_embed" in parts or "norm_pre" in parts:
         return 0
     return depth + 1
 

@@ -13,6 +13,7 @@ import json
 import os
 import pickle
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -166,14 +167,46 @@ def test_unreadable_files_are_clear_errors(tmp_path: Path) -> None:
 
 def test_unrepresentable_parts_are_refused_with_the_reason() -> None:
     state = to_timm_state(_tiny_model().state_dict())
-    pre = dict(state, **{"norm_pre.weight": torch.ones(96), "norm_pre.bias": torch.zeros(96)})
-    with pytest.raises(InteropError, match="norm_pre .*our ViT has no pre-norm"):
-        load_encoder_state(pre)
-    with pytest.warns(UserWarning, match="left out: timm's norm_pre"):
-        out = load_encoder_state(pre, partial=True)
-    assert "encoder.norm_pre.weight" not in out and "encoder.blocks.3.mlp.2.bias" in out
+    pooled = dict(state, **{"fc_norm.weight": torch.ones(96), "fc_norm.bias": torch.zeros(96)})
+    with pytest.raises(InteropError, match="fc_norm .*average pooling"):
+        load_encoder_state(pooled)
+    with pytest.warns(UserWarning, match="left out: timm's fc_norm"):
+        out = load_encoder_state(pooled, partial=True)
+    assert "encoder.fc_norm.weight" not in out and "encoder.blocks.3.mlp.2.bias" in out
     with pytest.raises(InteropError, match="register tokens"):
         load_encoder_state(dict(state, reg_token=torch.zeros(1, 4, 96)))
+
+
+def test_a_pre_norm_maps_from_timm_and_open_clip_and_back_to_timm() -> None:
+    torch.manual_seed(0)
+    cfg = ViTConfig(**TINY, pre_norm=True, norm_eps=1e-5)
+    model = CatLIPModel(cfg, 37).eval()
+    with torch.no_grad():
+        model.encoder.norm_pre.weight.normal_(1.0, 0.2)
+        model.encoder.norm_pre.bias.normal_(0.0, 0.2)
+    timm_state = to_timm_state(model.state_dict())
+    assert torch.equal(timm_state["norm_pre.weight"], model.encoder.norm_pre.weight)
+    back = load_encoder_state(timm_state)
+    assert torch.equal(back["encoder.norm_pre.bias"], model.encoder.norm_pre.bias)
+    assert check_vit_state(back, cfg)["pre_norm"] is True
+    with pytest.raises(InteropError, match="pre_norm True .config says False"):
+        check_vit_state(back, ViTConfig(**TINY, norm_eps=1e-5))
+    # the tower without its pre-norm computes something else: the norm is not a no-op here
+    plain = VisionTransformer(ViTConfig(**TINY, norm_eps=1e-5)).eval()
+    plain.load_state_dict(
+        {k[8:]: v for k, v in back.items() if k.startswith("encoder.") and "norm_pre" not in k}
+    )
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert not torch.allclose(plain(images), model.encoder(images), atol=1e-3)
+    name, kwargs = timm_model_args(cfg, None)
+    assert name == "vit_base_patch16_clip_224" and "pre_norm" not in kwargs  # the CLIP arch has it
+    assert timm_model_args(vit_config("openclip_vit_h14"), "openclip_vit_h14") == (
+        "vit_huge_patch14_clip_224",
+        {},
+    )
+    with pytest.raises(InteropError, match="norm_eps 1e-06 is not the LayerNorm eps 1e-05"):
+        timm_model_args(replace(vit_config("openclip_vit_b16"), norm_eps=1e-6), "openclip_vit_b16")
 
 
 def test_our_states_under_their_prefixes() -> None:
@@ -393,7 +426,13 @@ MAKE = {  # name -> (library, model name, kwargs, our ViTConfig for it)
         {},
     ),
     "open_clip_no_ln_pre_ls": ("open_clip", "", _open_clip_kwargs(no_ln_pre=True, ls_init_value=0.1), {"norm_eps": 1e-5}),
-    "open_clip": ("open_clip", "", _open_clip_kwargs(), {"norm_eps": 1e-5}),
+    "open_clip": ("open_clip", "", _open_clip_kwargs(), {"norm_eps": 1e-5, "pre_norm": True}),
+    "timm_clip": (
+        "timm",
+        "vit_base_patch16_clip_224",
+        dict(img_size=64, patch_size=8, embed_dim=96, depth=2, num_heads=3, num_classes=11),
+        {"norm_eps": 1e-5, "pre_norm": True},
+    ),
 }  # fmt: skip
 
 
@@ -404,7 +443,7 @@ def _fast_random(name: str, vocab: int) -> CatLIPModel:
     model = model.to_empty(device="cpu")
     with torch.no_grad():
         for key, p in model.named_parameters():
-            if key.endswith(("norm1.weight", "norm2.weight", "norm.weight")):
+            if key.endswith(("norm1.weight", "norm2.weight", "norm.weight", "norm_pre.weight")):
                 p.fill_(1.0)  # LayerNorm gains (the perturbation below moves them off 1)
             else:
                 p.normal_(0, 0.02)
@@ -438,7 +477,11 @@ def real_libraries(tmp_path_factory: pytest.TempPathFactory) -> dict:
     there for the reverse direction."""
     tmp = tmp_path_factory.mktemp("interop")
     job: dict = {"parity": [], "make": [], "atol": 1e-5, "rtol": 1e-5, "threads": 2}
-    for name, image_size, batch in (("vit_tiny", None, 4), ("vit_b16", None, 1)):
+    for name, image_size, batch in (
+        ("vit_tiny", None, 4),
+        ("vit_b16", None, 1),
+        ("openclip_vit_b16", None, 1),
+    ):
         torch.manual_seed(1)
         model = _tiny_model() if name == "vit_tiny" else _fast_random(name, 53)
         images = torch.randn(batch, 3, model.cfg.image_size, model.cfg.image_size)
@@ -493,6 +536,8 @@ def test_real_timm_loads_our_export_strictly_with_our_logits(real_libraries: dic
     assert (
         parity["vit_b16"]["timm_model"] == "vit_base_patch16_224" and parity["vit_b16"]["timm_kwargs"] == "{}"
     )
+    clip = parity["openclip_vit_b16"]  # norm_pre, eps 1e-5: timm's CLIP tower, no kwargs
+    assert clip["timm_model"] == "vit_base_patch16_clip_224" and clip["timm_kwargs"] == "{}"
     for name, p in parity.items():
         assert p["ok"], (
             f"{name}: timm's logits differ from ours by {p['max_abs_diff']:.3g} (|logit| up to {p['max_abs_logit']:.3g})"
@@ -501,7 +546,7 @@ def test_real_timm_loads_our_export_strictly_with_our_logits(real_libraries: dic
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("key", [k for k in MAKE if k != "open_clip"])
+@pytest.mark.parametrize("key", list(MAKE))
 def test_real_timm_and_open_clip_towers_give_our_outputs(real_libraries: dict, key: str) -> None:
     _ran(real_libraries)
     library, _, kwargs, overrides = MAKE[key]
@@ -518,11 +563,3 @@ def test_real_timm_and_open_clip_towers_give_our_outputs(real_libraries: dict, k
             out = torch.nn.functional.linear(out, state["head.weight"], state["head.bias"])
     assert out.shape == case["output"].shape
     torch.testing.assert_close(out, case["output"], atol=1e-5, rtol=1e-5)
-
-
-@pytest.mark.slow
-def test_real_open_clip_tower_with_ln_pre_is_refused(real_libraries: dict) -> None:
-    _ran(real_libraries)
-    path = real_libraries["tmp"] / "open_clip.safetensors"
-    with pytest.raises(InteropError, match="open_clip's ln_pre, a LayerNorm before the blocks"):
-        load_encoder_state(path)
