@@ -395,6 +395,37 @@ def consolidate(
     return state, meta
 
 
+MODEL_SOURCES = (
+    "a checkpoint directory (tag, checkpoints/ or run folder) or a `catlip export` .safetensors file"
+)
+
+
+def read_model(path: str | Path, *, ema: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(fp32 state dict, metadata) of a checkpoint directory (:func:`consolidate`) or a safetensors
+    export (its tensors, and the metadata :func:`export_fp32` wrote). ``ema`` applies to a
+    directory; an export holds the weights it was made from. Every failure is a
+    :class:`CheckpointError` naming the path and what was expected."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file or directory ({MODEL_SOURCES})")
+    if path.is_dir():
+        try:
+            return consolidate(path, ema=ema)
+        except (FileNotFoundError, KeyError, RuntimeError) as err:
+            raise CheckpointError(f"{path}: not a usable checkpoint ({err})") from None
+    if ema:
+        raise CheckpointError(f"{path}: --ema applies to a checkpoint directory; export with --ema")
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = dict(f.metadata() or {})
+            state = {k: f.get_tensor(k).float() for k in f.keys()}  # noqa: SIM118 - safe_open has no iterator
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: not a safetensors file ({MODEL_SOURCES}): {err}") from None
+    return state, meta
+
+
 def export_fp32(checkpoint: str | Path, out: str | Path, *, ema: bool = False) -> Path:
     """Consolidate a (ZeRO-partitioned) checkpoint tag directory into one fp32 safetensors file
     (metadata as :func:`consolidate`'s); ``ema``: its EMA weights instead of the trained ones."""

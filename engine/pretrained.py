@@ -55,33 +55,29 @@ def load_pretrained(path: str | Path, *, image_size: int | None = None) -> Pretr
     p = Path(path)
     if not p.exists():
         raise ConfigError(f"model.init_from: {p} does not exist")
-    if p.is_dir():
-        from engine.checkpoint import CheckpointError, consolidate
+    from engine.checkpoint import CheckpointError, read_model
+
+    meta: dict[str, str] = {}
+    if p.suffix == ".safetensors":
+        from safetensors import SafetensorError, safe_open
 
         try:
-            state, meta = consolidate(p)
-        except (CheckpointError, FileNotFoundError) as err:
+            with safe_open(str(p), "pt") as f:
+                meta = f.metadata() or {}
+        except (SafetensorError, OSError) as err:
+            raise ConfigError(f"model.init_from: {p} is not a safetensors file: {err}") from None
+    if p.is_dir() or ("catlip_config" in meta and "timm_model" not in meta):
+        try:
+            state, meta = read_model(p)
+        except CheckpointError as err:
             raise ConfigError(f"model.init_from: {err}") from None
-        return Pretrained(
-            state, str(p), "catlip checkpoint", _json(meta["catlip_config"]), _json(meta["vocab"])
-        )
-    if p.suffix == ".safetensors":
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-
-        with safe_open(str(p), "pt") as f:
-            meta = f.metadata() or {}
-        if "catlip_config" in meta and "timm_model" not in meta:
-            state = load_file(str(p))
-            return Pretrained(
-                state, str(p), "catlip export", _json(meta["catlip_config"]), _json(meta.get("vocab"))
-            )
-        if "timm_model" in meta:  # `catlip export --format timm`: timm's names, our metadata
-            pre = _foreign(p, image_size)
-            pre.kind = "catlip timm export"
-            pre.config, pre.vocab = _json(meta.get("catlip_config")), _json(meta.get("vocab"))
-            return pre
-    return _foreign(p, image_size)
+        kind = "catlip checkpoint" if p.is_dir() else "catlip export"
+        return Pretrained(state, str(p), kind, _json(meta.get("catlip_config")), _json(meta.get("vocab")))
+    pre = _foreign(p, image_size)
+    if "timm_model" in meta:  # `catlip export --format timm`: timm's names, our metadata
+        pre.kind = "catlip timm export"
+        pre.config, pre.vocab = _json(meta.get("catlip_config")), _json(meta.get("vocab"))
+    return pre
 
 
 def _foreign(p: Path, image_size: int | None = None) -> Pretrained:

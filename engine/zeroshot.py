@@ -47,30 +47,12 @@ class ZeroShotError(ValueError):
 # ------------------------------------------------------------------------------------ checkpoint
 def load_checkpoint(path: str | Path, *, ema: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """(fp32 state dict, metadata) of a DeepSpeed checkpoint directory or a catlip safetensors export."""
-    path = Path(path)
-    what = "a DeepSpeed checkpoint directory or a `catlip export` .safetensors file"
-    if not path.exists():
-        raise ZeroShotError(f"--checkpoint {path}: no such file or directory ({what})")
-    if path.is_dir():
-        from engine.checkpoint import CheckpointError, consolidate  # imports DeepSpeed
-
-        try:
-            return consolidate(path, ema=ema)
-        except (CheckpointError, FileNotFoundError, KeyError, RuntimeError) as err:
-            raise ZeroShotError(f"--checkpoint {path}: not a usable checkpoint ({err})") from None
-    if ema:
-        raise ZeroShotError(
-            f"--checkpoint {path}: --ema applies to a checkpoint directory; export with --ema"
-        )
-    from safetensors import SafetensorError, safe_open
+    from engine.checkpoint import CheckpointError, read_model  # imports DeepSpeed
 
     try:
-        with safe_open(str(path), "pt") as f:
-            meta = dict(f.metadata() or {})
-            state = {k: f.get_tensor(k).float() for k in f.keys()}  # noqa: SIM118 - safe_open has no iterator
-    except (SafetensorError, OSError, ValueError) as err:
-        raise ZeroShotError(f"--checkpoint {path}: not a safetensors file ({what}): {err}") from None
-    return state, meta
+        return read_model(path, ema=ema)
+    except CheckpointError as err:
+        raise ZeroShotError(f"--checkpoint {err}") from None
 
 
 def build_model(state: dict[str, torch.Tensor], meta: dict[str, str], source: str | Path) -> torch.nn.Module:
