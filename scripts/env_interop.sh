@@ -74,20 +74,14 @@ INTEROP_PINS=(
 )
 hashi=$({ printf '%s\n' "${INTEROP_PINS[@]}"; "$PYI" -c 'import sys; print(sys.version)'; } | sha256sum | cut -c1-12)
 VENVI=$CATLIP_CACHE/venv-interop-$hashi
-mkdir -p "$CATLIP_CACHE"
-exec 7>"$CATLIP_CACHE/.lock-venv-interop-$hashi"
-flock 7
-if [ ! -f "$VENVI/.complete" ]; then
-  echo "[catlip] creating $VENVI (torch 2.14.1, timm, open_clip for interop checks; a few minutes, once)"
-  rm -rf "$VENVI"
-  "$PYI" -m venv "$VENVI"
-  "$VENVI/bin/python" -m pip install -q --no-deps "${INTEROP_PINS[@]}" 2>&1 | { grep -v "^WARNING: Location" || true; }
-  [ "${PIPESTATUS[0]}" = 0 ] || { echo "[catlip] building $VENVI failed" >&2; exit 1; }
-  "$VENVI/bin/python" -m pip check >/dev/null || { "$VENVI/bin/python" -m pip check >&2; echo "[catlip] $VENVI: the pins above are incomplete" >&2; exit 1; }
-  touch "$VENVI/.complete"
-fi
-flock -u 7
-exec 7>&-
+# shellcheck source=scripts/venv.sh
+source "$CATLIP_ROOT/scripts/venv.sh"
+install_interop_pins() {
+  pip_quiet "$1" -m pip install -q --no-deps "${INTEROP_PINS[@]}" \
+    || { echo "[catlip] building $VENVI failed" >&2; return 1; }
+  "$1" -m pip check >/dev/null || { "$1" -m pip check >&2; echo "[catlip] $VENVI: the pins above are incomplete" >&2; return 1; }
+}
+catlip_venv "$PYI" "$VENVI" "torch 2.14.1, timm, open_clip for interop checks; a few minutes, once" install_interop_pins
 export CATLIP_VENV_INTEROP=$VENVI
 export PYTHONPATH=$CATLIP_ROOT${PYTHONPATH:+:$PYTHONPATH}
 # shellcheck disable=SC1091

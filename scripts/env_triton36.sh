@@ -41,19 +41,12 @@ TRITON36_PINS=(
 )
 hash36=$({ printf '%s\n' "${TRITON36_PINS[@]}"; "$PY36" -c 'import sys; print(sys.version)'; } | sha256sum | cut -c1-12)
 VENV36=$CATLIP_CACHE/venv-triton36-$hash36
-mkdir -p "$CATLIP_CACHE"
-exec 8>"$CATLIP_CACHE/.lock-venv-triton36-$hash36"
-flock 8
-if [ ! -f "$VENV36/.complete" ]; then
-  echo "[catlip] creating $VENV36 (Triton 3.6 like the GPU machine; about a minute, once)"
-  rm -rf "$VENV36"
-  "$PY36" -m venv "$VENV36"
-  "$VENV36/bin/python" -m pip install -q "${TRITON36_PINS[@]}" 2>&1 | { grep -v "^WARNING: Location" || true; }
-  [ "${PIPESTATUS[0]}" = 0 ] || { echo "[catlip] building $VENV36 failed" >&2; exit 1; }
-  touch "$VENV36/.complete"
-fi
-flock -u 8
-exec 8>&-
+# shellcheck source=scripts/venv.sh
+source "$CATLIP_ROOT/scripts/venv.sh"
+install_triton36_pins() {
+  pip_quiet "$1" -m pip install -q "${TRITON36_PINS[@]}" || { echo "[catlip] building $VENV36 failed" >&2; return 1; }
+}
+catlip_venv "$PY36" "$VENV36" "Triton 3.6 like the GPU machine; about a minute, once" install_triton36_pins
 export CATLIP_VENV36=$VENV36
 # shellcheck disable=SC1091
 source "$VENV36/bin/activate"
