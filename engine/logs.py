@@ -18,6 +18,7 @@ class StepLog:
     loss: float  # this step's loss, mean over ranks and micro-batches
     lr: float
     images_per_s: float  # over the steps since the previous log line
+    tokens_per_s: float  # the image tower's tokens (patches + class token), same window; 0: no images
     step_time: float  # seconds per step, same window
     data_time: float  # seconds per step waiting for batches, same window
     peak_mem_mb: float
@@ -48,8 +49,9 @@ class RunLog:
         if not self.enabled:
             return
         line = (
-            f"step {e.step:>6} | loss {e.loss:.5f} | lr {e.lr:.3e} | {e.images_per_s:,.1f} img/s | "
-            f"step {e.step_time * 1e3:.0f} ms (data {e.data_time * 1e3:.0f} ms) | peak mem {e.peak_mem_mb:,.0f} MB"
+            f"step {e.step:>6} | loss {e.loss:.5f} | lr {e.lr:.3e} | {e.images_per_s:,.1f} img/s"
+            + (f" ({e.tokens_per_s:,.0f} tokens/s)" if e.tokens_per_s else "")
+            + f" | step {e.step_time * 1e3:.0f} ms (data {e.data_time * 1e3:.0f} ms) | peak mem {e.peak_mem_mb:,.0f} MB"
         )
         if e.skipped_steps:
             line += f" | skipped steps {e.skipped_steps}"
@@ -60,7 +62,7 @@ class RunLog:
         with open(self.out_dir / "log.jsonl", "a") as f:
             f.write(json.dumps({**asdict(e), **counters}) + "\n")
         tb = self._board()
-        for key in ("loss", "lr", "images_per_s", "step_time", "data_time", "peak_mem_mb"):
+        for key in ("loss", "lr", "images_per_s", "tokens_per_s", "step_time", "data_time", "peak_mem_mb"):
             tb.add_scalar(f"train/{key}", getattr(e, key), e.step)
         tb.flush()
 

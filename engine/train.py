@@ -185,6 +185,7 @@ class Trainer:
             inputs = self.objective.inputs(batch, self.device, self.dtype)
             window.data_time += time.perf_counter() - t0
             window.images += _batch_images(batch, self.cfg.data.batch_size)
+            window.tokens += _batch_tokens(batch, self.vit_cfg.patch_size)
             loss = self.engine(*inputs)
             self._health.observe(loss.detach(), self.step + 1)  # no host sync
             self.engine.backward(loss)
@@ -198,12 +199,14 @@ class Trainer:
         dist.all_reduce(mean)  # the host sync of this log step
         steps, seconds = window.close(self.step)
         images = window.images * self.world_size  # every rank draws the same batch sizes
-        window.images = 0
+        tokens = window.tokens * self.world_size
+        window.images = window.tokens = 0
         entry = StepLog(
             step=self.step,
             loss=mean.item() / self.world_size,
             lr=lr,
             images_per_s=images / seconds,
+            tokens_per_s=tokens / seconds,
             step_time=seconds / steps,
             data_time=window.data_time / steps,
             peak_mem_mb=peak_memory_mb(),
@@ -315,6 +318,16 @@ def _batch_images(batch: dict, default: int) -> int:
     return int(image.shape[0]) if isinstance(image, torch.Tensor) else default
 
 
+def _batch_tokens(batch: dict, patch: int) -> int:
+    """The image tower's tokens in a batch (patches + class token per image, from the images'
+    shape); 0 for a batch without images (a probe's cached features)."""
+    image = batch.get("image")
+    if not isinstance(image, torch.Tensor) or image.dim() != 4:
+        return 0
+    b, _, h, w = image.shape
+    return int(b) * ((h // patch) * (w // patch) + 1)
+
+
 def _epochs(loader: Any) -> Iterator[dict]:
     while True:
         yield from loader
@@ -326,6 +339,7 @@ class _Window:
     def __init__(self, step: int) -> None:
         self.start, self.step, self.data_time = time.perf_counter(), step, 0.0
         self.images = 0  # this rank's, from the batches' shapes (multi-scale batches vary)
+        self.tokens = 0  # this rank's image-tower tokens, likewise
 
     def close(self, step: int) -> tuple[int, float]:
         now = time.perf_counter()

@@ -234,6 +234,7 @@ def _multiscale_run(rank: int, tmp: str, shards: str) -> dict:
     full, full_seen = make("full")
     uninterrupted = [e.loss for e in full.fit()]
     images = [e.images_per_s * e.step_time for e in full.history]  # per step, all ranks
+    tokens = [e.tokens_per_s * e.step_time for e in full.history]
     full.close()
     split, _ = make("split")
     first = [e.loss for e in split.fit(steps=4)]  # saves at step 4, mid-epoch
@@ -248,6 +249,8 @@ def _multiscale_run(rank: int, tmp: str, shards: str) -> dict:
         "seen": full_seen,
         "resumed_seen": resumed_seen,
         "images": images,
+        "tokens": tokens,
+        "patch": full.vit_cfg.patch_size,
     }
 
 
@@ -260,3 +263,7 @@ def test_two_rank_run_from_the_config_switch_resumes_exactly(tmp_path, packed_ph
     assert r0["split"] == r0["uninterrupted"]  # bit-exact after the mid-epoch resume
     assert r0["resumed_seen"] == r0["seen"][4:]
     np.testing.assert_allclose(r0["images"], [2 * s[0] for s in r0["seen"]], rtol=1e-6)
+    p = r0["patch"]  # tokens: patches + the class token of every image, both ranks
+    np.testing.assert_allclose(
+        r0["tokens"], [2 * b * ((h // p) * (w // p) + 1) for b, _, h, w in r0["seen"]], rtol=1e-6
+    )
