@@ -41,6 +41,7 @@ class Objective:
 
     def __init__(self, cfg: TrainConfig, vit_cfg: Any) -> None:
         self.cfg, self.vit_cfg = cfg, vit_cfg
+        self.report: list[str] = []  # lines for the run's log: what building the model did
 
     def build(self, vocab_size: int | None) -> nn.Module:
         raise NotImplementedError
@@ -207,7 +208,6 @@ class Finetune(Objective):
         self.meta: dict[str, Any] = {}
         self.multi_label = True
         self.num_classes = 0
-        self.report: list[str] = []  # what the initialisation did, for the run's log
 
     def bind(self, dataset_meta: dict[str, Any]) -> None:
         self.meta = dataset_meta

@@ -103,7 +103,7 @@ class Trainer:
         # would not reach the weights. Even ViT-H (632M parameters, 2.5 GB fp32) fits in host memory.
         self.objective.bind(self.dataset_meta)
         model = model_fn() if model_fn is not None else self.objective.build(vocab_size)
-        for line in getattr(self.objective, "report", []):
+        for line in self.objective.report:
             self._log(line)
         groups = param_groups(model, cfg.optim.weight_decay, cfg.optim.layer_decay)
         self.engine, self.scheduler = parallelize(model, cfg, self.world_size, groups)
