@@ -319,11 +319,30 @@ class Probe(Finetune):
     ``data.cache_features``: the tower's features of every train image are computed once, from
     the un-augmented images (evaluation preprocessing: resize, center crop; no random crop or
     flip, so each image has one feature vector), and the loop trains on them (see
-    :class:`CachedFeatures`). Without it, every step runs the frozen tower on augmented crops.
+    :class:`CachedFeatures`), and evaluations after the first reuse the held-out images'
+    features. Without it, every step runs the frozen tower on augmented crops.
     """
 
     name = "probe"
     freeze_encoder = True
+
+    def __init__(self, cfg: TrainConfig, vit_cfg: Any) -> None:
+        super().__init__(cfg, vit_cfg)
+        self._val_features: list[dict] | None = None
+
+    def evaluate(self, model: nn.Module, loader: Iterable[dict], device: torch.device, dtype: torch.dtype):
+        """As :class:`Finetune`'s; with ``data.cache_features`` the frozen tower's features of the
+        held-out images (a deterministic transform) are computed at the first evaluation and the
+        later ones run the classifier alone."""
+        if not self.cfg.data.cache_features:
+            return super().evaluate(model, loader, device, dtype)
+        if self._val_features is None:
+            module = getattr(model, "module", model)
+            with torch.no_grad():
+                self._val_features = [
+                    {**batch, "image": module.features(_images(batch, device, dtype))} for batch in loader
+                ]
+        return super().evaluate(model, self._val_features, device, dtype)
 
     def train_batches(self, loader: Any, model: nn.Module, trainer: Any) -> Any:
         if not self.cfg.data.cache_features:

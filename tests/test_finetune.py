@@ -201,6 +201,23 @@ def test_init_from_a_corenet_checkpoint_needs_and_fills_the_conv_stem(tmp_path):
         build(tmp_path, "finetune", {"num_classes": C}, init_from=str(path), name="vit_tiny", image_size=64)
 
 
+def test_probe_evaluation_reuses_the_held_out_features(tmp_path):
+    obj, model = build(tmp_path, "probe", {"num_classes": C, "multi_label": True})
+    model.eval()
+    val = TensorLoader(batches(3, C, multi_label=True, seed=11))
+    calls = []
+    model.encoder.register_forward_hook(lambda *_: calls.append(1))
+    plain = obj.evaluate(model, val, torch.device("cpu"), torch.float32)
+    assert len(calls) == 3  # without the cache: the tower on every batch
+    obj.cfg.data.cache_features = True
+    first = obj.evaluate(model, val, torch.device("cpu"), torch.float32)
+    with torch.no_grad():
+        model.head.weight.add_(0.1 * torch.randn_like(model.head.weight))  # the probe trains
+    second = obj.evaluate(model, val, torch.device("cpu"), torch.float32)
+    assert len(calls) == 6  # the cache was filled once, by the first evaluation
+    assert first == plain and second != first  # the same numbers, then the trained head's
+
+
 def test_loss_follows_multi_label_and_label_smoothing(tmp_path):
     import torch.nn.functional as F
 
