@@ -338,15 +338,23 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from engine.checkpoint import consolidate, export_fp32
+    from engine.checkpoint import CheckpointError, consolidate, export_fp32
 
-    if args.format == "timm":
-        from catlip.interop import export_timm
+    try:
+        if args.format == "timm":
+            from catlip.interop import InteropError, export_timm
 
-        state, meta = consolidate(args.checkpoint, ema=args.ema)
-        path = export_timm(state, meta, args.out)
-    else:
-        path = export_fp32(args.checkpoint, args.out, ema=args.ema)
+            state, meta = consolidate(args.checkpoint, ema=args.ema)
+            try:
+                path = export_timm(state, meta, args.out)
+            except InteropError as err:
+                print(f"catlip export: error: --format timm: {err}", file=sys.stderr)
+                return 2
+        else:
+            path = export_fp32(args.checkpoint, args.out, ema=args.ema)
+    except (CheckpointError, FileNotFoundError) as err:
+        print(f"catlip export: error: {args.checkpoint}: {err}", file=sys.stderr)
+        return 2
     print(f"wrote {path}")
     return 0
 

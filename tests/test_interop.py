@@ -450,14 +450,12 @@ def _fast_random(name: str, vocab: int) -> CatLIPModel:
     return _perturbed(model, 1)
 
 
-def _export_command(model: CatLIPModel, tmp: Path) -> Path:
-    """`catlip export TAG --out F --format timm` on a ZeRO-0 checkpoint tag directory as DeepSpeed
-    writes it (the model states file with the run config and vocabulary identity)."""
-    from engine.cli import main
-
+def _checkpoint_tag(model: CatLIPModel, tmp: Path, name: str = "vit_tiny") -> Path:
+    """A ZeRO-0 checkpoint tag directory as DeepSpeed writes it (the model states file with the
+    run config and vocabulary identity)."""
     tag = tmp / "checkpoints" / "step_00000007"
     tag.mkdir(parents=True)
-    meta = _meta("vit_tiny")
+    meta = _meta(name)
     states = {
         "module": model.state_dict(),
         "config": json.loads(meta["catlip_config"]),
@@ -466,9 +464,29 @@ def _export_command(model: CatLIPModel, tmp: Path) -> Path:
         "ds_config": {"zero_optimization": {"stage": 0}},
     }
     torch.save(states, tag / "mp_rank_00_model_states.pt")
+    return tag
+
+
+def _export_command(model: CatLIPModel, tmp: Path) -> Path:
+    """`catlip export TAG --out F --format timm` on a checkpoint tag directory."""
+    from engine.cli import main
+
     out = tmp / "vit_tiny.safetensors"
-    assert main(["export", str(tag), "--out", str(out), "--format", "timm"]) == 0
+    assert main(["export", str(_checkpoint_tag(model, tmp)), "--out", str(out), "--format", "timm"]) == 0
     return out
+
+
+def test_export_command_errors_are_messages(tmp_path: Path, capsys) -> None:
+    from engine.cli import main
+
+    tag = _checkpoint_tag(CatLIPModel(vit_config("corenet_vit_tiny"), 37), tmp_path, "corenet_vit_tiny")
+    out = tmp_path / "x.safetensors"
+    assert main(["export", str(tag), "--out", str(out), "--format", "timm"]) == 2
+    err = capsys.readouterr().err
+    assert "--format timm: a ViT with the conv stem" in err and "Traceback" not in err and not out.exists()
+    assert main(["export", str(tag), "--out", str(out)]) == 0  # our own format holds it
+    assert main(["export", str(tmp_path / "missing"), "--out", str(out)]) == 2
+    assert "catlip export: error:" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
