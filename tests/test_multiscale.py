@@ -267,3 +267,46 @@ def test_two_rank_run_from_the_config_switch_resumes_exactly(tmp_path, packed_ph
     np.testing.assert_allclose(
         r0["tokens"], [2 * b * ((h // p) * (w // p) + 1) for b, _, h, w in r0["seen"]], rtol=1e-6
     )
+
+
+def test_bad_images_in_multiscale_batches_become_placeholders_of_the_drawn_size(tmp_path):
+    """The guard's placeholders and a decoder error's replay keep the drawn (batch, h, w): a chunk
+    DALI raises on is replayed as 8 placeholders, the rest of the batch is real, the epoch goes on."""
+    import io
+
+    from PIL import Image
+
+    from engine.data import make_loader
+    from engine.packing.shards import ShardWriter
+
+    def jpeg(i: int) -> bytes:
+        buf = io.BytesIO()
+        Image.new("RGB", (64, 48), (5 * i, 100, 50)).save(buf, "JPEG")
+        return buf.getvalue()
+
+    images = {f"g{i:02d}": jpeg(i) for i in range(48)}
+    images["g03"] = jpeg(3)[:400]  # truncated: the guard's placeholder
+    images["g10"] = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 8 + b"\xff\xd9"  # framed, but DALI raises
+    images["g30"] = b"not an image " * 8
+    writer = ShardWriter(tmp_path, 48)
+    for key, data in images.items():
+        writer.write(key, [("jpg", data), ("txt", b"a caption"), ("lbl", np.array([3, 5], "<i4").tobytes())])
+    writer.close()
+    table = MultiScaleConfig(min=16, max=32, step=8, scales=3).table(32, 8, patch=8)  # batches 32, 16, 8
+    scales = MultiScale(table, seed=3)
+    loader = make_loader(
+        [tmp_path / "shard-000000.tar"], 8, image_size=32, num_threads=1, device="cpu", keys=True,
+        shuffle_buffer=1, multiscale=scales,
+    )  # fmt: skip
+    for epoch in range(2):
+        batches = list(loader)
+        shapes = [tuple(b["image"].shape) for b in batches]
+        assert shapes == [
+            (d.batch, 3, d.height, d.width) for d in map(scales.draw, range(2 * epoch, 2 * epoch + 2))
+        ]
+        assert sum(s[0] for s in shapes) == 48  # every sample once
+        invalid = [k for b in batches for k, ok in zip(b["key"], b["valid"].tolist(), strict=True) if not ok]
+        assert invalid == ["g03", *(f"g{i:02d}" for i in range(8, 16)), "g30"]  # g10's chunk: g08-g15
+        for b in batches:
+            assert torch.count_nonzero(b["image"][~b["valid"].bool()]) == 0
+        assert loader.failed_batches == epoch + 1 and loader.invalid_samples == 2 * (epoch + 1)
