@@ -80,6 +80,13 @@ class RunConfig:
     persistence_threshold: int = 100_000  # ZeRO-3: params smaller than this stay whole on every rank
     max_skipped_steps: int = 10  # DeepSpeed overflow-skipped optimizer steps in a row before stopping
     offload_optimizer: str = "none"  # "none" | "cpu": DeepSpeed's offload_optimizer (ZeRO 1-3)
+    # ZeRO-3 working-memory bounds, in elements (defaults: DeepSpeed's, sized for GPUs; fp32 bytes
+    # = 4x). perf/bench_zero3.py lowers them to fit ViT-H on a small CPU host.
+    reduce_bucket_size: int = 500_000_000  # gradients reduced per bucket (the bucket is preallocated)
+    prefetch_bucket_size: int = 50_000_000  # parameters gathered ahead of the module that needs them
+    max_live_parameters: int = 1_000_000_000  # gathered parameters kept before releasing any
+    max_reuse_distance: int = 1_000_000_000  # keep a gathered parameter reused within this many
+    sub_group_size: int = 1_000_000_000  # optimizer step per sub-group (bounds its temporaries)
 
 
 @dataclass
@@ -206,6 +213,12 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.run.keep_checkpoints >= 1, "run.keep_checkpoints must be >= 1"),
         (cfg.run.max_skipped_steps >= 0, "run.max_skipped_steps must be >= 0"),
         (cfg.run.offload_optimizer in ("none", "cpu"), "run.offload_optimizer: none | cpu"),
+        (
+            min(cfg.run.reduce_bucket_size, cfg.run.sub_group_size) >= 1
+            and min(cfg.run.prefetch_bucket_size, cfg.run.max_live_parameters) >= 0
+            and cfg.run.max_reuse_distance >= 0,
+            "run.reduce_bucket_size and run.sub_group_size must be >= 1, the other ZeRO-3 bounds >= 0",
+        ),
         (
             cfg.run.offload_optimizer == "none" or cfg.run.zero_stage >= 1,
             "run.offload_optimizer cpu needs run.zero_stage 1, 2 or 3",

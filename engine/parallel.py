@@ -4,15 +4,19 @@ After the objective has built the model (pure PyTorch, identical on every rank),
 order: activation checkpointing, ``torch.compile`` (``model.compile``), and DeepSpeed:
 ``deepspeed.initialize`` with ZeRO stage 0-3, precision, AdamW, gradient clipping and accumulation,
 and the warmup + cosine learning-rate schedule. Nothing here knows which objective is trained.
+``build_model`` builds a model under ``deepspeed.zero.Init`` for ZeRO-3, partitioned as it is
+constructed (perf/bench_zero3.py uses it for ViT-H; the trainer still builds the model whole).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from engine.config import ConfigError, TrainConfig
 from engine.distributed import cuda_available
@@ -37,6 +41,11 @@ def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict[str, Any]:
         zero.update(
             stage3_param_persistence_threshold=r.persistence_threshold,
             model_persistence_threshold=r.persistence_threshold,
+            reduce_bucket_size=r.reduce_bucket_size,
+            stage3_prefetch_bucket_size=r.prefetch_bucket_size,
+            stage3_max_live_parameters=r.max_live_parameters,
+            stage3_max_reuse_distance=r.max_reuse_distance,
+            sub_group_size=r.sub_group_size,
         )
     if r.offload_optimizer != "none":
         # optimizer states and step in host memory; torch's AdamW steps them (no compiled CPU Adam)
@@ -57,6 +66,62 @@ def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict[str, Any]:
         "steps_per_print": 10**9,  # logging is ours
         "wall_clock_breakdown": False,
     }
+
+
+def build_model(model_fn: Callable[[], nn.Module], cfg: TrainConfig, world_size: int) -> nn.Module:
+    """``model_fn()``; under ZeRO-3 inside ``deepspeed.zero.Init``, so that no rank ever holds the
+    whole model: each module's parameters are partitioned as its ``__init__`` returns.
+
+    An initialisation that reaches parameters already partitioned (a parent's ``reset_parameters``
+    over its blocks, as catlip.models.VisionTransformer's) would find them empty; here each such
+    parameter is gathered when first touched, written on rank 0 and re-partitioned (broadcast)
+    when the next is touched. At most one whole parameter exists beyond the partitions, and the
+    weights are the ones the same seed gives without zero.Init (same draws, same order).
+    Not covered: code after ``model_fn`` that reads parameter shapes (``p.ndim`` is 1 once
+    partitioned; ``p.ds_shape`` is the real one) or loads a state dict into the model.
+    """
+    if cfg.run.zero_stage != 3:
+        return model_fn()
+    import deepspeed
+
+    gather = _GatherOnTouch()
+    with deepspeed.zero.Init(config_dict_or_path=deepspeed_config(cfg, world_size)):
+        try:
+            with gather:
+                model = model_fn()
+        finally:
+            gather.release()
+    return model
+
+
+class _GatherOnTouch(TorchFunctionMode):
+    """Any op given a partitioned ZeRO-3 parameter gathers it first (modifier rank 0); the one
+    gathered before is re-partitioned then, so they are held one at a time."""
+
+    def __init__(self) -> None:
+        from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
+
+        super().__init__()
+        self._absent = ZeroParamStatus.NOT_AVAILABLE
+        self._held: Any = None  # the open deepspeed.zero.GatheredParameters
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if not getattr(func, "__name__", "__").startswith("__"):  # not a getter/setter (p.data = ...)
+            for t in (*args, *kwargs.values()):
+                if getattr(t, "ds_status", None) == self._absent:
+                    import deepspeed
+
+                    self.release()
+                    self._held = deepspeed.zero.GatheredParameters([t], modifier_rank=0)
+                    self._held.__enter__()
+                    break
+        return func(*args, **kwargs)
+
+    def release(self) -> None:
+        held, self._held = self._held, None
+        if held is not None:
+            held.__exit__(None, None, None)
 
 
 def apply_activation_checkpointing(model: nn.Module) -> int:
@@ -114,7 +179,7 @@ def parallelize(model: nn.Module, cfg: TrainConfig, world_size: int, param_group
 # Settings a resumed run cannot change: they shape the model, the data position or the partitions.
 FIXED_ON_RESUME = (
     "model.objective", "model.name", "model.image_size", "data.train", "data.batch_size",
-    "data.max_labels", "optim.grad_accum", "optim.layer_decay", "run.zero_stage",
+    "data.max_labels", "optim.grad_accum", "optim.layer_decay", "run.zero_stage", "run.sub_group_size",
 )  # fmt: skip
 
 

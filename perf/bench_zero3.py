@@ -2,12 +2,18 @@
 step time, checkpoint save/load time and size, and ``catlip export`` of the partitioned checkpoint.
 
     python perf/bench_zero3.py [--models vit_h16 vit_h14] [--offload none cpu] [--steps 3]
-                               [--batch 1] [--world 2] [--out perf/results/zero3_cpu.csv]
+                               [--batch 1] [--world 2] [--bucket 20000000] [--sub-group 20000000]
+                               [--no-zero-init] [--out perf/results/zero3_cpu.csv]
 
 For each (model, offload) it runs the real trainer (engine.train.Trainer: the CatLIP model with
 its 24,320-synset head, fp32, activation checkpointing, ZeRO-3 with the default persistence
 threshold, torch's AdamW) on ``--world`` gloo ranks with one thread each, on synthetic 224 px
-images and labels (the loader is not what is measured), then:
+images and labels (the loader is not what is measured). The model is built under
+``deepspeed.zero.Init`` (engine.parallel.build_model: partitioned as it is constructed, never whole
+on a rank; ``--no-zero-init`` builds it whole, as the trainer does today), and ZeRO-3's working
+buffers are bounded by ``--bucket`` elements (run.reduce_bucket_size, prefetch_bucket_size,
+max_live_parameters, max_reuse_distance; DeepSpeed's defaults are 5e8-1e9, 2-4 GB each in fp32)
+and ``--sub-group`` (run.sub_group_size: the optimizer steps that many elements at a time). Then:
   * model-state bytes held by each rank, counted from the tensors ZeRO-3 keeps (the rank's
     parameter partition, the fp32 partition the optimizer steps, its gradient partition and the
     two AdamW moments), against the 16 bytes x parameters / ranks that ZeRO-3 promises in fp32;
@@ -17,7 +23,8 @@ images and labels (the loader is not what is measured), then:
   * ``catlip export`` of that checkpoint (consolidating the partitions): time and peak memory.
 ``--offload cpu`` sets DeepSpeed's ``offload_optimizer: {device: cpu}`` (``run.offload_optimizer``
 in a run config). Rows go to ``--out``. ``--depth`` cuts the model to that many blocks (the
-slow test in tests/test_zero3.py runs 2 blocks of ViT-H width).
+slow test in tests/test_zero3.py runs 2 blocks of ViT-H width). ``BENCH_ZERO3_LOG=1`` prints each
+rank's stages with its resident memory (a run killed for memory shows how far it got).
 """
 
 from __future__ import annotations
@@ -39,12 +46,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from perf.common import ROOT, append_rows, commit, cpu_name  # noqa: E402
 
 VOCAB = 24_320
+# glibc raises its mmap threshold to the size of each big block freed (up to 32 MB), so ViT-H's
+# 26 MB weights, gathered one at a time while the model is built and initialised, end up on the
+# heap and stay resident after they are freed (~100 MB per block, 3 GB per rank for ViT-H). A
+# fixed 1 MB threshold maps every big tensor on its own and unmaps it when it is freed.
+MALLOC = {"MALLOC_MMAP_THRESHOLD_": "1048576", "MALLOC_TRIM_THRESHOLD_": "1048576"}
 FIELDS = [
     "date", "commit", "device", "model", "depth", "params", "world", "batch_per_rank", "offload",
+    "zero_init", "bucket_elems", "sub_group_elems", "load_mmap",
     "model_state_mb_per_rank", "ideal_16p_over_n_mb", "ratio_to_ideal", "state_mb_by_kind",
     "params_held_per_rank",
-    "rss_after_setup_mb", "peak_rss_mb", "median_step_s", "save_s", "load_s", "ckpt_mb",
-    "export_s", "export_peak_rss_mb",
+    "rss_after_setup_mb", "peak_rss_fit_mb", "peak_rss_mb", "median_step_s", "save_s", "load_s", "ckpt_mb",
+    "export_s", "export_peak_rss_mb", "command",
 ]  # fmt: skip
 
 
@@ -58,6 +71,15 @@ def _rss_mb() -> float:
 
 def _peak_rss_mb(who: int = resource.RUSAGE_SELF) -> float:
     return resource.getrusage(who).ru_maxrss / 1024  # kB on Linux
+
+
+def _progress(rank: int, stage: str) -> None:
+    """A line on stderr per stage, so that a run killed for memory shows how far it got."""
+    print(
+        f"[rank {rank}] {stage}: rss {_rss_mb():.0f} MB, peak {_peak_rss_mb():.0f} MB",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def synthetic_loader(batch: int, image_size: int, steps: int, seed: int):
@@ -122,6 +144,10 @@ def rank_run(
     depth: int = 0,
     image_size: int = 0,
     save: bool = True,
+    zero_init: bool = True,
+    bucket: int = 20_000_000,
+    sub_group: int = 20_000_000,
+    load_mmap: bool = False,
 ) -> dict:
     """One rank's part (the process group comes from the environment, as torchrun or
     tests/dist_utils.run_ranks set it): build, step, save, resume; this rank's measurements."""
@@ -130,9 +156,16 @@ def rank_run(
 
     from catlip.models import CatLIPModel, vit_config
     from engine.config import from_dict
+    from engine.parallel import build_model
     from engine.train import Trainer
 
     torch.set_num_threads(1)
+    if load_mmap:  # what torch.load(mmap=True) in engine.checkpoint's loader would give the resume
+        import functools
+
+        import engine.checkpoint
+
+        engine.checkpoint._torch_load = functools.partial(torch.load, mmap=True)
     cfg = from_dict(
         {
             "model": {"name": model, "grad_checkpointing": True},
@@ -141,6 +174,8 @@ def rank_run(
             "run": {
                 "out_dir": run_dir, "steps": steps, "zero_stage": 3, "precision": "fp32",
                 "log_every": 1, "ckpt_every": 0, "offload_optimizer": offload,
+                "reduce_bucket_size": bucket, "prefetch_bucket_size": bucket,
+                "max_live_parameters": bucket, "max_reuse_distance": bucket, "sub_group_size": sub_group,
             },
         }
     )  # fmt: skip
@@ -150,12 +185,18 @@ def rank_run(
     vit = vit_config(model, **overrides)
     rank = int(os.environ.get("RANK", 0))
     loader = synthetic_loader(batch, vit.image_size, steps, seed=rank)
+
+    def model_fn() -> CatLIPModel:
+        if not zero_init:
+            return CatLIPModel(vit, VOCAB)
+        return build_model(lambda: CatLIPModel(vit, VOCAB), cfg, int(os.environ.get("WORLD_SIZE", 1)))
+
     trainer = Trainer(
         cfg,
         vocab_size=VOCAB,
-        model_fn=lambda: CatLIPModel(vit, VOCAB),
+        model_fn=model_fn,
         train_loader=loader,
-        log=lambda _: None,
+        log=lambda line: _progress(rank, line[:50]) if os.environ.get("BENCH_ZERO3_LOG") else None,
     )
     try:
         module = trainer.engine.module
@@ -164,7 +205,10 @@ def rank_run(
             "partitions": {n: [p.ds_numel, p.ds_tensor.numel()] for n, p in module.named_parameters()},
             "rss_setup": _rss_mb(),
         }
+        _progress(rank, "set up")
         history = trainer.fit()
+        row["peak_rss_fit"] = _peak_rss_mb()
+        _progress(rank, f"{len(history)} steps")
         kinds, held = model_state_bytes(trainer.engine)
         row.update(
             kinds=kinds,
@@ -178,6 +222,7 @@ def rank_run(
             path = trainer.save()
             dist.barrier()
             row.update(save_s=time.perf_counter() - t0, ckpt=str(path))
+            _progress(rank, "saved")
             t0 = time.perf_counter()
             trainer.resume(path)
             dist.barrier()
@@ -194,7 +239,8 @@ def worker(args: argparse.Namespace) -> None:
 
     row = rank_run(
         args.model, run_dir=args.run_dir, steps=args.steps, batch=args.batch, offload=args.offload,
-        depth=args.depth,
+        depth=args.depth, zero_init=not args.no_zero_init, bucket=args.bucket, sub_group=args.sub_group,
+        load_mmap=args.load_mmap,
     )  # fmt: skip
     row.pop("partitions")
     rows = [None] * dist.get_world_size()
@@ -209,10 +255,14 @@ def measure(model: str, offload: str, args: argparse.Namespace, tmp: Path) -> di
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.world}",
         __file__, "--worker", "--model", model, "--offload", offload, "--steps", str(args.steps),
         "--batch", str(args.batch), "--run-dir", str(run_dir), "--depth", str(args.depth or 0),
+        "--bucket", str(args.bucket), "--sub-group", str(args.sub_group),
+        *(["--no-zero-init"] if args.no_zero_init else []), *(["--load-mmap"] if args.load_mmap else []),
     ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", **MALLOC}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if os.environ.get("BENCH_ZERO3_LOG"):
+        print(proc.stderr, file=sys.stderr)
     if proc.returncode or not lines:
         raise SystemExit(f"{model} offload={offload} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
     ranks = json.loads(lines[-1][len("RESULT ") :])
@@ -244,12 +294,17 @@ def measure(model: str, offload: str, args: argparse.Namespace, tmp: Path) -> di
         "world": args.world,
         "batch_per_rank": args.batch,
         "offload": offload,
+        "zero_init": not args.no_zero_init,
+        "bucket_elems": args.bucket,
+        "sub_group_elems": args.sub_group,
+        "load_mmap": args.load_mmap,
         "model_state_mb_per_rank": round(state_mb, 1),
         "ideal_16p_over_n_mb": round(ideal, 1),
         "ratio_to_ideal": round(state_mb / ideal, 3),
         "state_mb_by_kind": " ".join(f"{k}={v / 2**20:.0f}" for k, v in ranks[0]["kinds"].items()),
         "params_held_per_rank": " / ".join(f"{r['held']:,}" for r in ranks),
         "rss_after_setup_mb": round(max(r["rss_setup"] for r in ranks)),
+        "peak_rss_fit_mb": round(max(r["peak_rss_fit"] for r in ranks)),
         "peak_rss_mb": round(max(r["peak_rss"] for r in ranks)),
         "median_step_s": round(max(r["step_s"] for r in ranks), 2),
         "save_s": round(ranks[0]["save_s"], 1),
@@ -257,6 +312,7 @@ def measure(model: str, offload: str, args: argparse.Namespace, tmp: Path) -> di
         "ckpt_mb": round(ckpt_mb),
         "export_s": round(export_s, 1),
         "export_peak_rss_mb": round(float(out.stdout.split()[-1])),
+        "command": args.command,
     }
 
 
@@ -268,6 +324,18 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=1, help="images per rank per step")
     p.add_argument("--world", type=int, default=2)
     p.add_argument("--depth", type=int, default=0, help="cut the model to this many blocks (0: all)")
+    p.add_argument(
+        "--bucket", type=int, default=20_000_000,
+        help="ZeRO-3 reduce/prefetch bucket, max live parameters and reuse distance, in elements",
+    )  # fmt: skip
+    p.add_argument(
+        "--sub-group", type=int, default=20_000_000, help="ZeRO-3 optimizer sub-group, in elements"
+    )
+    p.add_argument("--no-zero-init", action="store_true", help="build the model whole on each rank first")
+    p.add_argument(
+        "--load-mmap", action="store_true",
+        help="resume with torch.load(mmap=True) (the checkpoint's tensors stay file pages, not a copy)",
+    )  # fmt: skip
     p.add_argument("--out", type=Path, default=ROOT / "perf/results/zero3_cpu.csv")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)
@@ -276,6 +344,7 @@ def main() -> None:
     if args.worker:
         args.offload = args.offload[0]
         return worker(args)
+    args.command = "python perf/bench_zero3.py " + " ".join(sys.argv[1:])
     rows = []
     with tempfile.TemporaryDirectory(dir=ROOT / "runs") as tmp:
         for model in args.models:

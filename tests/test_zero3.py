@@ -43,3 +43,38 @@ def test_vit_h_width_partitions_in_halves_on_two_ranks(tmp_path) -> None:
         # gradient partition and AdamW's two moments, 4 bytes each per held parameter (+ padding)
         for kind, per_param in (("params", 4), ("fp32_partitions", 4), ("grads", 4), ("moments", 8)):
             assert per_param * held <= kinds[kind] <= per_param * held * 1.01 + 4096, (kind, kinds)
+
+
+def _built_under_zero_init(rank: int) -> dict:
+    import deepspeed
+    import torch
+
+    from catlip.models import CatLIPModel, vit_config
+    from engine.config import from_dict
+    from engine.distributed import init_distributed
+    from engine.parallel import build_model
+
+    init_distributed()
+    cfg = from_dict({"run": {"zero_stage": 3, "precision": "fp32", "persistence_threshold": 0}})
+    vit = vit_config("vit_tiny", depth=2, image_size=32)
+    torch.manual_seed(0)
+    model = build_model(lambda: CatLIPModel(vit, 97), cfg, 2)
+    held = {n: (p.ds_tensor.numel(), p.ds_numel, p.numel()) for n, p in model.named_parameters()}
+    torch.manual_seed(0)
+    plain = dict(CatLIPModel(vit, 97).named_parameters())  # built whole, as without ZeRO-3
+    with deepspeed.zero.GatheredParameters(list(model.parameters())):
+        differ = [n for n, p in model.named_parameters() if not torch.equal(p, plain[n])]
+    fc2 = plain["encoder.blocks.0.mlp.2.weight"]
+    return {"held": held, "differ": differ, "fc2_std": fc2.std().item()}  # small: a pipe carries it
+
+
+def test_zero_init_build_is_partitioned_and_keeps_the_initialisation() -> None:
+    """engine.parallel.build_model under ZeRO-3: every parameter is partitioned from the start
+    (no rank holds it whole), and the weights gathered back equal the plain build's with the same
+    seed, including VisionTransformer.reset_parameters' truncated normals over its (already
+    partitioned) blocks and the head's zero weight and label-prior bias."""
+    for r in run_ranks(_built_under_zero_init, world=2):
+        for name, (held, numel, data) in r["held"].items():
+            assert held == math.ceil(numel / 2) and data == 0, (name, held, numel, data)
+        assert r["differ"] == []
+        assert r["fc2_std"] == pytest.approx(0.02, rel=0.1)  # reset_parameters' init, not Linear's own
