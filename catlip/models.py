@@ -477,8 +477,9 @@ class ImageClassifier(nn.Module):
 
 
 def no_weight_decay(name: str, param: nn.Parameter) -> bool:
-    """Biases, norms, the class token and position embeddings are not decayed (timm, open_clip)."""
-    return param.ndim < 2 or name.endswith(("cls_token", "pos_embed"))
+    """Biases, norms, the class token and position embeddings are not decayed (timm, open_clip).
+    The rank is the parameter's own, also when ZeRO-3 has partitioned it (``ds_shape``)."""
+    return len(getattr(param, "ds_shape", param.shape)) < 2 or name.endswith(("cls_token", "pos_embed"))
 
 
 def layer_id(name: str, depth: int) -> int:

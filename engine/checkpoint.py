@@ -92,7 +92,10 @@ def safe_checkpoint_engine(config: Any) -> Any:
 
     class SafeCheckpointEngine(TorchCheckpointEngine):
         def load(self, path: str, map_location: Any = None) -> Any:
-            return safe_load(path, map_location=map_location)
+            # mmap: the file's tensors are read as DeepSpeed copies them into its own buffers, so a
+            # rank never holds its optimizer file beside its live states (ViT-H/16 ZeRO-3 on 2 CPU
+            # ranks: 10.95 GB peak per rank on resume without, 7.51 GB with; perf/results/zero3_cpu.md)
+            return safe_load(path, map_location=map_location, mmap=True)
 
     return SafeCheckpointEngine(config)
 

@@ -65,7 +65,13 @@ def _built_under_zero_init(rank: int) -> dict:
     with deepspeed.zero.GatheredParameters(list(model.parameters())):
         differ = [n for n, p in model.named_parameters() if not torch.equal(p, plain[n])]
     fc2 = plain["encoder.blocks.0.mlp.2.weight"]
-    return {"held": held, "differ": differ, "fc2_std": fc2.std().item()}  # small: a pipe carries it
+    from catlip.models import param_groups
+
+    def decayed(m) -> list[int]:  # each group's parameter count: decayed, not decayed
+        return [len(g["params"]) for g in param_groups(m, 0.05)]
+
+    groups = (decayed(model), decayed(CatLIPModel(vit, 97)))
+    return {"held": held, "differ": differ, "fc2_std": fc2.std().item(), "groups": groups}  # small
 
 
 def test_zero_init_build_is_partitioned_and_keeps_the_initialisation() -> None:
@@ -78,3 +84,5 @@ def test_zero_init_build_is_partitioned_and_keeps_the_initialisation() -> None:
             assert held == math.ceil(numel / 2) and data == 0, (name, held, numel, data)
         assert r["differ"] == []
         assert r["fc2_std"] == pytest.approx(0.02, rel=0.1)  # reset_parameters' init, not Linear's own
+        # weight decay by each parameter's own rank (ds_shape), not its 1-D partition's
+        assert r["groups"][0] == r["groups"][1], r["groups"]
