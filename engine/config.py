@@ -87,6 +87,9 @@ class RunConfig:
     max_live_parameters: int = 1_000_000_000  # gathered parameters kept before releasing any
     max_reuse_distance: int = 1_000_000_000  # keep a gathered parameter reused within this many
     sub_group_size: int = 1_000_000_000  # optimizer step per sub-group (bounds its temporaries)
+    # ZeRO-3: build the model partitioned (deepspeed.zero.Init via engine.parallel.build_model), so
+    # no rank ever holds it whole; off: built whole on every rank, then partitioned
+    zero_init: bool = False
 
 
 @dataclass
@@ -218,6 +221,11 @@ def validate(cfg: TrainConfig) -> None:
             and min(cfg.run.prefetch_bucket_size, cfg.run.max_live_parameters) >= 0
             and cfg.run.max_reuse_distance >= 0,
             "run.reduce_bucket_size and run.sub_group_size must be >= 1, the other ZeRO-3 bounds >= 0",
+        ),
+        (not cfg.run.zero_init or cfg.run.zero_stage == 3, "run.zero_init needs run.zero_stage 3"),
+        (
+            not (cfg.run.zero_init and cfg.model.init_from),
+            "run.zero_init builds the model partitioned; model.init_from loads a whole state into it: use one",
         ),
         (
             cfg.run.offload_optimizer == "none" or cfg.run.zero_stage >= 1,

@@ -5,7 +5,7 @@ order: activation checkpointing, ``torch.compile`` (``model.compile``), and Deep
 ``deepspeed.initialize`` with ZeRO stage 0-3, precision, AdamW, gradient clipping and accumulation,
 and the warmup + cosine learning-rate schedule. Nothing here knows which objective is trained.
 ``build_model`` builds a model under ``deepspeed.zero.Init`` for ZeRO-3, partitioned as it is
-constructed (perf/bench_zero3.py uses it for ViT-H; the trainer still builds the model whole).
+constructed (the trainer's ``run.zero_init``; perf/bench_zero3.py runs ViT-H with it).
 """
 
 from __future__ import annotations

@@ -9,8 +9,8 @@ For each (model, offload) it runs the real trainer (engine.train.Trainer: the Ca
 its 24,320-synset head, fp32, activation checkpointing, ZeRO-3 with the default persistence
 threshold, torch's AdamW) on ``--world`` gloo ranks with one thread each, on synthetic 224 px
 images and labels (the loader is not what is measured). The model is built under
-``deepspeed.zero.Init`` (engine.parallel.build_model: partitioned as it is constructed, never whole
-on a rank; ``--no-zero-init`` builds it whole, as the trainer does today), and ZeRO-3's working
+``deepspeed.zero.Init`` (run.zero_init, engine.parallel.build_model: partitioned as it is
+constructed, never whole on a rank; ``--no-zero-init`` builds it whole, the trainer's default), and ZeRO-3's working
 buffers are bounded by ``--bucket`` elements (run.reduce_bucket_size, prefetch_bucket_size,
 max_live_parameters, max_reuse_distance; DeepSpeed's defaults are 5e8-1e9, 2-4 GB each in fp32)
 and ``--sub-group`` (run.sub_group_size: the optimizer steps that many elements at a time). Then:
@@ -156,7 +156,6 @@ def rank_run(
 
     from catlip.models import CatLIPModel, vit_config
     from engine.config import from_dict
-    from engine.parallel import build_model
     from engine.train import Trainer
 
     torch.set_num_threads(1)
@@ -176,6 +175,7 @@ def rank_run(
                 "log_every": 1, "ckpt_every": 0, "offload_optimizer": offload,
                 "reduce_bucket_size": bucket, "prefetch_bucket_size": bucket,
                 "max_live_parameters": bucket, "max_reuse_distance": bucket, "sub_group_size": sub_group,
+                "zero_init": zero_init,
             },
         }
     )  # fmt: skip
@@ -186,15 +186,10 @@ def rank_run(
     rank = int(os.environ.get("RANK", 0))
     loader = synthetic_loader(batch, vit.image_size, steps, seed=rank)
 
-    def model_fn() -> CatLIPModel:
-        if not zero_init:
-            return CatLIPModel(vit, VOCAB)
-        return build_model(lambda: CatLIPModel(vit, VOCAB), cfg, int(os.environ.get("WORLD_SIZE", 1)))
-
     trainer = Trainer(
         cfg,
         vocab_size=VOCAB,
-        model_fn=model_fn,
+        model_fn=lambda: CatLIPModel(vit, VOCAB),  # built under zero.Init with run.zero_init
         train_loader=loader,
         log=lambda line: _progress(rank, line[:50]) if os.environ.get("BENCH_ZERO3_LOG") else None,
     )

@@ -106,6 +106,12 @@ def _zero_parity(rank: int, tmp: str) -> dict:
             out["held"] = sum(p.ds_tensor.numel() for p in trainer.engine.module.parameters())
             out["full"] = sum(p.ds_numel for p in trainer.engine.module.parameters())
         trainer.close()
+    # ZeRO-3 with run.zero_init: built partitioned (deepspeed.zero.Init), the same weights and steps
+    trainer = Trainer(
+        tiny_cfg(Path(tmp) / "z3i", 3, zero_init=True), model_fn=tiny_model, train_loader=rank_loader(rank, 2)
+    )
+    out["z3_init"] = [e.loss for e in trainer.fit()]
+    trainer.close()
     # ZeRO-3 with the fused Triton head: the partitioned head weight is gathered for the kernel, and
     # its gradients must reach the shards, or the losses part from plain PyTorch's after step 1
     trainer = Trainer(
@@ -134,6 +140,7 @@ def test_zero_1_2_3_match_plain_pytorch_on_two_ranks(tmp_path):
     np.testing.assert_allclose(
         results[0]["z3_triton"], expected, rtol=0, atol=1e-4, err_msg="ZeRO-3 + Triton head"
     )
+    np.testing.assert_allclose(results[0]["z3_init"], expected, rtol=0, atol=1e-5, err_msg="ZeRO-3 zero_init")
     # gradient accumulation: 2 micro-batches per rank and step = one batch of 4 x B
     np.testing.assert_allclose(results[0]["accum"], expected_accum, rtol=0, atol=1e-5, err_msg="grad_accum 2")
     # ZeRO-3 really partitions: each rank holds about half of the parameters
@@ -270,6 +277,10 @@ def test_config_errors_are_clear(tmp_path):
         from_dict({"run": {"steps": "many"}})
     with pytest.raises(ConfigError, match="run.zero_stage must be"):
         from_dict({"run": {"zero_stage": 4}})
+    with pytest.raises(ConfigError, match="run.zero_init needs run.zero_stage 3"):
+        from_dict({"run": {"zero_stage": 2, "zero_init": True}})
+    with pytest.raises(ConfigError, match="run.zero_init builds the model partitioned; model.init_from"):
+        from_dict({"model": {"init_from": "x"}, "run": {"zero_stage": 3, "zero_init": True}})
     path = tmp_path / "c.yaml"
     path.write_text("run:\n  steps: 7\noptim:\n  betas: [0.9, 0.95]\n")
     cfg = load_config(path, ["run.zero_stage=3", "optim.lr=2e-4"])
