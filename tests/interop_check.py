@@ -12,7 +12,11 @@ JOB.json holds
     build that model here (random weights, every parameter perturbed so no tensor is a constant),
     and save its state dict, random images and its output (timm: logits; open_clip: the pooled
     features before ``proj``, which is set to the identity) to P, for the test to load into our ViT.
-RESULT.json: {"parity": [{"export", "timm_model", "max_abs_diff", "ok"}], "made": [P, ...]}.
+  * "resample": [{"in": F, "grid": [h, w], "out": P}]: timm's ``resample_abs_pos_embed`` of F's
+    "pos" (1, 1 + g*g, W) to the (h, w) grid (one prefix token, timm's defaults: bicubic,
+    antialiased), saved as P's "pos".
+RESULT.json: {"parity": [{"export", "timm_model", "max_abs_diff", "ok"}], "made": [P, ...],
+"resampled": [P, ...]}.
 """
 
 from __future__ import annotations
@@ -89,6 +93,16 @@ def make(job: dict) -> str:
     return job["out"]
 
 
+def resample(job: dict) -> str:
+    from safetensors.torch import load_file, save_file
+    from timm.layers import resample_abs_pos_embed
+
+    pos = load_file(job["in"])["pos"]
+    out = resample_abs_pos_embed(pos, new_size=list(job["grid"]), num_prefix_tokens=1)
+    save_file({"pos": out.contiguous()}, job["out"])
+    return job["out"]
+
+
 def main(argv: list[str]) -> int:
     job_path, result_path = argv
     job = json.loads(open(job_path).read())
@@ -98,6 +112,7 @@ def main(argv: list[str]) -> int:
         "torch": torch.__version__,
         "parity": [parity(p, atol, rtol) for p in job.get("parity", [])],
         "made": [make(m) for m in job.get("make", [])],
+        "resampled": [resample(r) for r in job.get("resample", [])],
     }
     with open(result_path, "w") as f:
         json.dump(result, f, indent=1)

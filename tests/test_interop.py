@@ -489,6 +489,9 @@ def test_export_command_errors_are_messages(tmp_path: Path, capsys) -> None:
     assert "catlip export: error:" in capsys.readouterr().err
 
 
+RESAMPLE_GRIDS = [(8, 8), (20, 12), (25, 9), (7, 20)]  # multi-scale grids, non-square included
+
+
 @pytest.fixture(scope="module")
 def real_libraries(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """One run of tests/interop_check.py in the interop venv: our exports into timm, and models made
@@ -521,6 +524,16 @@ def real_libraries(tmp_path_factory: pytest.TempPathFactory) -> dict:
                 "seed": 10 + i,
             }
         )
+    torch.manual_seed(5)
+    save_file({"pos": torch.randn(1, 1 + 14 * 14, 16)}, str(tmp / "pos.safetensors"))
+    job["resample"] = [
+        {
+            "in": str(tmp / "pos.safetensors"),
+            "grid": list(grid),
+            "out": str(tmp / f"pos_{grid[0]}x{grid[1]}.safetensors"),
+        }
+        for grid in RESAMPLE_GRIDS
+    ]
     (tmp / "job.json").write_text(json.dumps(job))
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     cmd = (
@@ -581,3 +594,17 @@ def test_real_timm_and_open_clip_towers_give_our_outputs(real_libraries: dict, k
             out = torch.nn.functional.linear(out, state["head.weight"], state["head.bias"])
     assert out.shape == case["output"].shape
     torch.testing.assert_close(out, case["output"], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("grid", RESAMPLE_GRIDS, ids=lambda g: f"{g[0]}x{g[1]}")
+def test_position_tables_resample_as_timms_function(real_libraries: dict, grid: tuple[int, int]) -> None:
+    """catlip.models.resample_pos_embed (multi-scale batches, other resolutions) against timm's
+    resample_abs_pos_embed, run in the interop venv on the same table."""
+    from catlip.models import resample_pos_embed
+
+    _ran(real_libraries)
+    tmp = real_libraries["tmp"]
+    pos = load_file(str(tmp / "pos.safetensors"))["pos"]
+    theirs = load_file(str(tmp / f"pos_{grid[0]}x{grid[1]}.safetensors"))["pos"]
+    torch.testing.assert_close(resample_pos_embed(pos, grid), theirs, rtol=0, atol=1e-6)
