@@ -151,8 +151,9 @@ def timm_model_args(cfg: ViTConfig, preset: str | None = None) -> tuple[str, dic
         )
     name = PRESET_TO_TIMM.get(preset or "")
     if name is None:  # not a preset: timm's architecture of the same norm eps (and width, if any)
-        same_eps = [n for n, a in TIMM_ARCHS.items() if a.norm_eps == cfg.norm_eps] or ["vit_base_patch16_224"]
-        name = next((n for n in same_eps if TIMM_ARCHS[n].width == cfg.width), same_eps[0])
+        same_eps = [n for n, a in TIMM_ARCHS.items() if a.norm_eps == cfg.norm_eps]
+        name = next((n for n in same_eps if TIMM_ARCHS[n].width == cfg.width), None)
+        name = name or (same_eps or ["vit_base_patch16_224"])[0]
     if cfg.norm_eps != TIMM_ARCHS[name].norm_eps:
         raise InteropError(
             f"norm_eps {cfg.norm_eps} is not the LayerNorm eps {TIMM_ARCHS[name].norm_eps} of timm's {name}, and "
