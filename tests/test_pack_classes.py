@@ -456,16 +456,10 @@ def test_loader_reads_cls_batches(tmp_path: Path) -> None:
         "000000000004": ([-1, -1], 0),
     }
     # loaders_from_config on a class pack: label ids bounded by num_classes, not a vocabulary
-    data = SimpleNamespace(
-        train=str(out),
-        val=str(out),
-        batch_size=2,
-        max_labels=1,
-        num_threads=1,
-        decode_device="cpu",
-        scale=(0.5, 1.0),
-    )
-    cfg = SimpleNamespace(data=data, run=SimpleNamespace(seed=0))
+    from engine.config import from_dict
+
+    data = {"train": str(out), "val": str(out), "batch_size": 2, "max_labels": 1, "num_threads": 1}
+    cfg = from_dict({"data": {**data, "decode_device": "cpu", "scale": [0.5, 1.0]}, "run": {"seed": 0}})
     train, val, train_meta = loaders_from_config(cfg, 0, 1, 16, captions=False)
     assert train.spec.label_ext == "cls" and train.num_classes == 3 and train.spec.max_labels == 2
     assert train_meta["label_member"] == "cls" and next(iter(val))["labels"].shape == (2, 2)
