@@ -310,3 +310,19 @@ def test_bad_images_in_multiscale_batches_become_placeholders_of_the_drawn_size(
         for b in batches:
             assert torch.count_nonzero(b["image"][~b["valid"].bool()]) == 0
         assert loader.failed_batches == epoch + 1 and loader.invalid_samples == 2 * (epoch + 1)
+
+
+@pytest.mark.slow
+def test_attention_kernels_compile_a_few_variants_over_the_recipe_lengths():
+    """All 13 sequence lengths of corenet's table (65-401) through math, sdpa and triton, agreeing;
+    the launches bound as Triton's JIT would on sm_90 give 3 variants per kernel, not one per
+    length (perf/bench_multiscale.py --part kernels)."""
+    from types import SimpleNamespace
+
+    from perf.bench_multiscale import part_kernels
+
+    rows = part_kernels(SimpleNamespace(heads=1))
+    counts = {r["note"].split(":")[0]: int(r["value"]) for r in rows if r["provider"] == "triton"}
+    assert counts == {"_attn_fwd_kernel": 3, "_bwd_dkdv_kernel": 3, "_bwd_dq_kernel": 3}
+    worst = next(float(r["value"]) for r in rows if r["provider"] == "sdpa/math/triton")
+    assert worst < 1e-5  # fp32: max |impl - math| over outputs and gradients
