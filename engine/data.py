@@ -443,6 +443,17 @@ class DaliLoader:
             size_source=sizes,
         )
 
+    def _chunks(self, batch: int) -> int:
+        """Pipeline iterations of the batch at draw ``batch``."""
+        return self._scales.draw(batch).batch // self._chunk
+
+    def _fitting(self, pos: int, batch: int) -> Iterator[int]:
+        """The draws from ``batch`` on that fit, one after the other, in this epoch's full chunks
+        from chunk ``pos``."""
+        while pos + self._chunks(batch) <= self._full_chunks:
+            yield batch
+            pos, batch = pos + self._chunks(batch), batch + 1
+
     def _plan(self, pos: int, batch: int) -> Iterator[tuple[int, int]]:
         """(h, w) of every pipeline iteration from chunk ``pos`` of this epoch on, where batch
         ``batch`` begins: each drawn batch takes ``batch / chunk`` iterations while it fits in the
@@ -450,22 +461,18 @@ class DaliLoader:
         smallest size; then the next epoch, which starts with the draw that did not fit."""
         tail = self._scales.smallest
         while True:
-            while True:
-                scale = self._scales.draw(batch)
-                k = scale.batch // self._chunk
-                if pos + k > self._full_chunks:
-                    break
-                for _ in range(k):
+            for b in self._fitting(pos, batch):
+                scale = self._scales.draw(b)
+                for _ in range(self._chunks(b)):
                     yield scale.height, scale.width
-                pos, batch = pos + k, batch + 1
+                pos, batch = pos + self._chunks(b), b + 1
             for _ in range(pos, self._reader_chunks):
                 yield tail.height, tail.width
             pos = 0
 
     def _fits(self) -> bool:
         """Whether the next batch (the draw at ``_batches``) still fits in this epoch."""
-        k = self._scales.draw(self._batches).batch // self._chunk
-        return self._pos + k <= self._full_chunks
+        return self._pos + self._chunks(self._batches) <= self._full_chunks
 
     # -------------------------------------------------------------------------------- iteration
     def __len__(self) -> int:
@@ -474,10 +481,7 @@ class DaliLoader:
         if self.multiscale is None:
             return self._full_chunks
         if self._len_cache[0] != self._epoch_first:
-            pos, batch = 0, self._epoch_first
-            while pos + self._scales.draw(batch).batch // self._chunk <= self._full_chunks:
-                pos, batch = pos + self._scales.draw(batch).batch // self._chunk, batch + 1
-            self._len_cache = (self._epoch_first, batch - self._epoch_first)
+            self._len_cache = (self._epoch_first, sum(1 for _ in self._fitting(0, self._epoch_first)))
         return self._len_cache[1]
 
     @property
@@ -554,7 +558,7 @@ class DaliLoader:
 
     def _next_batch(self) -> dict[str, Any]:
         """The batch at the next draw: ``batch / chunk`` pipeline iterations put together."""
-        k = self._scales.draw(self._batches).batch // self._chunk
+        k = self._chunks(self._batches)
         self._batch_start = self._pos
         parts = [self._next_chunk() for _ in range(k)]
         self._batches += 1
