@@ -247,7 +247,22 @@ def test_conv_stem_is_corenets_shape_and_a_frozen_tower_keeps_its_batch_norm_sta
     from catlip.models import ConvStem, ImageClassifier, conv_stem_shapes
 
     stem = ConvStem(96)
-    assert {k: tuple(v.shape) for k, v in stem.state_dict().items()} == conv_stem_shapes(96)
+    bn = {
+        "weight": (32,),
+        "bias": (32,),
+        "running_mean": (32,),
+        "running_var": (32,),
+        "num_batches_tracked": (),
+    }
+    expected = {
+        "0.weight": (32, 3, 4, 4),  # max(32, 96 / 4) channels inside
+        **{f"1.{k}": v for k, v in bn.items()},
+        "3.weight": (32, 32, 2, 2),
+        **{f"4.{k}": v for k, v in bn.items()},
+        "6.weight": (96, 32, 2, 2),
+        "6.bias": (96,),
+    }
+    assert {k: tuple(v.shape) for k, v in stem.state_dict().items()} == expected == conv_stem_shapes(96)
     assert stem(torch.randn(1, 3, 80, 48)).shape == (1, 96, 5, 3)  # stride 16, any multiple of 16
     with pytest.raises(ValueError, match="stride 16"):
         vit_config("corenet_vit_tiny", patch_size=8)
