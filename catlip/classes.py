@@ -240,9 +240,9 @@ def _check_unique(items: list[str], path: Path) -> None:
 
 # ------------------------------------------------------------------------------------ WordNet
 def _wn():
-    from nltk.corpus import wordnet
+    from catlip.nltk_setup import wordnet
 
-    return wordnet
+    return wordnet()
 
 
 def _synset_of(target: str):

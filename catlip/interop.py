@@ -687,11 +687,11 @@ def read_corenet_pickle(path: str | Path) -> dict[str, int]:
 
 
 def _wordnet_name(offset: int) -> str:
-    from nltk.corpus import wordnet
+    from catlip.nltk_setup import wordnet
 
     with warnings.catch_warnings():  # NLTK warns, then returns None, for an offset it does not know
         warnings.simplefilter("ignore")
-        synset = wordnet.synset_from_pos_and_offset("n", offset)
+        synset = wordnet().synset_from_pos_and_offset("n", offset)
     if synset is None:
         raise LookupError(f"no noun synset at offset {offset}")
     return synset.name()

@@ -42,12 +42,13 @@ class CaptionLabeler:
     """Turns captions into WordNet noun synset ids (wnids), unique, in order of appearance."""
 
     def __init__(self, *, pos_filter: bool = True, official: bool = False) -> None:
-        from nltk.corpus import wordnet
         from nltk.corpus.reader.wordnet import WordNetError
+
+        from catlip.nltk_setup import wordnet
 
         self.official = official
         self.pos_filter = pos_filter and not official
-        self._wn = wordnet
+        self._wn = wordnet()
         self._wn_error = WordNetError
         self._wn.ensure_loaded()
         self._tagger = get_tagger() if self.pos_filter else None

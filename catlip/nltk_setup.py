@@ -125,6 +125,35 @@ def add_to_nltk_path(directory: Path | str) -> None:
         nltk.data.path.insert(0, directory)
 
 
+def wordnet():
+    """NLTK's WordNet reader (``nltk.corpus.wordnet``), loaded on first use without its self-map.
+
+    ``WordNetCorpusReader.__init__`` ends with ``self.map30 = self.map_wn()``: a map from WordNet
+    3.0's synsets to the loaded WordNet's, for the Open Multilingual Wordnet's 3.0 offsets.
+    ``map_wn`` skips it when ``get_version() == version``, comparing "3.0" with the corpus name
+    "wordnet" (NLTK 3.10.4), so loading WordNet 3.0 reads index.sense (207k sense keys) twice to
+    build the identity map: 3.9 of the 6.4 s a load takes on this project's CPU host, paid by every
+    process that labels captions or maps class names. For WordNet 3.0 loaded from
+    ``corpora/wordnet`` we return None, the value ``map_wn`` means for "no mapping needed"
+    (``map30`` is read only by the multilingual readers, which then take the offsets as they are);
+    any other request goes to NLTK.
+    """
+    from nltk.corpus import wordnet as reader
+    from nltk.corpus.reader.wordnet import WordNetCorpusReader
+
+    if not getattr(WordNetCorpusReader.map_wn, "skips_identity", False):
+        nltk_map_wn = WordNetCorpusReader.map_wn
+
+        def map_wn(self, version="wordnet"):
+            if version == "wordnet" and self.get_version() == "3.0":
+                return None  # WordNet 3.0 onto itself
+            return nltk_map_wn(self, version)
+
+        map_wn.skips_identity = True
+        WordNetCorpusReader.map_wn = map_wn
+    return reader
+
+
 RESOURCES = {"wordnet": WORDNET_RESOURCE, "tagger": TAGGER_RESOURCE, "punkt": PUNKT_RESOURCE}
 
 
@@ -144,8 +173,8 @@ def missing_resources() -> list[str]:
 def check_nltk_data() -> NltkDataStatus:
     """Verify that NLTK finds WordNet 3.0, the English tagger and punkt_tab; raise NltkDataError if not."""
     import nltk
-    from nltk.corpus import wordnet as wn
 
+    wn = wordnet()
     try:
         wordnet_dir = str(nltk.data.find(WORDNET_RESOURCE))
         tagger_dir = str(nltk.data.find(TAGGER_RESOURCE))

@@ -66,16 +66,15 @@ def worker_labeler(settings: LabelSettings) -> CaptionLabeler:
     """This process's labeler for ``settings``, made once per process (and again after a fork)."""
     key = (settings, os.getpid())
     if key not in _labelers:
-        from nltk.corpus import wordnet
-
-        from catlip.nltk_setup import add_to_nltk_path
+        from catlip.nltk_setup import add_to_nltk_path, wordnet
 
         for directory in settings.nltk_data:
             add_to_nltk_path(directory)
         # A forked worker inherits the parent's open WordNet data files, and with them one shared
         # file offset: concurrent seek+read then return other processes' lines. Reopen them.
-        if hasattr(wordnet, "_data_file_map"):
-            wordnet._data_file_map = {}
+        wn = wordnet()
+        if hasattr(wn, "_data_file_map"):
+            wn._data_file_map = {}
         _labelers.clear()
         _labelers[key] = CaptionLabeler(pos_filter=settings.pos_filter, official=settings.official)
     return _labelers[key]

@@ -232,8 +232,9 @@ def cmd_setup_nltk(args: argparse.Namespace) -> int:
     searched = {str(Path(p).expanduser().resolve()) for p in nltk.data.path}  # before we add ours
     target = (args.dir or default_data_dir()).expanduser().resolve()
     status = ensure_nltk_data(target, download=not args.no_download)
-    from nltk.corpus import wordnet as wn
+    from catlip.nltk_setup import wordnet
 
+    wn = wordnet()
     print(
         f"NLTK data {status.source}: dog.n.01 offset {wn.synset('dog.n.01').offset()} (WordNet {wn.get_version()})"
     )

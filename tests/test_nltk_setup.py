@@ -41,6 +41,37 @@ def test_check_finds_wordnet_30_the_tagger_and_punkt(nltk_ready):
     assert wn.get_version() == "3.0" and wn.synset("dog.n.01").offset() == 2084071
 
 
+WORDNET_LOAD = """
+import sys
+from nltk.corpus.reader.wordnet import WordNetCorpusReader
+from catlip.nltk_setup import wordnet
+
+def no_index_sense(self, version=None):
+    raise AssertionError("index.sense read: the identity map of WordNet 3.0 was built")
+
+WordNetCorpusReader.index_sense = no_index_sense
+wn = wordnet()
+wn.ensure_loaded()
+print(wn.map30, wn.synset("dog.n.01").offset(), wn.synsets("hot_dog")[1].name(), wn.morphy("mice", "n"))
+try:
+    wn.map_wn("wordnet31")  # another version still goes to NLTK's mapping
+except AssertionError as err:
+    print(err)
+"""
+
+
+def test_wordnet_30_loads_without_its_identity_map(nltk_ready):
+    """map_wn("wordnet") is "3.0" onto itself: no index.sense read, the same lookups."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", WORDNET_LOAD], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    first, second = done.stdout.splitlines()
+    assert first == "None 2084071 hotdog.n.02 mouse"
+    assert second.startswith("index.sense read")
+
+
 def test_ensure_uses_what_nltk_finds_first(nltk_ready, tmp_path, monkeypatch):
     monkeypatch.setattr(nltk_setup, "_try_nltk_download", lambda *a: pytest.fail("must not download"))
     monkeypatch.setattr(nltk_setup, "build_nltk_data", lambda *a, **k: pytest.fail("must not build"))
