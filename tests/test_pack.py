@@ -301,6 +301,75 @@ def test_holdout_split_is_by_image(shared_data: Path, photo_vocab: Path, tmp_pat
     assert sorted(read_all(tmp_path / "again" / "val")) == sorted(val)
 
 
+def _pack_resized(source, out: Path, vocab: Path, shorter: int, executor=None):
+    return pack(
+        source, out, vocab, shard_size=40, holdout_fraction=0.3, progress=False,
+        resize_shorter=shorter, executor=executor,
+    )  # fmt: skip
+
+
+def test_resize_shorter_shrinks_large_images_only_and_keeps_the_split(
+    shared_data: Path, photo_vocab: Path, tmp_path: Path
+) -> None:
+    from engine.executor import LocalExecutor
+
+    lines = (shared_data / "coco_photos" / "captions.tsv").read_text().splitlines()[:100]  # 20 photos
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in {line.split("\t")[0] for line in lines}:
+        (photos / name).symlink_to(shared_data / "coco_photos" / name)
+    small_png, large = _png(), io.BytesIO()
+    Image.radial_gradient("L").convert("RGB").resize((300, 200)).save(large, "PNG")
+    (photos / "small.png").write_bytes(small_png)  # 40 x 30: below any size used here
+    (photos / "large.png").write_bytes(large.getvalue())
+    tsv = tmp_path / "captions.tsv"
+    tsv.write_text("\n".join([*lines, "small.png\ta small red box", "large.png\ta grey disc"]) + "\n")
+    source = TsvSource(tsv, photos)
+    _pack_resized(source, tmp_path / "full", photo_vocab, 0)
+    stats = _pack_resized(source, tmp_path / "s64", photo_vocab, 64)
+    for side in ("train", "val"):
+        full, small = read_all(tmp_path / "full" / side), read_all(tmp_path / "s64" / side)
+        assert sorted(full) == sorted(small)  # the split hashes the original bytes
+        resized, errors = 0, []
+        for key, sample in small.items():
+            stem = key.rsplit("_", 1)[0]
+            if stem == "small":
+                assert sample == full[key]  # stored as it is, PNG bytes and all
+                continue
+            assert set(sample) == {"jpg", "txt", "lbl"} and sample["lbl"] == full[key].get("lbl")
+            got = Image.open(io.BytesIO(sample["jpg"]))
+            original = Image.open(photos / (f"{stem}.png" if stem == "large" else f"{stem}.jpg"))
+            w, h = original.size
+            assert got.format == "JPEG" and min(got.size) == 64
+            assert max(got.size) == round(max(w, h) * 64 / min(w, h)) and (got.width > got.height) == (w > h)
+            want = io.BytesIO()  # PIL's decode of the original through the same resize and JPEG
+            original.convert("RGB").resize(got.size, Image.Resampling.LANCZOS).save(want, "JPEG", quality=95)
+            error = np.abs(np.asarray(got, np.float32) - np.asarray(Image.open(want), np.float32))
+            errors.append(error.mean())
+            assert check_image(sample["jpg"])[2] is None
+            resized += 1
+        assert max(errors) < 0.5  # DALI's decode and PIL's agree (both libjpeg-turbo; 0.0 here)
+        meta = json.loads((tmp_path / "s64" / side / "dataset.json").read_text())
+        assert meta["resized"] == resized == stats.splits[side].resized > 0
+        assert meta["images"] == json.loads((tmp_path / "full" / side / "dataset.json").read_text())["images"]
+    assert json.loads((tmp_path / "s64" / "dataset.json").read_text())["resize_shorter"] == 64
+    # the same bytes from 2 worker processes and, in this process, at
+    # another size (what is remembered of the 64-pixel pack must not leak into it)
+    with LocalExecutor(2) as workers:
+        _pack_resized(source, tmp_path / "again", photo_vocab, 64, workers)
+    for side in ("train", "val"):
+        assert read_all(tmp_path / "again" / side) == read_all(tmp_path / "s64" / side)
+    _pack_resized(source, tmp_path / "s96", photo_vocab, 96)
+    sizes = {
+        min(Image.open(io.BytesIO(s["jpg"])).size)
+        for s in read_all(tmp_path / "s96" / "train").values()
+        if "jpg" in s
+    }
+    assert sizes == {96}
+    with pytest.raises(ValueError, match="resize_shorter must be >= 0"):
+        _pack_resized(source, tmp_path / "bad", photo_vocab, -1)
+
+
 # ---------------------------------------------------------------------------------------------- CLI
 def test_pack_command(
     shared_data: Path, photo_vocab: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -321,8 +390,12 @@ def test_pack_command(
         "--holdout-fraction",
         "--official",
         "--no-pos-filter",
+        "--resize-shorter",
     ):
         assert option in helptext
+    with pytest.raises(SystemExit):  # argparse's usage error, exit 2
+        parser.parse_args(["pack", "--tsv", "t", "--out", "o", "--resize-shorter", "-1"])
+    assert "--resize-shorter: must be >= 0, got -1" in capsys.readouterr().err
     photos = shared_data / "coco_photos"
     tsv = tmp_path / "c.tsv"
     tsv.write_text("\n".join((photos / "captions.tsv").read_text().splitlines()[:20]) + "\n")

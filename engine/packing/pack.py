@@ -1,7 +1,8 @@
 """Pack image-caption pairs into WebDataset tar shards with CatLIP labels, ready for DALI.
 
 Each sample of a shard is three members with one key: ``KEY.jpg`` (the original image bytes;
-``.png`` or ``.webp`` for those formats), ``KEY.txt`` (the caption, UTF-8) and ``KEY.lbl`` (the
+``.png`` or ``.webp`` for those formats; with ``resize_shorter``, images larger than that on their
+shorter side are stored as a resized JPEG instead), ``KEY.txt`` (the caption, UTF-8) and ``KEY.lbl`` (the
 caption's sorted unique label indices into the vocabulary, little-endian int32, possibly empty).
 Labels are computed here, once, so NLTK never runs in the training loop. ``dataset.json`` records
 the counts, the vocabulary and the shard names; ``rejects.tsv`` lists every sample that was left
@@ -79,6 +80,7 @@ class SplitStats:
     label_total: int = 0
     no_label: int = 0
     trimmed_jpegs: int = 0  # JPEGs with bytes after the end marker, stored without them
+    resized: int = 0  # samples whose image is stored resized (resize_shorter)
     shard_names: list[str] = field(default_factory=list)
     shard_counts: list[int] = field(default_factory=list)
     max_labels: int = 0
@@ -104,6 +106,7 @@ class SplitStats:
                 "max_labels_per_sample": self.max_labels,
                 "class_samples": self.class_samples,
                 "trimmed_jpegs": self.trimmed_jpegs,
+                "resized": self.resized,
             }
         return {
             "split": split,
@@ -114,6 +117,7 @@ class SplitStats:
             "labels_per_sample_mean": round(self.labels_mean, 4),
             "no_label_share": round(self.no_label_share, 4),
             "trimmed_jpegs": self.trimmed_jpegs,
+            "resized": self.resized,
         }
 
 
@@ -128,6 +132,7 @@ class PackStats:
     shards_skipped: int = 0  # done in an earlier, interrupted run of the same pack
     samples_packed: int = 0  # samples (kept or rejected) this run read
     where: str = "1 process"
+    resize_shorter: int = 0
 
     @property
     def samples(self) -> int:
@@ -142,6 +147,8 @@ class PackStats:
                 if s.trimmed_jpegs
                 else ""
             )
+            if s.resized:
+                trimmed += f"; {s.resized:,} stored resized to shorter side {self.resize_shorter}"
             what = "classes" if s.class_samples is not None else "labels"
             lines.append(
                 f"{where}{s.samples:,} samples ({s.images:,} images) in {len(s.shard_names)} "
@@ -272,6 +279,7 @@ class _Merge:
                     s.label_total += part.label_total
                     s.no_label += part.no_label
                     s.trimmed_jpegs += part.trimmed_jpegs
+                    s.resized += part.resized
                     s.max_labels = max(s.max_labels, part.max_labels)
                     if s.class_samples is not None:
                         s.class_samples = [
@@ -365,6 +373,7 @@ def pack(
     executor: Any = None,
     overwrite: bool = False,
     nltk_data: tuple[str, ...] = (),
+    resize_shorter: int = 0,
 ) -> PackStats:
     """Validate, label and write ``source`` into shards under ``out`` (``out/train`` and
     ``out/val`` with a holdout); see the module docstring. Captions are labelled with ``vocab``;
@@ -377,6 +386,8 @@ def pack(
         raise ValueError(f"holdout_fraction must be in [0, 1), got {holdout_fraction}")
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+    if resize_shorter < 0:
+        raise ValueError(f"resize_shorter must be >= 0 (0: images as they are), got {resize_shorter}")
     out = Path(out).absolute()
     staging_dir = str(out.with_name(out.name + ".partial"))
     classes = getattr(source, "classes", None) if getattr(source, "label_member", "lbl") == "cls" else None
@@ -392,6 +403,7 @@ def pack(
             "vocab_sha256": classes.vocab["sha256"],  # the class map's vocabulary, checked downstream
             "holdout_fraction": holdout_fraction,
             "shard_size": shard_size,
+            "resize_shorter": resize_shorter,
             "source": source.describe(),
         }
         settings = PackSettings(
@@ -401,6 +413,7 @@ def pack(
             holdout_fraction,
             label_member="cls",
             num_classes=len(classes),
+            resize_shorter=resize_shorter,
         )
     else:
         if vocab is None:
@@ -414,10 +427,11 @@ def pack(
             "official": official,
             "holdout_fraction": holdout_fraction,
             "shard_size": shard_size,
+            "resize_shorter": resize_shorter,
         }
         settings = PackSettings(
             staging_dir, str(vocab), meta["vocab_sha256"],
-            holdout_fraction, pos_filter, official, tuple(nltk_data),
+            holdout_fraction, pos_filter, official, tuple(nltk_data), resize_shorter=resize_shorter,
         )  # fmt: skip
     splits = split_names(holdout_fraction)
     tasks = _tasks(source, shard_size, settings)
@@ -453,7 +467,7 @@ def pack(
         staging.close()
     return PackStats(
         stats, rejects, time.perf_counter() - start, shard_size, len(done),
-        bar.samples, getattr(executor, "where", "1 process"),
+        bar.samples, getattr(executor, "where", "1 process"), resize_shorter,
     )  # fmt: skip
 
 

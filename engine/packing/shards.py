@@ -17,13 +17,15 @@ and which bad files each lets through):
 A JPEG with bytes after its end marker is trimmed to end at the marker, as the loader's guard
 requires; a JPEG with no end marker is rejected as truncated. PIL's full decode is not used: on
 damaged JPEGs it rejects files DALI decodes and lets through files that stop DALI (measured).
-Beside each ``shard-NNNNNN.tar`` goes ``shard-NNNNNN.idx``, the index
+With ``resize_shorter`` (``catlip pack --resize-shorter``) an image is then decoded in full by DALI
+and, when larger, stored resized (:func:`shrink_image`). Beside each ``shard-NNNNNN.tar`` goes ``shard-NNNNNN.idx``, the index
 ``fn.readers.webdataset(index_paths=...)`` reads, byte for byte what DALI's ``wds2idx`` writes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import re
 import tarfile
@@ -116,6 +118,15 @@ class _DaliCheck:
             return None
         return shape[0], shape[1]
 
+    def pixels(self, data: bytes) -> np.ndarray | None:
+        """The (H, W, 3) uint8 RGB image the loader's ``fn.decoders.image`` gives, or None if DALI raises."""
+        try:
+            with _quiet_stderr():
+                image = self.ndd.decoders.image(np.frombuffer(data, np.uint8), device="cpu")
+                return np.asarray(image)
+        except RuntimeError:
+            return None
+
 
 @contextlib.contextmanager
 def _quiet_stderr():
@@ -179,6 +190,33 @@ def _check(data: bytes) -> tuple[str | None, bytes, str | None]:
 def check_image(data: bytes) -> tuple[str | None, bytes, str | None]:
     """:func:`check_images` for one image."""
     return check_images([data])[0]
+
+
+RESIZE_QUALITY = 95  # JPEG quality of resized images (img2dataset's default)
+
+
+def shrink_image(data: bytes, shorter: int) -> bytes | None:
+    """A checked image with its shorter side at most ``shorter`` pixels, as img2dataset's
+    ``--resize_mode keep_ratio --resize_only_if_bigger`` stores it: the image DALI decodes from
+    ``data`` (the loader's pixels, EXIF orientation applied) resized with PIL's antialiased
+    Lanczos filter, longer side rounded, and written as a baseline JPEG of quality 95 without
+    metadata. ``data`` itself when its shorter side is already <= ``shorter``; None if DALI's full
+    decode raises (a JPEG whose scan data is damaged passes the corner check)."""
+    from PIL import Image
+
+    pixels = _dali().pixels(data)
+    if pixels is None:
+        return None
+    height, width = pixels.shape[:2]
+    if min(height, width) <= shorter:
+        return data
+    scale = shorter / min(height, width)
+    size = (max(shorter, round(width * scale)), max(shorter, round(height * scale)))  # (w, h) for PIL
+    out = io.BytesIO()
+    Image.fromarray(pixels[..., :3]).resize(size, Image.Resampling.LANCZOS).save(
+        out, "JPEG", quality=RESIZE_QUALITY
+    )
+    return out.getvalue()
 
 
 _HEADER_MID = b"0000644\x000000000\x000000000\x00"  # mode, uid, gid

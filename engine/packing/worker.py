@@ -15,13 +15,14 @@ import base64
 import hashlib
 import json
 import os
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from engine.packing.shards import SHARD_PATTERN, TarShard, check_images
+from engine.packing.shards import SHARD_PATTERN, TarShard, check_images, shrink_image
 from engine.packing.sources import RawSample, read_img2dataset_tar
 
 BATCH = 64  # samples read, checked and labelled together (also the progress granularity)
@@ -40,6 +41,7 @@ class PackSettings:
     nltk_data: tuple[str, ...] = ()
     label_member: str = "lbl"  # "lbl": caption labels (KEY.txt + KEY.lbl); "cls": classes (KEY.cls)
     num_classes: int = 0  # a class pack's classes (per-class counts)
+    resize_shorter: int = 0  # > 0: images stored at most this many pixels on their shorter side
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,7 @@ class SplitPart:
     label_total: int = 0
     no_label: int = 0
     trimmed_jpegs: int = 0
+    resized: int = 0  # samples whose image is stored resized (resize_shorter)
     digests: bytes = b""  # 8 bytes of each sample's image SHA-1
     max_labels: int = 0  # the most labels (classes) of one sample
     class_samples: list[int] = field(default_factory=list)  # a class pack: samples per class
@@ -178,10 +181,10 @@ def _pack_batch(
     staging: Path,
 ) -> None:
     """Check, label and write a batch of samples (in order) into the task's shards."""
-    for sample, image in zip(batch, _images(batch, result), strict=True):
+    for sample, image in zip(batch, _images(batch, result, task.settings.resize_shorter), strict=True):
         if image is None:
             continue
-        ext, data, digest, trimmed = image
+        ext, data, digest, trimmed, resized = image
         split = split_of(digest, task.settings.holdout_fraction)
         part = result.parts[split]
         if sample.classes is not None:  # a class pack: KEY.cls, the sorted class indices
@@ -203,14 +206,24 @@ def _pack_batch(
         part.no_label += not labels
         part.max_labels = max(part.max_labels, len(labels))
         part.trimmed_jpegs += trimmed
+        part.resized += resized
 
 
-Image = tuple[str, bytes, bytes, bool]  # (ext, bytes to store, SHA-1 of them, trimmed)
+# (ext, bytes to store, SHA-1 of the checked image before any resize, trimmed, resized): the
+# holdout split and the distinct-image count do not depend on resize_shorter
+Image = tuple[str, bytes, bytes, bool, bool]
+# file key -> its resized bytes (b"": stored as it is), oldest out first past _SHRUNK_BYTES: the
+# captions of one image (COCO: 5) are resized once while they are packed near each other
+_shrunk: OrderedDict[tuple, bytes] = OrderedDict()
+_shrunk_bytes = [0]
+_SHRUNK_BYTES = 256 << 20
 
 
-def _images(batch: list[RawSample], result: ShardResult) -> list[Image | None]:
+def _images(batch: list[RawSample], result: ShardResult, resize_shorter: int = 0) -> list[Image | None]:
     """The checked image of each sample, or None after recording its reject. A file named by
-    several samples is checked once per process; later samples only count its reject."""
+    several samples is checked once per process; later samples only count its reject. With
+    ``resize_shorter``, images larger than that on their shorter side are stored resized
+    (:func:`~engine.packing.shards.shrink_image`)."""
     out: list[Image | None] = [None] * len(batch)
     todo: list[tuple[int, bytes, tuple | None]] = []
     for i, sample in enumerate(batch):
@@ -225,9 +238,11 @@ def _images(batch: list[RawSample], result: ShardResult) -> list[Image | None]:
             todo.append((i, data, key))
         elif known[1] is not None:
             result.rejects.append((sample.key, sample.image, known[1], False))
-        else:  # seen and good: only redo the trim
+        else:  # seen and good: only redo the trim (and the resize, unless it is remembered)
             stored = data[: data.rfind(b"\xff\xd9") + 2] if known[0] == "jpg" else data
-            out[i] = (known[0], stored, known[2], len(stored) != len(data))
+            out[i] = _resized(known[0], stored, known[2], len(stored) != len(data), key, resize_shorter)
+            if out[i] is None:  # not remembered, and DALI's full decode fails (it passed before)
+                result.rejects.append((sample.key, sample.image, "corrupt", False))
     for (i, original, key), (ext, data, reason) in zip(
         todo, check_images([d for _, d, _ in todo]), strict=True
     ):
@@ -237,11 +252,37 @@ def _images(batch: list[RawSample], result: ShardResult) -> list[Image | None]:
             if len(_verdicts) >= _VERDICTS_MAX:
                 _verdicts.clear()
             _verdicts[key] = (ext, reason, digest)
+        if reason is None:
+            out[i] = _resized(ext, data, digest, len(data) != len(original), key, resize_shorter)
+            if out[i] is None:
+                reason = "corrupt"
+                if key is not None:
+                    _verdicts[key] = (ext, reason, digest)
         if reason is not None:
             result.rejects.append((sample.key, sample.image, reason, True))
-        else:
-            out[i] = (ext, data, digest, len(data) != len(original))
     return out
+
+
+def _resized(
+    ext: str, data: bytes, digest: bytes, trimmed: bool, key: tuple | None, shorter: int
+) -> Image | None:
+    """The image to store: resized when its shorter side is larger than ``shorter`` > 0
+    (remembered by file ``key``); None if DALI's full decode of it failed."""
+    if shorter <= 0:
+        return ext, data, digest, trimmed, False
+    key = (key, shorter) if key is not None else None
+    small = _shrunk.get(key) if key is not None else None
+    if small is None:
+        small = shrink_image(data, shorter)
+        if small is None:
+            return None
+        small = b"" if small is data else small
+        if key is not None:
+            _shrunk[key] = small
+            _shrunk_bytes[0] += len(small)
+            while _shrunk_bytes[0] > _SHRUNK_BYTES:
+                _shrunk_bytes[0] -= len(_shrunk.popitem(last=False)[1])
+    return ("jpg", small, digest, trimmed, True) if small else (ext, data, digest, trimmed, False)
 
 
 def _read(sample: RawSample, result: ShardResult) -> tuple[bytes | None, tuple | None]:
