@@ -42,7 +42,6 @@ def test_check_finds_wordnet_30_the_tagger_and_punkt(nltk_ready):
 
 
 WORDNET_LOAD = """
-import sys
 from nltk.corpus.reader.wordnet import WordNetCorpusReader
 from catlip.nltk_setup import wordnet
 

@@ -103,6 +103,12 @@ class _DaliCheck:
 
     def decodes(self, data: bytes, corner: bool) -> tuple[int, int] | None:
         """The decoded (height, width) (the corner's, for a corner decode), or None if DALI raises."""
+        image = self.pixels(data, corner)
+        return None if image is None else image.shape[:2]
+
+    def pixels(self, data: bytes, corner: bool = False) -> np.ndarray | None:
+        """The (H, W, 3) uint8 RGB image the loader's ``fn.decoders.image`` gives (its 8x8 top-left
+        corner with ``corner``), or None if DALI raises."""
         decoders = self.ndd.decoders
         raw = np.frombuffer(data, np.uint8)
         try:
@@ -113,17 +119,7 @@ class _DaliCheck:
                     )
                 else:
                     image = decoders.image(raw, device="cpu")
-                shape = np.asarray(image).shape  # evaluation is lazy: errors surface here
-        except RuntimeError:
-            return None
-        return shape[0], shape[1]
-
-    def pixels(self, data: bytes) -> np.ndarray | None:
-        """The (H, W, 3) uint8 RGB image the loader's ``fn.decoders.image`` gives, or None if DALI raises."""
-        try:
-            with _quiet_stderr():
-                image = self.ndd.decoders.image(np.frombuffer(data, np.uint8), device="cpu")
-                return np.asarray(image)
+                return np.asarray(image)  # evaluation is lazy: errors surface here
         except RuntimeError:
             return None
 

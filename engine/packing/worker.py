@@ -215,7 +215,7 @@ Image = tuple[str, bytes, bytes, bool, bool]
 # file key -> its resized bytes (b"": stored as it is), oldest out first past _SHRUNK_BYTES: the
 # captions of one image (COCO: 5) are resized once while they are packed near each other
 _shrunk: OrderedDict[tuple, bytes] = OrderedDict()
-_shrunk_bytes = [0]
+_shrunk_bytes = 0  # the sum of their lengths
 _SHRUNK_BYTES = 256 << 20
 
 
@@ -268,6 +268,7 @@ def _resized(
 ) -> Image | None:
     """The image to store: resized when its shorter side is larger than ``shorter`` > 0
     (remembered by file ``key``); None if DALI's full decode of it failed."""
+    global _shrunk_bytes
     if shorter <= 0:
         return ext, data, digest, trimmed, False
     key = (key, shorter) if key is not None else None
@@ -279,9 +280,9 @@ def _resized(
         small = b"" if small is data else small
         if key is not None:
             _shrunk[key] = small
-            _shrunk_bytes[0] += len(small)
-            while _shrunk_bytes[0] > _SHRUNK_BYTES:
-                _shrunk_bytes[0] -= len(_shrunk.popitem(last=False)[1])
+            _shrunk_bytes += len(small)
+            while _shrunk_bytes > _SHRUNK_BYTES:
+                _shrunk_bytes -= len(_shrunk.popitem(last=False)[1])
     return ("jpg", small, digest, trimmed, True) if small else (ext, data, digest, trimmed, False)
 
 
