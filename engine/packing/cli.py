@@ -28,7 +28,9 @@ image is checked with DALI's own CPU decoder; bad ones are skipped with a messag
 reason in dataset.json, and listed in rejects.tsv.
 
 The pack is built in OUT.partial and moved to OUT when complete; an existing OUT is replaced only
-with --overwrite, and only then. Each finished shard is marked done: after an interruption (a
+with --overwrite, only then, and only if it is an earlier pack (nothing in it but what `catlip pack`
+writes) or empty. OUT may not be, hold or sit inside an input (--images, --tsv, --coco, a tar, the
+vocabulary, the class set, a class source's root): that is refused before anything is written. Each finished shard is marked done: after an interruption (a
 killed worker, a corrupt input tar), the same command packs only the missing shards. Shard k
 holds the samples of input slice k (--coco/--tsv and class sources: --shard-size samples;
 --img2dataset: input tar k), so the output is the same, byte for byte, on 1 or N workers or on Ray.
@@ -153,7 +155,8 @@ def add_pack_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     p.add_argument(
         "--overwrite",
         action="store_true",
-        help="replace an existing non-empty OUT (once the new pack is complete)",
+        help="replace an earlier pack at OUT (once the new pack is complete); a folder holding "
+        "anything else is never replaced",
     )
     p.add_argument(
         "--holdout-fraction",

