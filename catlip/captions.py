@@ -1,7 +1,9 @@
 """Read (key, caption) pairs from COCO caption JSON, ``file<TAB>caption`` TSV, and WebDataset tars.
 
 Errors name the file and, where the format has lines, the line. A caption that is null or not a
-string is passed on as is: the labeler turns it into an empty label list, it does not stop a run.
+string is passed on as is: the labeler turns it into an empty label list, it does not stop a run
+(``catlip pack`` rejects such a sample, counted). A UTF-8 byte-order mark at the start of a file is
+not part of its first line.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ def iter_captions(path: Path | str) -> Iterator[Caption]:
 def load_coco(path: Path) -> tuple[dict, list]:
     """A COCO caption file's parsed JSON and its ``annotations`` list, or a CaptionFileError."""
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:
             data = json.load(f)
     except json.JSONDecodeError as err:
         raise CaptionFileError(f"{path}:{err.lineno}:{err.colno}: invalid JSON ({err.msg})") from err
@@ -71,6 +73,8 @@ def iter_tsv_rows(path: Path, *, lines: bool = False) -> Iterator[tuple]:
     with ``lines``; blank lines and a header skipped."""
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
+            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):  # a byte-order mark (Windows editors)
+                raw = raw[3:]
             try:
                 line = raw.decode("utf-8").rstrip("\r\n")
             except UnicodeDecodeError as err:

@@ -1,6 +1,6 @@
 """``catlip pack`` never destroys its inputs or a folder it did not write, and treats odd caption
 files as the other commands do: an empty file refused, a caption that is not text a counted
-reject, a UTF-8 byte-order mark ignored, an overlong caption cut (and counted)."""
+reject, a UTF-8 byte-order mark ignored."""
 
 from __future__ import annotations
 
@@ -81,3 +81,54 @@ def test_overwrite_replaces_only_an_earlier_pack_or_an_empty_folder(
     before = _tree(empty)
     _pack(*common, "--out", str(empty), "--overwrite")  # an earlier pack: replaced
     assert _tree(empty) == before
+
+
+def test_an_empty_caption_file_is_refused_as_vocab_refuses_it(
+    imgs: Path, photo_vocab: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "empty.tsv").write_text("")
+    args = ["--tsv", str(tmp_path / "empty.tsv"), "--images", str(imgs), "--vocab", str(photo_vocab)]
+    assert main(["pack", *args, "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "empty.tsv: no captions in it, so the pack would be empty; nothing written" in err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+
+
+def test_a_coco_caption_that_is_not_text_is_a_counted_reject(
+    imgs: Path, photo_vocab: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    photos = sorted(p.name for p in imgs.glob("*.jpg"))
+    captions = ["a dog on a sofa", None, 7, "a cat on a table"]
+    coco = {
+        "images": [{"id": i, "file_name": name} for i, name in enumerate(photos)],
+        "annotations": [{"id": i, "image_id": i, "caption": c} for i, c in enumerate(captions)],
+    }
+    (tmp_path / "captions.json").write_text(json.dumps(coco))
+    out = tmp_path / "out"
+    _pack(
+        "--coco",
+        str(tmp_path / "captions.json"),
+        "--images",
+        str(imgs),
+        "--vocab",
+        str(photo_vocab),
+        "--out",
+        str(out),
+    )
+    meta = json.loads((out / "dataset.json").read_text())
+    assert meta["samples"] == 2 and meta["rejects"] == {"caption not text": 2}
+    assert f"skipped {photos[1]}: caption not text" in capsys.readouterr().out
+    rejected = {line.split("\t")[1] for line in (out / "rejects.tsv").read_text().splitlines()[1:]}
+    assert rejected == {photos[1], photos[2]}
+
+
+def test_a_byte_order_mark_does_not_hide_the_first_image(
+    imgs: Path, photo_vocab: Path, tmp_path: Path
+) -> None:
+    tsv = tmp_path / "bom.tsv"
+    tsv.write_bytes(b"\xef\xbb\xbf" + (imgs / "captions.tsv").read_bytes())  # as Notepad saves UTF-8
+    out = tmp_path / "out"
+    _pack("--tsv", str(tsv), "--images", str(imgs), "--vocab", str(photo_vocab), "--out", str(out))
+    meta = json.loads((out / "dataset.json").read_text())
+    assert meta["samples"] == 4 and meta["rejects"] == {}
+

@@ -124,7 +124,13 @@ class _FolderSource(ListedSource):
                 raise CaptionFileError(
                     f"{where}: {name!r} and {owner[key]!r} would share the sample key {key}"
                 )
-            self.items.append(RawSample(key, name, caption, path=self.images / name))
+            problem = None if isinstance(caption, str) else "caption not text"  # COCO: null, a number
+            self.items.append(RawSample(key, name, caption, path=self.images / name, problem=problem))
+        if not self.items:
+            raise CaptionFileError(
+                f"{self.captions_file}: no captions in it, so the pack would be empty; nothing written "
+                "(check the file)"
+            )
         self._shuffle()
 
     def describe(self) -> dict:
