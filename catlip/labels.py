@@ -27,6 +27,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from catlip.captions import cut_caption
 from catlip.text import clean_caption, clean_caption_official, get_tagger, split_sentences, word_tokenize
 
 _CACHE_LIMIT = 1 << 20  # distinct tokens remembered per process (~100 MB at most)
@@ -119,9 +120,10 @@ class CaptionLabeler:
         return self._names[key]
 
     def synsets(self, caption: object) -> list[str]:
-        """Unique wnids of a caption's nouns, in order of first appearance. Never raises on text."""
+        """Unique wnids of a caption's nouns, in order of first appearance. Never raises on text.
+        Of a caption longer than ``MAX_CAPTION_CHARS``, only that many first characters are read."""
         out: list[str] = []
-        for token in self.nouns(caption):
+        for token in self.nouns(cut_caption(caption)[0]):
             key = self.synset_of(token)
             if key is not None and key not in out:
                 out.append(key)

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from catlip.captions import MAX_CAPTION_CHARS
 from catlip.labels import CaptionLabeler, Vocabulary
 
 CHUNK = 512  # captions per task: large enough to amortise the transfer, small for a smooth bar
@@ -57,6 +58,7 @@ class ChunkCounts:
     names: list[str]
     ids: np.ndarray  # (sum of lengths,) int32
     lengths: np.ndarray  # (captions,) int32
+    cut: int = 0  # captions longer than MAX_CAPTION_CHARS, labelled on their first characters
 
 
 _labelers: dict[tuple[LabelSettings, int], CaptionLabeler] = {}
@@ -91,7 +93,9 @@ def label_task(task: VocabTask, report: Callable[[int], None]) -> ChunkCounts:
     local: dict[str, int] = {}
     ids: list[int] = []
     lengths: list[int] = []
+    cut = 0
     for caption in captions:
+        cut += isinstance(caption, str) and len(caption) > MAX_CAPTION_CHARS
         keys = labeler.synsets(caption)
         ids += [local.setdefault(k, len(local)) for k in keys]
         lengths.append(len(keys))
@@ -100,7 +104,11 @@ def label_task(task: VocabTask, report: Callable[[int], None]) -> ChunkCounts:
     report(len(lengths) % CHUNK)
     wnids = list(local)
     return ChunkCounts(
-        wnids, [labeler.name_of(k) for k in wnids], np.asarray(ids, np.int32), np.asarray(lengths, np.int32)
+        wnids,
+        [labeler.name_of(k) for k in wnids],
+        np.asarray(ids, np.int32),
+        np.asarray(lengths, np.int32),
+        cut,
     )
 
 
@@ -135,6 +143,7 @@ class VocabStats:
     no_label: int  # captions with no synset in the pruned vocabulary (of the recorded ones)
     recorded: int = -1  # captions the no-label count is over (all, unless past RECORD_LIMIT)
     where: str = ""
+    cut: int = 0  # captions longer than MAX_CAPTION_CHARS, labelled on their first characters
 
     @property
     def captions_per_s(self) -> float:
@@ -152,6 +161,11 @@ class VocabStats:
             f"captions with no noun synset: {self.no_synset:,} ({100 * self.no_synset / n:.2f}%); "
             f"with no label in the vocabulary: {self.no_label:,}{of} "
             f"({100 * self.no_label / max(recorded, 1):.2f}%)"
+            + (
+                f"\ncaptions cut to their first {MAX_CAPTION_CHARS:,} characters: {self.cut:,}"
+                if self.cut
+                else ""
+            )
         )
 
 
@@ -171,6 +185,7 @@ class _Merger:
     captions: int = 0
     no_synset: int = 0
     recorded: int = 0
+    cut: int = 0
 
     def add(self, chunk: ChunkCounts) -> None:
         self.names.update(zip(chunk.wnids, chunk.names, strict=True))
@@ -179,6 +194,7 @@ class _Merger:
         for key, n in zip(chunk.wnids, per_id, strict=True):
             self.counts[key] += int(n)
         self.captions += len(chunk.lengths)
+        self.cut += chunk.cut
         self.no_synset += int((chunk.lengths == 0).sum())
         if self.recorded < RECORD_LIMIT:
             self.flat.append(local[chunk.ids] if chunk.ids.size else chunk.ids)
@@ -262,5 +278,6 @@ def build_vocabulary(
         no_label=merger.no_label(vocab),
         recorded=merger.recorded,
         where=getattr(executor, "where", "1 process"),
+        cut=merger.cut,
     )
     return vocab, stats

@@ -288,6 +288,7 @@ def cmd_vocab(args: argparse.Namespace) -> int:
         "synsets_seen": stats.synsets_seen,
         "vocab_size": stats.vocab_size,
         "captions_no_label": stats.no_label,
+        "captions_cut": stats.cut,
     }
     Path(f"{args.out}.json").write_text(json.dumps(meta, indent=2) + "\n")
     print(stats.summary())
@@ -296,7 +297,7 @@ def cmd_vocab(args: argparse.Namespace) -> int:
 
 
 def cmd_labels(args: argparse.Namespace) -> int:
-    from catlip.captions import iter_captions
+    from catlip.captions import MAX_CAPTION_CHARS, cut_caption, iter_captions
     from catlip.labels import LabelEncoder
 
     if not args.captions and not args.caption_files:
@@ -304,7 +305,10 @@ def cmd_labels(args: argparse.Namespace) -> int:
     require_nltk(args)
     encoder = LabelEncoder(args.vocab, pos_filter=args.pos_filter, official=args.official)
     vocab = encoder.vocab
+    cut = 0
     for caption in args.captions:
+        caption, was_cut = cut_caption(caption)
+        cut += was_cut
         labels = encoder(caption)
         shown = ", ".join(f"{vocab.wnids[i]} {vocab.synsets[i]}" for i in labels) or "(no label)"
         print(f"{caption!r}: {shown}")
@@ -318,9 +322,12 @@ def cmd_labels(args: argparse.Namespace) -> int:
                 for key, caption in tqdm(
                     iter_captions(path), unit="caption", desc=path.name, disable=out is sys.stdout
                 ):
+                    caption, was_cut = cut_caption(caption)
+                    cut += was_cut
                     labels = encoder(caption)
                     n, empty = n + 1, empty + (not labels)
-                    out.write(json.dumps({"key": key, "caption": caption, "labels": labels}) + "\n")
+                    row = {"key": key, "caption": caption, "labels": labels}
+                    out.write(json.dumps({**row, "cut": True} if was_cut else row) + "\n")
         finally:
             if out is not sys.stdout:
                 out.close()
@@ -328,6 +335,12 @@ def cmd_labels(args: argparse.Namespace) -> int:
             print(
                 f"wrote {n:,} captions to {args.out}; {empty:,} ({100 * empty / max(n, 1):.1f}%) without a label"
             )
+    if cut:
+        print(
+            f"{cut:,} caption(s) longer than {MAX_CAPTION_CHARS:,} characters were labelled on their first "
+            f'{MAX_CAPTION_CHARS:,} ("cut": true in the output)',
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -1,6 +1,6 @@
 """``catlip pack`` never destroys its inputs or a folder it did not write, and treats odd caption
 files as the other commands do: an empty file refused, a caption that is not text a counted
-reject, a UTF-8 byte-order mark ignored."""
+reject, a UTF-8 byte-order mark ignored, an overlong caption cut (and counted)."""
 
 from __future__ import annotations
 
@@ -132,3 +132,33 @@ def test_a_byte_order_mark_does_not_hide_the_first_image(
     meta = json.loads((out / "dataset.json").read_text())
     assert meta["samples"] == 4 and meta["rejects"] == {}
 
+
+def test_an_overlong_caption_is_cut_and_counted(imgs: Path, photo_vocab: Path, tmp_path: Path) -> None:
+    import time
+
+    from shard_utils import read_all
+
+    photos = sorted(p.name for p in imgs.glob("*.jpg"))
+    long = "a dog on a red sofa beside a cat " * 60_000  # ~2 MB on one line
+    tsv = tmp_path / "long.tsv"
+    tsv.write_text(f"{photos[0]}\t{long}\n" + "".join(f"{p}\ta cat\n" for p in photos[1:]))
+    out = tmp_path / "out"
+    start = time.monotonic()
+    _pack(
+        "--tsv",
+        str(tsv),
+        "--images",
+        str(imgs),
+        "--vocab",
+        str(photo_vocab),
+        "--out",
+        str(out),
+        "--keep-order",
+    )
+    assert time.monotonic() - start < 60
+    meta = json.loads((out / "dataset.json").read_text())
+    assert meta["samples"] == 4 and meta.get("captions_cut") == 1
+    from catlip.captions import MAX_CAPTION_CHARS
+
+    texts = sorted(len(s["txt"]) for s in read_all(out).values())
+    assert texts == [5, 5, 5, MAX_CAPTION_CHARS]

@@ -51,6 +51,7 @@ from typing import Any
 
 import numpy as np
 
+from catlip.captions import MAX_CAPTION_CHARS
 from catlip.vocab import LabelSettings, worker_labeler
 from engine.packing.sources import RawSample, chunk_tasks
 from engine.packing.target import PACK_FORMAT, check_target, source_inputs
@@ -84,6 +85,7 @@ class SplitStats:
     no_label: int = 0
     trimmed_jpegs: int = 0  # JPEGs with bytes after the end marker, stored without them
     resized: int = 0  # samples whose image is stored resized (resize_shorter)
+    cut_captions: int = 0  # captions stored and labelled cut to their first MAX_CAPTION_CHARS
     shard_names: list[str] = field(default_factory=list)
     shard_counts: list[int] = field(default_factory=list)
     max_labels: int = 0
@@ -121,6 +123,7 @@ class SplitStats:
             "no_label_share": round(self.no_label_share, 4),
             "trimmed_jpegs": self.trimmed_jpegs,
             "resized": self.resized,
+            "captions_cut": self.cut_captions,
         }
 
 
@@ -152,6 +155,10 @@ class PackStats:
             )
             if s.resized:
                 trimmed += f"; {s.resized:,} stored resized to shorter side {self.resize_shorter}"
+            if s.cut_captions:
+                trimmed += (
+                    f"; {s.cut_captions:,} caption(s) cut to their first {MAX_CAPTION_CHARS:,} characters"
+                )
             what = "classes" if s.class_samples is not None else "labels"
             lines.append(
                 f"{where}{s.samples:,} samples ({s.images:,} images) in {len(s.shard_names)} "
@@ -278,6 +285,7 @@ class _Merge:
                     s.no_label += part.no_label
                     s.trimmed_jpegs += part.trimmed_jpegs
                     s.resized += part.resized
+                    s.cut_captions += part.cut_captions
                     s.max_labels = max(s.max_labels, part.max_labels)
                     if s.class_samples is not None:
                         s.class_samples = [

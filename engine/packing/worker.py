@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from catlip.captions import cut_caption
 from engine.packing.shards import SHARD_PATTERN, TarShard, check_images, shrink_image
 from engine.packing.sources import RawSample, read_img2dataset_tar
 
@@ -67,6 +68,7 @@ class SplitPart:
     no_label: int = 0
     trimmed_jpegs: int = 0
     resized: int = 0  # samples whose image is stored resized (resize_shorter)
+    cut_captions: int = 0  # captions stored and labelled cut to MAX_CAPTION_CHARS
     digests: bytes = b""  # 8 bytes of each sample's image SHA-1
     max_labels: int = 0  # the most labels (classes) of one sample
     class_samples: list[int] = field(default_factory=list)  # a class pack: samples per class
@@ -193,7 +195,8 @@ def _pack_batch(
             for c in labels:
                 part.class_samples[c] += 1
         else:
-            caption = sample.caption if isinstance(sample.caption, str) else ""
+            caption, cut = cut_caption(sample.caption if isinstance(sample.caption, str) else "")
+            part.cut_captions += cut
             labels = encoder(caption)
             lbl = np.asarray(labels, "<i4").tobytes()
             members = [(ext, data), ("txt", caption.encode("utf-8")), ("lbl", lbl)]
