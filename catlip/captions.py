@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import gzip
 import itertools
-import json
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -57,11 +56,10 @@ def iter_captions(path: Path | str) -> Iterator[Caption]:
 
 def load_coco(path: Path) -> tuple[dict, list]:
     """A COCO caption file's parsed JSON and its ``annotations`` list, or a CaptionFileError."""
+    from catlip.readers import load_json
+
     try:
-        with open(path, encoding="utf-8-sig") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as err:
-        raise CaptionFileError(f"{path}:{err.lineno}:{err.colno}: invalid JSON ({err.msg})") from err
+        data = load_json(path, CaptionFileError)
     except UnicodeDecodeError as err:
         raise CaptionFileError(f"{path}: not UTF-8 text ({err})") from err
     annotations = data.get("annotations") if isinstance(data, dict) else None

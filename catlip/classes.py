@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from catlip.labels import Vocabulary, wnid
+from catlip.readers import load_json, load_yaml
 
 FORMAT = "catlip-classes/1"
 MAX_DISTANCE = 4  # beyond this many hypernym/hyponym links a synset says little about the class
@@ -119,7 +120,7 @@ class ClassMap:
     def load(cls, path: str | Path) -> ClassMap:
         path = Path(path)
         try:
-            raw = json.loads(path.read_text())
+            raw = load_json(path, ClassMapError)
         except FileNotFoundError:
             raise ClassMapError(f"{path}: no such file (write one with `catlip classes`)") from None
         except (OSError, ValueError) as err:
@@ -157,12 +158,7 @@ def read_names(path: str | Path) -> list[str]:
     path = Path(path)
     text = _read_text(path, "names file")
     if path.suffix.lower() in (".yaml", ".yml") or re.search(r"^names\s*:", text, re.M):
-        import yaml
-
-        try:
-            raw = yaml.safe_load(text)
-        except yaml.YAMLError as err:
-            raise ClassMapError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+        raw = load_yaml(text, str(path), ClassMapError)
         names = raw.get("names") if isinstance(raw, dict) else None
         if isinstance(names, dict):
             try:

@@ -68,6 +68,7 @@ from typing import Any
 import torch
 
 from catlip.models import ViTConfig, conv_stem_shapes, resample_pos_embed, vit_config
+from catlip.readers import load_json
 
 Tensor = torch.Tensor
 
@@ -128,9 +129,9 @@ class InteropError(ValueError):
 def config_from_meta(meta: Mapping[str, str]) -> tuple[str, ViTConfig]:
     """The preset name and ViTConfig of a run, from consolidate()'s ``catlip_config`` metadata."""
     try:
-        run = json.loads(meta.get("catlip_config") or "{}")
+        run = load_json("the checkpoint's catlip_config metadata", text=meta.get("catlip_config") or "{}")
     except ValueError as err:
-        raise InteropError(f"the checkpoint's catlip_config metadata is not JSON ({err})") from None
+        raise InteropError(str(err)) from None
     model = run.get("model") or {}
     name = model.get("name")
     if not name:

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from catlip.readers import load_json
 from engine.distributed import cuda_available
 
 CKPT_DIR = "checkpoints"
@@ -156,7 +157,7 @@ class Checkpointer:
     def is_complete(tag: Path) -> bool:
         """Whether ``tag`` has its completion marker and every file the marker lists, at its size."""
         try:
-            files = json.loads((tag / COMPLETE).read_text())["files"]
+            files = load_json(tag / COMPLETE)["files"]
         except (OSError, ValueError, KeyError, TypeError):
             return False
         return all(
@@ -308,7 +309,7 @@ class Checkpointer:
                 f"{path} was written by {client.get('world_size')} ranks, this run has {self.world_size}: "
                 "the per-rank data positions do not carry over (export the weights and start a new run)"
             )
-        extra = json.loads(extra_json.read_text())
+        extra = load_json(extra_json)  # a ValueError: resume falls back to an older checkpoint
         tensors = load_file(str(path / f"extra_rank{self.rank}.safetensors"))
         if extra["data"] is not None:
             loader.load_state_dict(extra["data"])
@@ -331,7 +332,7 @@ def ema_state(checkpoint: Path) -> dict[str, torch.Tensor]:
     metas = sorted(checkpoint.glob("extra_rank*.json"), key=lambda p: int(p.stem[len("extra_rank") :]))
     if not metas:
         raise CheckpointError(f"{checkpoint} holds no extra_rank*.json: not a checkpoint of this engine")
-    layout = json.loads(metas[0].read_text()).get("ema")
+    layout = load_json(metas[0], CheckpointError).get("ema")
     if layout is None:
         raise CheckpointError(f"{checkpoint} has no EMA weights (the run had optim.ema_decay 0)")
     used = metas if layout["partitioned"] else metas[:1]  # ZeRO 0-2: every rank holds the whole EMA

@@ -1,7 +1,9 @@
 """Typed run configuration, loaded from YAML: sections model, data, optim, run.
 
 Unknown keys are errors (a typo must not silently fall back to a default). Command-line
-``--set section.key=value`` overrides apply on top, parsed as YAML scalars.
+``--set section.key=value`` overrides apply on top, parsed as YAML scalars. YAML is read by
+``catlip.readers.load_yaml`` (no anchors or aliases, one-line errors) and values are shown cut
+short in messages, so a hostile file or ``--set`` is an error, not a hang.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
 
-import yaml
+from catlip.readers import load_yaml, shown
 
 
 @dataclass
@@ -122,11 +124,11 @@ def _coerce(section: str, key: str, typ: Any, value: Any) -> Any:
             except ValueError:
                 pass
         if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
-            raise ConfigError(f"{section}.{key}: expected {typ.__name__}, got {value!r}")
+            raise ConfigError(f"{section}.{key}: expected {typ.__name__}, got {shown(value)}")
         return value
     if origin is tuple:
         if not isinstance(value, list | tuple) or len(value) != len(typ.__args__):
-            raise ConfigError(f"{section}.{key}: expected a list of {len(typ.__args__)}, got {value!r}")
+            raise ConfigError(f"{section}.{key}: expected a list of {len(typ.__args__)}, got {shown(value)}")
         return tuple(_coerce(section, key, t, v) for t, v in zip(typ.__args__, value, strict=True))
     args = getattr(typ, "__args__", ())
     if type(None) in args:  # Optional[X]
@@ -143,12 +145,16 @@ def from_dict(raw: dict[str, Any], source: str = "config") -> TrainConfig:
         raise ConfigError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
     for section, values in raw.items():
         if section not in {f.name for f in dataclasses.fields(cfg)}:
-            raise ConfigError(f"{source}: unknown section {section!r} (sections: model, data, optim, run)")
+            raise ConfigError(
+                f"{source}: unknown section {shown(section)} (sections: model, data, optim, run)"
+            )
         target = getattr(cfg, section)
         hints = get_type_hints(type(target))
+        if not isinstance(values, dict | None):
+            raise ConfigError(f"{source}: section {section} must be a mapping of keys, got {shown(values)}")
         for key, value in (values or {}).items():
             if key not in hints:
-                raise ConfigError(f"{source}: unknown key {section}.{key} (known: {', '.join(hints)})")
+                raise ConfigError(f"{source}: unknown key {section}.{shown(key)} (known: {', '.join(hints)})")
             setattr(target, key, _coerce(section, key, hints[key], value))
     validate(cfg)
     return cfg
@@ -158,16 +164,21 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
     raw: dict[str, Any] = {}
     if path:
         try:
-            raw = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as err:
-            raise ConfigError(f"{path}: {err}") from err
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise ConfigError(f"{path}: cannot read it ({err})") from err
+        raw = load_yaml(text, str(path), ConfigError) or {}
     for item in overrides:
         dotted, eq, value = item.partition("=")
         section, dot, key = dotted.partition(".")
         if not eq or not dot:
-            raise ConfigError(f"--set {item!r}: expected section.key=value")
+            raise ConfigError(f"--set {shown(item)}: expected section.key=value")
+        if not isinstance(raw, dict):
+            break  # from_dict names what the file holds instead of sections
         raw.setdefault(section, {})
-        raw[section] = dict(raw[section] or {}, **{key: yaml.safe_load(value)})
+        if not isinstance(raw[section], dict | None):
+            break  # likewise
+        raw[section] = dict(raw[section] or {}, **{key: load_yaml(value, f"--set {dotted}", ConfigError)})
     return from_dict(raw, str(path or "defaults"))
 
 

@@ -64,7 +64,6 @@ one largest batch less a chunk per epoch. Why this and not the alternatives (per
 from __future__ import annotations
 
 import base64
-import json
 import logging
 import math
 import warnings
@@ -76,6 +75,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from catlip.readers import load_json
 from engine.multiscale import MultiScale, Scale
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,9 @@ def resolve_shards(shards: str | Path | Sequence[str | Path]) -> list[Path]:
         if path.is_dir():
             meta_path = path / "dataset.json"
             if meta_path.is_file():
-                meta = json.loads(meta_path.read_text())
+                meta = load_json(meta_path, DataError)
+                if not isinstance(meta, dict):
+                    raise DataError(f"{meta_path}: not a dataset.json of `catlip pack` (not an object)")
                 if "shard_names" not in meta:
                     splits = ", ".join(str(path / s) for s in meta.get("splits", {}))
                     raise ValueError(f"{path} holds the splits {splits}: give one of them")
@@ -769,7 +771,8 @@ def make_loader(
     if label_member is None:
         label_member = "lbl"
         if isinstance(shards, (str, Path)) and (Path(shards) / "dataset.json").is_file():
-            label_member = json.loads((Path(shards) / "dataset.json").read_text()).get("label_member", "lbl")
+            meta = load_json(Path(shards) / "dataset.json", DataError)
+            label_member = meta.get("label_member", "lbl") if isinstance(meta, dict) else "lbl"
     if label_member not in LABEL_MEMBERS:
         raise ValueError(f"label_member must be one of {', '.join(LABEL_MEMBERS)}, got {label_member!r}")
     return DaliLoader(
@@ -852,9 +855,12 @@ def read_dataset_meta(folder: str | Path, option: str) -> dict[str, Any]:
             f"{option}: {folder} has no dataset.json (point it at a folder made by `catlip pack`)"
         )
     try:
-        return json.loads(path.read_text())
+        meta = load_json(path)
     except ValueError as err:
-        raise ConfigError(f"{option}: {path} is not valid JSON ({err})") from None
+        raise ConfigError(f"{option}: {err}") from None
+    if not isinstance(meta, dict):
+        raise ConfigError(f"{option}: {path} is not a dataset.json of `catlip pack` (not a JSON object)")
+    return meta
 
 
 def loaders_from_config(

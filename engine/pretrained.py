@@ -21,7 +21,6 @@ its vocabulary must be the checkpoint's: a mismatch is an error naming both hash
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from catlip.readers import load_json
 from engine.config import ConfigError
 
 
@@ -43,7 +43,7 @@ class Pretrained:
 
 def _json(text: str | None) -> dict[str, Any]:
     try:
-        value = json.loads(text or "{}")
+        value = load_json("metadata", text=text or "{}")
     except ValueError:
         return {}
     return value if isinstance(value, dict) else {}
@@ -176,9 +176,9 @@ def read_class_map(meta: dict[str, Any], train_dir: str | Path | None) -> tuple[
             f"of sha256 {rec['sha256']}: the file changed since packing (re-pack, or restore it)"
         )
     try:
-        classes = json.loads(path.read_text())
+        classes = load_json(path)
     except ValueError as err:
-        raise ConfigError(f"model.classifier_init synset: {path} is not valid JSON ({err})") from None
+        raise ConfigError(f"model.classifier_init synset: {err}") from None
     return path, classes
 
 

@@ -25,7 +25,6 @@ engine.data.class_pack_loader; ``predict`` runs the same DALI operators on loose
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ import numpy as np
 import torch
 
 from catlip.classes import ClassMap, ClassMapError
+from catlip.readers import load_json
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +67,9 @@ def build_model(state: dict[str, torch.Tensor], meta: dict[str, str], source: st
         )
         raise ZeroShotError(f"--checkpoint {source}: holds no CatLIP model state (encoder.* and head.*){fmt}")
     try:
-        config = json.loads(meta.get("catlip_config") or "{}")
-    except ValueError:
-        raise ZeroShotError(f"--checkpoint {source}: its catlip_config metadata is not JSON") from None
+        config = load_json("catlip_config", text=meta.get("catlip_config") or "{}")
+    except ValueError as err:
+        raise ZeroShotError(f"--checkpoint {source}: its catlip_config metadata is not JSON ({err})") from None
     model_cfg = config.get("model") or {}
     objective = model_cfg.get("objective", "catlip")
     if objective != "catlip":
@@ -97,7 +97,7 @@ def build_model(state: dict[str, torch.Tensor], meta: dict[str, str], source: st
 
 def checkpoint_vocab(meta: dict[str, str]) -> dict[str, Any]:
     try:
-        return json.loads(meta.get("vocab") or "{}") or {}
+        return load_json("vocab", text=meta.get("vocab") or "{}") or {}
     except ValueError:
         return {}
 

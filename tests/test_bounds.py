@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -43,3 +45,74 @@ def test_a_10_mb_caption_line_is_cut_by_vocab_and_labels(tmp_path: Path, nltk_re
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [len(r["caption"]) for r in rows] == [4096, 15, 15, 15] and rows[0]["cut"] is True
     assert rows[0]["labels"] and rows[0]["labels"] != rows[1]["labels"]  # dog, ball, grass
+
+
+# ------------------------------------------------------------------------------ YAML and JSON
+_BOMB = (
+    "[&a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1], "
+    + ", ".join(f"&{b} [{', '.join([f'*{a}'] * 10)}]" for a, b in zip("abcdefgh", "bcdefghi", strict=True))
+    + "]"
+)  # 10^9 ones once expanded: formatting it into an error hung with memory growing
+
+
+def _one_line_error(proc: subprocess.CompletedProcess, code: int = 2) -> str:
+    assert proc.returncode == code, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.strip().splitlines() if not line.startswith("labelling:")]
+    assert len(lines) == 1, proc.stderr[-2000:]  # the progress bar aside
+    return lines[0]
+
+
+def test_a_yaml_alias_bomb_is_refused_not_expanded(tmp_path: Path) -> None:
+    line = _one_line_error(_catlip("train", "--set", f"run.steps={_BOMB}"))
+    assert "--set run.steps: line 1: YAML anchors and aliases (&a, *a) are not read here" in line
+    config = tmp_path / "bomb.yaml"
+    config.write_text(f"run:\n  steps: {_BOMB}\n")
+    line = _one_line_error(_catlip("train", "--config", str(config)))
+    assert f"{config}: line 2: YAML anchors and aliases" in line
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("[1, 2", "--set run.steps:1:6: invalid YAML (expected ',' or ']', but got '<stream end>')"),
+        ("{a: [1, {b: }", "--set run.steps:1:14: invalid YAML"),
+        ("[[[[[[[[1]]]]]]]]", "run.steps: expected int, got [[[[...]]]]"),
+    ],
+)
+def test_a_bad_set_value_is_a_one_line_config_error(value: str, message: str) -> None:
+    assert message in _one_line_error(_catlip("train", "--set", f"run.steps={value}"))
+
+
+_DEEP = "[" * 100_000 + "]" * 100_000
+
+
+def test_json_nested_100000_deep_is_an_error_naming_the_file(tmp_path: Path, nltk_ready: None) -> None:
+    """dataset.json (training), a class set (pack), a COCO caption file (vocab), a config (YAML)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "dataset.json").write_text(_DEEP)
+    line = _one_line_error(_catlip("train", "--set", f"data.train={data}", "--set", "run.resume=never"))
+    assert f"data.train: {data / 'dataset.json'}: JSON nested too deeply to read" in line
+    classes = tmp_path / "classes.json"
+    classes.write_text(_DEEP)
+    (tmp_path / "folder" / "dog").mkdir(parents=True)
+    proc = _catlip(
+        "pack",
+        "--imagefolder",
+        str(tmp_path / "folder"),
+        "--classes",
+        str(classes),
+        "--out",
+        str(tmp_path / "o"),
+    )
+    assert f"{classes}: JSON nested too deeply to read" in _one_line_error(proc, 1)
+    captions = tmp_path / "captions.json"
+    captions.write_text(_DEEP)
+    proc = _catlip("vocab", "--captions", str(captions), "--out", str(tmp_path / "v.tsv"), "--workers", "1")
+    assert f"{captions}: JSON nested too deeply to read" in _one_line_error(proc)
+    config = tmp_path / "deep.yaml"
+    config.write_text("run:\n  steps: " + _DEEP + "\n")
+    assert f"{config}: YAML nested too deeply to read" in _one_line_error(
+        _catlip("train", "--config", str(config))
+    )

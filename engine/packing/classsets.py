@@ -33,7 +33,6 @@ coco128 val2017 images that are also in ``coco_photos``, which a model pre-train
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import re
 from collections import Counter
@@ -41,6 +40,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from catlip.readers import load_json, load_yaml
 from engine.packing.sources import ListedSource, RawSample, inside, sanitize_key
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -320,12 +320,9 @@ def _load_json(path: Path, option: str) -> object:
     if not path.is_file():
         raise ClassSetError(f"{option} {path}: no such file")
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        return load_json(f"{option} {path}", ClassSetError, text=path.read_text(encoding="utf-8-sig"))
     except UnicodeDecodeError as err:
         raise ClassSetError(f"{option} {path}: not UTF-8 text ({err})") from None
-    except json.JSONDecodeError as err:
-        raise ClassSetError(f"{option} {path}:{err.lineno}:{err.colno}: invalid JSON ({err.msg})") from None
 
 
 class CocoInstancesSource(ClassSource):
@@ -408,14 +405,12 @@ class CocoInstancesSource(ClassSource):
 
 def read_names_yaml(path: Path) -> dict[int, str]:
     """YOLO class ids -> names from a ``names:`` YAML (a mapping ``id: name`` or a list)."""
-    import yaml
-
     if not path.is_file():
         raise ClassSetError(f"{path}: no such file (a YOLO set names its classes in ROOT/names.yaml)")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise ClassSetError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+        data = load_yaml(path.read_text(encoding="utf-8"), str(path), ClassSetError)
+    except UnicodeDecodeError as err:
+        raise ClassSetError(f"{path}: not valid YAML ({err})") from None
     names = data.get("names") if isinstance(data, dict) else None
     if isinstance(names, list):
         names = dict(enumerate(names))
