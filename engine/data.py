@@ -4,7 +4,8 @@ Pipeline (one per rank, ``engine/packing/`` makes the shards)::
 
     readers.webdataset(ext=["jpg;jpeg;png;webp", "lbl"|"cls"], shard_id=rank, num_shards=world_size,
                        pad_last_batch=True, missing_component_behavior="skip")
-      -> guard: magic bytes (JPEG FFD8FF...FFD9, PNG, RIFF....WEBP), in-pipeline conditional
+      -> guard: magic bytes (JPEG FFD8FF...FFD9, PNG, RIFF....WEBP), then the pixel count its header
+         gives (at most the packer's MAX_PIXELS), in-pipeline conditionals
       -> decode on "mixed" (nvJPEG) where a GPU is visible, else "cpu"
            train: random-area ROI decode (RandomResizedCrop) -> resize, random horizontal flip
            eval:  resize the shorter side -> center crop
@@ -77,6 +78,7 @@ import torch
 
 from catlip.readers import load_json
 from engine.multiscale import MultiScale, Scale
+from engine.packing.shards import MAX_PIXELS
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +86,7 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 IMAGE_EXT = "jpg;jpeg;png;webp"
 MAX_CONSECUTIVE_FAILURES = 8  # a pipeline that fails this often in a row is not a bad sample
-STATE_VERSION = 1
+STATE_VERSION = 2  # the DALI graph's operators (2: the pixel-count guard); DALI's checkpoint names them
 _PACK_KIND = {"lbl": "caption pack", "cls": "class pack"}
 LABEL_MEMBERS = ("lbl", "cls")  # caption labels (vocabulary rows); class indices (CLASSES.json)
 MAX_CAPTION_BYTES = 1024  # captions are cut here (CLIP's 77 tokens are ~300 bytes of English)
@@ -198,7 +200,13 @@ def _build_graph(spec: PipelineSpec, keep_source: Any, size_source: Any = None) 
     is_png = (head[0] == 0x89) & (head[1] == 0x50) & (head[2] == 0x4E) & (head[3] == 0x47)
     is_riff = (head[0] == 0x52) & (head[1] == 0x49) & (head[2] == 0x46) & (head[3] == 0x46)
     is_webp = is_riff & (head[8] == 0x57) & (head[9] == 0x45) & (head[10] == 0x42) & (head[11] == 0x50)
-    valid = (is_jpeg | is_png | is_webp) & keep
+    magic = (is_jpeg | is_png | is_webp) & keep
+    if magic:  # the size its header gives, before any decode: a 388 KB PNG can hold 20000 x 20000 pixels
+        shape = fn.peek_image_shape(img, dtype=types.INT64)  # (H, W, C)
+        small = shape[0] * shape[1] <= MAX_PIXELS  # the packer's limit
+    else:
+        small = magic
+    valid = magic & small
     h, w = spec.size
     if spec.multiscale:
         size = fn.external_source(source=size_source, batch=True, dtype=types.FLOAT)  # (B, 2): h, w
@@ -659,7 +667,10 @@ class DaliLoader:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue exactly where ``state`` was taken (same shards, batch size, seed and rank)."""
         if state.get("version") != STATE_VERSION:
-            raise ValueError(f"data state version {state.get('version')} is not {STATE_VERSION}")
+            raise ValueError(
+                f"data state version {state.get('version')} is not {STATE_VERSION}: saved by another version of "
+                "the loader's pipeline (continue with the engine that wrote it, or start a new run)"
+            )
         mismatched = {k: (state.get(k), v) for k, v in self._identity().items() if state.get(k) != v}
         if mismatched:
             shown = ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in mismatched.items())

@@ -116,3 +116,50 @@ def test_json_nested_100000_deep_is_an_error_naming_the_file(tmp_path: Path, nlt
     assert f"{config}: YAML nested too deeply to read" in _one_line_error(
         _catlip("train", "--config", str(config))
     )
+
+
+# ------------------------------------------------------------------------------ pixels
+def _huge_png(side: int) -> bytes:
+    """A valid grey PNG of side x side black pixels (~0.1% of its raw size, zlib-compressed)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    z = zlib.compressobj(9)
+    row = bytes(side + 1)  # filter byte 0, then the row
+    data = b"".join(z.compress(row) for _ in range(side)) + z.flush()
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)  # 8-bit greyscale
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
+
+
+def test_an_image_over_the_packers_pixel_limit_is_a_placeholder_in_training(
+    tmp_path: Path, shared_data: Path
+) -> None:
+    """A shard not made by `catlip pack` with a 13,380 x 13,380 PNG (just over MAX_PIXELS, 180 KB):
+    decoded in full and trained on before (0.5 GB of pixels; 20000 x 20000 took 5.1 GB RSS)."""
+    import numpy as np
+
+    from engine.data import make_loader
+    from engine.packing import ShardWriter
+    from engine.packing.shards import MAX_PIXELS
+
+    side = 13_380
+    assert side * side > MAX_PIXELS
+    writer = ShardWriter(tmp_path, 8)
+    photos = sorted((shared_data / "coco_photos").glob("*.jpg"))[:3]
+    lbl = np.asarray([1], "<i4").tobytes()
+    for i, photo in enumerate(photos[:2]):
+        writer.write(f"s{i}", [("jpg", photo.read_bytes()), ("lbl", lbl)])
+    writer.write("huge", [("png", _huge_png(side)), ("lbl", lbl)])
+    writer.write("s3", [("jpg", photos[2].read_bytes()), ("lbl", lbl)])
+    writer.close()
+    loader = make_loader(
+        tmp_path, 4, train=False, image_size=32, num_threads=1, device="cpu", keys=True, label_member="lbl"
+    )
+    (batch,) = list(loader)
+    valid = dict(zip(batch["key"], batch["valid"].tolist(), strict=True))
+    assert valid == {"s0": True, "s1": True, "huge": False, "s3": True}
+    assert loader.counters()["invalid_samples"] == 1 and loader.counters()["failed_batches"] == 0
+    assert float(batch["image"][batch["key"].index("huge")].abs().sum()) == 0.0
