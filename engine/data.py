@@ -547,9 +547,20 @@ class DaliLoader:
         return missing
 
     def _check_labels(self, labels: torch.Tensor, is_real: torch.Tensor, source_info: Any) -> None:
-        """Host-side (labels stay on the CPU until the step): an id outside the vocabulary names its
-        shard and sample, instead of failing later inside the loss."""
+        """Host-side (labels stay on the CPU until the step): an id outside the vocabulary, or one
+        listed twice, names its shard and sample, instead of failing later inside the loss."""
         bad = ((labels >= self.num_classes) | (labels < -1)) & is_real.view(-1, 1)
+        ordered = labels.sort(dim=1).values  # (B, L)
+        twice = (ordered[:, 1:] == ordered[:, :-1]) & (ordered[:, 1:] >= 0) & is_real.view(-1, 1)
+        if bool(twice.any()) and not bool(bad.any()):
+            row = int(twice.any(dim=1).nonzero()[0])
+            where = bytes(np.array(source_info[row])).decode("utf-8", "replace").rsplit(":", 2)
+            what = "class" if self.spec.label_ext == "cls" else "label id"
+            raise DataError(
+                f"{where[0]}: sample {where[-1].split('.', 1)[0]} lists {what} {int(ordered[row, 1:][twice[row]][0])} "
+                f"twice: its .{self.spec.label_ext} member is corrupt (`catlip pack` writes each id once, "
+                "sorted); re-pack the shard"
+            )
         if bool(bad.any()):
             row = int(bad.any(dim=1).nonzero()[0])
             where = bytes(np.array(source_info[row])).decode("utf-8", "replace").rsplit(":", 2)

@@ -411,3 +411,19 @@ def test_odd_length_label_member_names_the_sample(tmp_path, shared_data):
         DataError, match=r"shard-000000.tar: sample s3: its .lbl has 5 bytes, not a multiple of 4"
     ):
         make_loader(tmp_path, 2, train=False, image_size=32, num_threads=1, device="cpu", num_classes=5)
+
+
+def test_a_label_id_listed_twice_names_the_shard_and_sample(tmp_path, shared_data):
+    from engine.data import DataError, make_loader
+    from engine.packing import ShardWriter
+
+    writer = ShardWriter(tmp_path, 8)
+    for i, image in enumerate(sorted((shared_data / "coco_photos").glob("*.jpg"))[:4]):
+        labels = [1, 3, 3] if i == 2 else [1, 3]  # the loss would stop on "duplicate label ids in row 2"
+        writer.write(f"s{i}", [("jpg", image.read_bytes()), ("lbl", np.asarray(labels, "<i4").tobytes())])
+    writer.close()
+    loader = make_loader(tmp_path, 4, train=False, image_size=32, num_threads=1, device="cpu", num_classes=5)
+    with pytest.raises(
+        DataError, match=r"shard-000000.tar: sample s2 lists label id 3 twice: its .lbl member is corrupt"
+    ):
+        next(iter(loader))
