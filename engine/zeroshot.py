@@ -69,7 +69,9 @@ def build_model(state: dict[str, torch.Tensor], meta: dict[str, str], source: st
     try:
         config = load_json("catlip_config", text=meta.get("catlip_config") or "{}")
     except ValueError as err:
-        raise ZeroShotError(f"--checkpoint {source}: its catlip_config metadata is not JSON ({err})") from None
+        raise ZeroShotError(
+            f"--checkpoint {source}: its catlip_config metadata is not JSON ({err})"
+        ) from None
     model_cfg = config.get("model") or {}
     objective = model_cfg.get("objective", "catlip")
     if objective != "catlip":
