@@ -8,7 +8,9 @@ Complete before anything points at it: every rank writes and fsyncs its files, t
 barrier) rank 0 writes ``complete.json`` listing every file of the tag with its size, and only then
 ``latest`` (atomically). DeepSpeed's own ``latest``, written by rank 0 without waiting for the
 others, is not used. ``resume: auto`` takes the newest complete checkpoint and falls back to older
-complete ones, saying why; pruning never removes the newest complete one.
+complete ones, saying why; pruning never removes the newest complete one. A write that fails on
+any rank (a full disk: ENOSPC, or torch's short-write errors) stops every rank together with one
+message, ``disk full at PATH; checkpoint step_N is intact``; the unfinished tag is removed.
 
 Nothing read here can run code: the engine's own state is JSON and safetensors, and DeepSpeed's
 ``.pt`` files are loaded with ``torch.load(weights_only=True)`` allowing only the few DeepSpeed
@@ -27,6 +29,7 @@ import pickle
 import random
 import shutil
 import sys
+import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -44,6 +47,55 @@ COMPLETE = "complete.json"
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used (incomplete, unsafe, or from another setup)."""
+
+
+class SaveFailed(CheckpointError):
+    """A save that failed on some rank (``disk full at PATH; checkpoint step_N is intact``),
+    raised on every rank alike: rank 0 reports it."""
+
+    on_every_rank = True
+
+
+# What a failed write says of a full disk: errno ENOSPC/EDQUOT (Python, safetensors' "os error 28"),
+# or torch's short-write errors, which lose the errno (then the free space decides).
+_SPACE_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+_SPACE_WORDS = ("No space left on device", "os error 28", "Disk quota exceeded", "os error 122")
+_SHORT_WRITE_WORDS = ("unexpected pos", "iostream error", "file write failed")
+_NEARLY_FULL = 1 << 20  # bytes free below which a short write is put down to space
+
+
+def _attempt(write: Callable[[], Any], path: Path) -> tuple[Path, BaseException] | None:
+    """Run ``write``; None, or (what failed, why). Errors that are not I/O (a bug) also keep the
+    ranks together, and their traceback is printed on this rank."""
+    try:
+        write()
+    except Exception as err:  # noqa: BLE001 - reported through _agree on every rank
+        if not isinstance(err, OSError | RuntimeError) and type(err).__name__ != "SafetensorError":
+            traceback.print_exc()
+        return Path(getattr(err, "filename", None) or path), err
+    return None
+
+
+def _describe(where: Path, err: BaseException) -> str:
+    if _out_of_space(err, where):
+        return f"disk full at {where}"
+    first = (str(err).strip().splitlines() or [""])[0][:200]
+    return f"could not write {where} ({type(err).__name__}: {first})"
+
+
+def _out_of_space(err: BaseException, where: Path) -> bool:
+    cause: BaseException | None = err
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.errno in _SPACE_ERRNOS:
+            return True
+        cause = cause.__cause__ or cause.__context__
+    text = str(err)
+    if any(w in text for w in _SPACE_WORDS):
+        return True
+    if not any(w in text for w in _SHORT_WRITE_WORDS):
+        return False
+    existing = next((p for p in (where, *where.parents) if p.exists()), Path("/"))
+    return shutil.disk_usage(existing).free < _NEARLY_FULL
 
 
 # ------------------------------------------------------------------------------------ safe loading
@@ -92,6 +144,18 @@ def safe_checkpoint_engine(config: Any) -> Any:
     from deepspeed.runtime.checkpoint_engine import TorchCheckpointEngine
 
     class SafeCheckpointEngine(TorchCheckpointEngine):
+        failure: tuple[Path, BaseException] | None = None  # the first write of this save that failed
+
+        def save(self, state_dict: Any, path: str) -> None:
+            """Write, or record why not (torch reports a short write as a RuntimeError), so that
+            DeepSpeed goes on to its barriers on this rank too; later writes of a failed save are
+            skipped (the disk is full)."""
+            if self.failure is None:
+                try:
+                    super().save(state_dict, path)
+                except (OSError, RuntimeError) as err:
+                    self.failure = (Path(path), err)
+
         def load(self, path: str, map_location: Any = None) -> Any:
             # mmap: the file's tensors are read as DeepSpeed copies them into its own buffers, so a
             # rank never holds its optimizer file beside its live states (ViT-H/16 ZeRO-3 on 2 CPU
@@ -151,6 +215,16 @@ class Checkpointer:
         self.engine, self.dir, self.keep, self.log = engine, Path(out_dir) / CKPT_DIR, max(keep, 1), log
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
         engine.checkpoint_engine = safe_checkpoint_engine(engine._config)
+        copy_scripts = engine._copy_recovery_script  # rank 0 copies zero_to_fp32.py on every save
+
+        def copy_or_record(save_path: str) -> None:
+            try:
+                copy_scripts(save_path)
+            except OSError as err:
+                writer = engine.checkpoint_engine
+                writer.failure = writer.failure or (Path(save_path) / "zero_to_fp32.py", err)
+
+        engine._copy_recovery_script = copy_or_record
 
     # ---------------------------------------------------------------------------- what is on disk
     @staticmethod
@@ -185,40 +259,34 @@ class Checkpointer:
         vocab: dict | None = None,
         ema_layout: dict | None = None,
     ) -> Path:
-        """Write tag ``step_<N>``: all ranks' files, then the marker, then ``latest``."""
+        """Write tag ``step_<N>``: all ranks' files, then the marker, then ``latest``.
+
+        A write that fails on any rank (a full disk above all) does not leave the others waiting:
+        each rank records its failure, and at the next point where the ranks meet anyway they
+        exchange what failed (:meth:`_agree`), so every rank raises :class:`SaveFailed` together,
+        with the earlier checkpoints untouched and the unfinished tag removed."""
         tag = f"step_{step:08d}"
         path = self.dir / tag
-        try:
-            self._write(path, tag, step, loader, (ema, ema_layout), {"config": config, "vocab": vocab or {}})
-        except OSError as err:
-            if err.errno == errno.ENOSPC:
-                intact = self.latest()
-                raise CheckpointError(
-                    f"disk full at {path}; "
-                    + (f"checkpoint {intact.name} is intact" if intact else "no earlier checkpoint exists")
-                ) from None
-            raise
-        dist.barrier()  # every rank's files are written and flushed
+        client = {"step": step, "world_size": self.world_size, "config": config, "vocab": vocab or {}}
+        self._agree(_attempt(lambda: self._write_extras(path, loader, ema, ema_layout), path), path)
+        writer = self.engine.checkpoint_engine
+        writer.failure = None
+        # DeepSpeed's own collectives run on every rank whatever fails: its writes go through
+        # `writer`, which records a failure instead of raising it (SafeCheckpointEngine)
+        self.engine.save_checkpoint(str(self.dir), tag=tag, client_state=client, save_latest=False)
+        failure = writer.failure or _attempt(lambda: self._flush(path), path)
+        self._agree(failure, path)  # every rank's files are written and flushed
         if self.rank == 0:
-            files = {
-                p.name: p.stat().st_size for p in sorted(path.iterdir()) if p.is_file() and p.name != COMPLETE
-            }
-            _write_atomic(path / COMPLETE, json.dumps({"step": step, "files": files}, indent=1) + "\n")
-            _write_atomic(self.dir / "latest", tag)
-            self._prune()
-            self.log(f"checkpoint: {path}")
-        dist.barrier()
+            failure = _attempt(lambda: self._mark_complete(path, step), path)
+        self._agree(failure if self.rank == 0 else None, path)
         return path
 
-    def _write(
-        self, path: Path, tag: str, step: int, loader: Any, ema_and_layout: tuple, client: dict
-    ) -> None:
+    def _write_extras(self, path: Path, loader: Any, ema: dict | None, ema_layout: dict | None) -> None:
         from safetensors.torch import save_file
 
         path.mkdir(parents=True, exist_ok=True)
         if self.rank == 0:
             (path / COMPLETE).unlink(missing_ok=True)  # a re-save of this step is incomplete until done
-        ema, ema_layout = ema_and_layout
         state, tensors = rng_state()
         extra = {"rng": state, "data": loader.state_dict() if hasattr(loader, "state_dict") else None}
         if ema_layout is not None:
@@ -229,16 +297,42 @@ class Checkpointer:
         _write_atomic(json_path, json.dumps(extra))
         save_file(tensors, str(st_path) + ".tmp")
         os.replace(str(st_path) + ".tmp", st_path)
-        dist.barrier()
-        self.engine.save_checkpoint(
-            str(self.dir),
-            tag=tag,
-            client_state={"step": step, "world_size": self.world_size, **client},
-            save_latest=False,  # ours, after the marker
-        )
+
+    @staticmethod
+    def _flush(path: Path) -> None:
         for f in path.iterdir():  # this rank's files, and any it can see, reach the disk
             if f.is_file():
                 _fsync(f)
+
+    def _mark_complete(self, path: Path, step: int) -> None:
+        """Rank 0, once every rank's files are on disk: the marker, then ``latest``, then pruning."""
+        files = {
+            p.name: p.stat().st_size for p in sorted(path.iterdir()) if p.is_file() and p.name != COMPLETE
+        }
+        _write_atomic(path / COMPLETE, json.dumps({"step": step, "files": files}, indent=1) + "\n")
+        _write_atomic(self.dir / "latest", path.name)
+        self._prune()
+        self.log(f"checkpoint: {path}")
+
+    def _agree(self, failure: tuple[Path, BaseException] | None, path: Path) -> None:
+        """Where every rank meets: each says what failed (None: nothing); if any rank failed, all
+        raise :class:`SaveFailed` with the first failure in rank order, after rank 0 removed the
+        unfinished tag (its space comes back; a complete one is kept)."""
+        said = [None] * self.world_size
+        if failure is not None:  # a file of the tag: the tag is named (the rest says which rank)
+            where, err = failure
+            failure = (path if path in where.parents else where), err
+        dist.all_gather_object(said, None if failure is None else _describe(*failure))
+        failed = [text for text in said if text]
+        if not failed:
+            return
+        if self.rank == 0 and not self.is_complete(path):
+            shutil.rmtree(path, ignore_errors=True)
+        intact = self.latest()
+        raise SaveFailed(
+            f"{failed[0]}; "
+            + (f"checkpoint {intact.name} is intact" if intact else "no earlier checkpoint exists")
+        )
 
     def _prune(self) -> None:
         """Keep the newest ``keep`` complete checkpoints; drop older ones and incomplete leftovers

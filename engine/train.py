@@ -410,7 +410,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code = run(args)
     except (ConfigError, TrainingDiverged, CheckpointError, DataError) as err:
-        code = _fail(f"engine.train: error: {err}", 2)
+        # an error every rank raised alike (a failed save) is said once, by rank 0
+        quiet = getattr(err, "on_every_rank", False) and os.environ.get("RANK", "0") != "0"
+        code = 2 if quiet else _fail(f"engine.train: error: {err}", 2)
     except BaseException:  # noqa: BLE001 - any rank's failure ends the job, its own error first
         code = _fail(f"engine.train: rank {os.environ.get('RANK', 0)} failed:\n{traceback.format_exc()}", 1)
     else:

