@@ -21,6 +21,7 @@ import contextlib
 import json
 import os
 import random
+import signal
 import sys
 import time
 import traceback
@@ -373,9 +374,41 @@ class _Health:
 
 
 # --------------------------------------------------------------------------------------- CLI
+class _Interrupt:
+    """Ctrl-C (SIGINT) as one line: the handler marks it, and any error after it (a rank blocked in a
+    collective learns of the signal as a gloo error when its peer leaves) counts as the interrupt."""
+
+    seen = False
+    trainer: Trainer | None = None  # the run's, once built: where it was interrupted
+
+    @classmethod
+    def install(cls) -> None:
+        def handler(signum: int, frame: Any) -> None:
+            if not cls.seen:
+                cls.seen = True
+                raise KeyboardInterrupt
+
+        signal.signal(signal.SIGINT, handler)
+
+    @classmethod
+    def happened(cls) -> bool:
+        """Whether SIGINT arrived, its handler given the chance to run first."""
+        with contextlib.suppress(KeyboardInterrupt):
+            for _ in range(1000):  # the interpreter runs pending signal handlers between bytecodes
+                pass
+        return cls.seen
+
+    @classmethod
+    def line(cls) -> str:
+        if cls.trainer is None:
+            return "interrupted before the first step"
+        last = cls.trainer.latest_checkpoint()
+        return f"interrupted at step {cls.trainer.step}; last checkpoint {last.name if last else 'none'}"
+
+
 def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
-    trainer = Trainer(cfg)
+    trainer = _Interrupt.trainer = Trainer(cfg)
     if cfg.run.resume == "auto":
         trainer.resume()
     elif cfg.run.resume != "never":
@@ -407,14 +440,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     add_train_arguments(parser)
     args = parser.parse_args(argv)
+    _Interrupt.install()
     try:
         code = run(args)
-    except (ConfigError, TrainingDiverged, CheckpointError, DataError) as err:
-        # an error every rank raised alike (a failed save) is said once, by rank 0
-        quiet = getattr(err, "on_every_rank", False) and os.environ.get("RANK", "0") != "0"
-        code = 2 if quiet else _fail(f"engine.train: error: {err}", 2)
-    except BaseException:  # noqa: BLE001 - any rank's failure ends the job, its own error first
-        code = _fail(f"engine.train: rank {os.environ.get('RANK', 0)} failed:\n{traceback.format_exc()}", 1)
+    except BaseException as err:  # noqa: BLE001 - every way out of a run, said once
+        code = _failed(err)
     else:
         with contextlib.suppress(Exception):
             shutdown()  # barrier + destroy: only when every rank got here
@@ -422,6 +452,21 @@ def main(argv: list[str] | None = None) -> int:
     sys.stderr.flush()
     # A finished gloo rank sometimes aborts in static destructors at interpreter exit: skip them.
     os._exit(code)
+
+
+def _failed(err: BaseException) -> int:
+    """The exit status for ``err``, after saying what happened (each rank leaves at once; the
+    launcher stops the others): 130 for Ctrl-C (rank 0 says where), 2 for a known error, 1 and the
+    traceback for anything else."""
+    rank = os.environ.get("RANK", "0")
+    if _Interrupt.happened():
+        return 130 if rank != "0" else _fail(f"engine.train: {_Interrupt.line()}", 130)
+    if isinstance(err, ConfigError | TrainingDiverged | CheckpointError | DataError):
+        # an error every rank raised alike (a failed save) is said once, by rank 0
+        quiet = getattr(err, "on_every_rank", False) and rank != "0"
+        return 2 if quiet else _fail(f"engine.train: error: {err}", 2)
+    # any rank's failure ends the job, its own error first
+    return _fail(f"engine.train: rank {rank} failed:\n{''.join(traceback.format_exception(err))}", 1)
 
 
 def _fail(message: str, code: int) -> int:

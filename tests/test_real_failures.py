@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +46,9 @@ def _train_args(shards: Path, out: Path, *more: str) -> list[str]:
     return [a for s in [*sets, *more] for a in ("--set", s)]
 
 
-def _start_ranks(args: list[str], world: int = 2) -> list[subprocess.Popen]:
+def _start_ranks(args: list[str], world: int = 2, files: list | None = None) -> list[subprocess.Popen]:
+    """``world`` ranks of ``python -m engine.train ARGS``, output in pipes, or in ``files``
+    ((stdout, stderr) paths per rank: a long run would fill a pipe)."""
     port = free_port()
     procs = []
     for rank in range(world):
@@ -52,16 +57,9 @@ def _start_ranks(args: list[str], world: int = 2) -> list[subprocess.Popen]:
             "LOCAL_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
             "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "PYTHONUNBUFFERED": "1",
         }  # fmt: skip
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "engine.train", *args],
-                cwd=ROOT,
-                env=env,
-                text=True,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-            )  # fmt: skip
-        )
+        out, err = (open(f, "w") for f in files[rank]) if files else (subprocess.PIPE, subprocess.PIPE)
+        cmd = [sys.executable, "-m", "engine.train", *args]
+        procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, text=True, stdout=out, stderr=err))
     return procs
 
 
@@ -81,6 +79,10 @@ def _finish(procs: list[subprocess.Popen], timeout: float = 300) -> list[tuple[i
 
 def _errors(text: str) -> list[str]:
     return [line for line in text.splitlines() if "error" in line.lower() or "Traceback" in line]
+
+
+def _said(text: str, word: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if word in line]
 
 
 @pytest.fixture
@@ -121,3 +123,32 @@ def test_a_full_disk_while_saving_stops_every_rank_with_one_line(
     ranks = _finish(_start_ranks(_train_args(shards, out, "run.steps=2", "run.resume=auto")))
     assert [r[0] for r in ranks] == [0, 0], [r[2][-3000:] for r in ranks]
     assert f"resumed from {out}/checkpoints/step_00000002 at step 2" in ranks[0][1]
+
+
+# ------------------------------------------------------------------------------ Ctrl-C
+def test_ctrl_c_stops_every_rank_with_one_line_and_status_130(tmp_path: Path, shared_data: Path) -> None:
+    """SIGINT to every rank, as a terminal's Ctrl-C sends it to the job's process group, once a
+    checkpoint is written and training is past it."""
+    shards = _shards(tmp_path, shared_data / "coco_photos")
+    out = tmp_path / "run"
+    args = _train_args(shards, out, "run.steps=10000", "run.ckpt_every=3", "run.resume=never")
+    logs = [(tmp_path / f"rank{r}.out", tmp_path / f"rank{r}.err") for r in range(2)]
+    procs = _start_ranks(args, files=logs)
+    deadline = time.monotonic() + 300
+    while not re.search(r"^step +5 \|", logs[0][0].read_text(), re.M):
+        running = all(p.poll() is None for p in procs)
+        assert running and time.monotonic() < deadline, logs[0][1].read_text()[-3000:]
+        time.sleep(0.2)
+    for p in procs:
+        p.send_signal(signal.SIGINT)
+    assert [p.wait(timeout=120) for p in procs] == [130, 130], [e.read_text()[-3000:] for _, e in logs]
+    said = [_errors(e.read_text()) + _said(e.read_text(), "interrupted") for _, e in logs]
+    assert said[1] == [], said[1]  # no traceback, no second line
+    (line,) = said[0]
+    found = re.fullmatch(r"engine.train: interrupted at step (\d+); last checkpoint step_(\d{8})", line)
+    assert found, line
+    assert (
+        int(found.group(1)) >= 5
+        and int(found.group(2)) % 3 == 0
+        and int(found.group(2)) <= int(found.group(1))
+    )
