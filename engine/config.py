@@ -154,7 +154,9 @@ def from_dict(raw: dict[str, Any], source: str = "config") -> TrainConfig:
             raise ConfigError(f"{source}: section {section} must be a mapping of keys, got {shown(values)}")
         for key, value in (values or {}).items():
             if key not in hints:
-                raise ConfigError(f"{source}: unknown key {section}.{shown(key)} (known: {', '.join(hints)})")
+                raise ConfigError(
+                    f"{source}: unknown key {section}.{key if isinstance(key, str) else shown(key)} (known: {', '.join(hints)})"
+                )
             setattr(target, key, _coerce(section, key, hints[key], value))
     validate(cfg)
     return cfg
