@@ -8,7 +8,8 @@ Complete before anything points at it: every rank writes and fsyncs its files, t
 barrier) rank 0 writes ``complete.json`` listing every file of the tag with its size, and only then
 ``latest`` (atomically). DeepSpeed's own ``latest``, written by rank 0 without waiting for the
 others, is not used. ``resume: auto`` takes the newest complete checkpoint and falls back to older
-complete ones, saying why; pruning never removes the newest complete one. A write that fails on
+complete ones, saying why ("newest": saved last, which is the highest step unless a run went on
+from an older checkpoint); pruning never removes the newest complete one. A write that fails on
 any rank (a full disk: ENOSPC, or torch's short-write errors) stops every rank together with one
 message, ``disk full at PATH; checkpoint step_N is intact``; the unfinished tag is removed.
 
@@ -29,6 +30,7 @@ import pickle
 import random
 import shutil
 import sys
+import time
 import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -239,9 +241,8 @@ class Checkpointer:
         )
 
     def complete_tags(self) -> list[Path]:
-        """Complete checkpoints, newest first."""
-        tags = sorted((p for p in self.dir.glob("step_*") if p.is_dir()), reverse=True)
-        return [t for t in tags if self.is_complete(t)]
+        """Complete checkpoints, newest first (:func:`complete_tags`)."""
+        return complete_tags(self.dir)
 
     def latest(self) -> Path | None:
         """The newest complete checkpoint (``latest`` names it; it is not trusted blindly)."""
@@ -309,7 +310,8 @@ class Checkpointer:
         files = {
             p.name: p.stat().st_size for p in sorted(path.iterdir()) if p.is_file() and p.name != COMPLETE
         }
-        _write_atomic(path / COMPLETE, json.dumps({"step": step, "files": files}, indent=1) + "\n")
+        marker = {"step": step, "saved": time.time(), "files": files}
+        _write_atomic(path / COMPLETE, json.dumps(marker, indent=1) + "\n")
         _write_atomic(self.dir / "latest", path.name)
         self._prune()
         self.log(f"checkpoint: {path}")
@@ -341,7 +343,7 @@ class Checkpointer:
         keep = {t.name for t in complete[: self.keep]}
         newest = complete[0].name if complete else ""
         for tag in (p for p in self.dir.glob("step_*") if p.is_dir()):
-            if tag.name not in keep and tag.name < newest:
+            if tag.name not in keep and (tag in complete or tag.name < newest):
                 shutil.rmtree(tag, ignore_errors=True)
 
     # ---------------------------------------------------------------------------- resume
@@ -417,6 +419,23 @@ class Checkpointer:
         )
 
 
+def complete_tags(checkpoints: Path) -> list[Path]:
+    """The complete checkpoints in a ``checkpoints/`` folder, newest first: by the time
+    ``complete.json`` records (its file time for markers without one), then by step. Not by step
+    alone: a run continued from an older checkpoint saves lower steps later than the abandoned
+    higher ones, and those are what ``resume: auto`` must continue."""
+    tags = [p for p in Path(checkpoints).glob("step_*") if p.is_dir() and Checkpointer.is_complete(p)]
+    return sorted(tags, key=lambda t: (_saved_at(t), t.name), reverse=True)
+
+
+def _saved_at(tag: Path) -> float:
+    try:
+        saved = load_json(tag / COMPLETE).get("saved")
+        return float(saved) if isinstance(saved, int | float) else (tag / COMPLETE).stat().st_mtime
+    except (OSError, ValueError, AttributeError):  # pruned meanwhile, or not a marker of ours
+        return 0.0
+
+
 # ------------------------------------------------------------------------------------ export
 def ema_state(checkpoint: Path) -> dict[str, torch.Tensor]:
     """The EMA weights of a checkpoint tag, whole: under ZeRO-3 each rank saved the EMA of its flat
@@ -445,7 +464,7 @@ def resolve_tag(checkpoint: str | Path) -> Path:
     if (checkpoint / CKPT_DIR).is_dir():  # a run's out_dir
         checkpoint = checkpoint / CKPT_DIR
     if not (checkpoint / COMPLETE).is_file() and any(checkpoint.glob("step_*")):  # the checkpoints dir
-        tags = sorted((p for p in checkpoint.glob("step_*") if Checkpointer.is_complete(p)), reverse=True)
+        tags = complete_tags(checkpoint)
         if not tags:
             raise CheckpointError(f"{checkpoint} holds no complete checkpoint")
         checkpoint = tags[0]

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from engine.checkpoint import Checkpointer, CheckpointError
+from engine.checkpoint import CKPT_DIR, Checkpointer, CheckpointError
 from engine.config import ConfigError, TrainConfig, add_train_arguments, load_config
 from engine.data import DataError
 from engine.distributed import cuda_available, init_distributed, prepare_env, shutdown
@@ -113,6 +113,8 @@ class Trainer:
             self.engine, self.out_dir, keep=cfg.run.keep_checkpoints, log=self._log
         )
         self.step = 0
+        self.resumed_from: Path | None = None  # the checkpoint this run continues
+        self._claimed = False
         self._skipped_in_a_row = 0
         self.history: list[StepLog] = []
         self.ema: dict[str, torch.Tensor] | None = None
@@ -138,6 +140,7 @@ class Trainer:
         from tqdm import tqdm
 
         run = self.cfg.run
+        self.claim_out_dir()
         last = min(steps or run.steps, run.steps)
         batches = self._batches()
         bar = tqdm(total=last, initial=self.step, disable=not self.is_main, unit="step", dynamic_ncols=True)
@@ -287,10 +290,39 @@ class Trainer:
         if restored is None:
             return False
         self.step, self.ema, saved = restored
+        self.resumed_from = saved["path"]
         self._check_vocab(saved["vocab"], saved["path"])
         for line in apply_hyperparameters(self.engine, self.scheduler, self.cfg, saved["config"]):
             self._log(f"resume: {line}")
         return True
+
+    def claim_out_dir(self) -> None:
+        """A run folder belongs to one run: before this run writes anything, refuse a
+        ``run.out_dir`` that holds another run's logs or checkpoints, unless this run continues
+        that run (it resumed from a checkpoint of this folder). Otherwise a second run appended to
+        ``log.jsonl``, added a TensorBoard file, and its checkpoints mixed with the first's."""
+        if self._claimed:
+            return
+        self._claimed = True
+        here = (self.out_dir / CKPT_DIR).resolve()
+        if self.resumed_from is not None and Path(self.resumed_from).resolve().parent == here:
+            return
+        held = [name for name in ("log.jsonl", "eval.jsonl", "tb/") if (self.out_dir / name).exists()]
+        tags = sorted(p.name for p in (self.out_dir / CKPT_DIR).glob("step_*"))
+        held += [f"{CKPT_DIR}/{tags[-1]}"] if tags else []
+        if not held:
+            return
+        where = f"run.out_dir {self.out_dir} holds"
+        if self.resumed_from is not None:
+            fix = f"another run ({', '.join(held)}) than {self.resumed_from}: give a new run.out_dir to go on from it"
+        elif self.cfg.run.resume == "auto":
+            fix = (
+                f"a run that left no complete checkpoint to continue ({', '.join(held)}): remove it to start "
+                "over, or give a new run.out_dir"
+            )
+        else:
+            fix = f"another run ({', '.join(held)}): continue it with --set run.resume=auto, or give a new run.out_dir"
+        raise ConfigError(f"{where} {fix}")
 
     def vocab_identity(self) -> dict[str, Any]:
         """The vocabulary the train shards were labelled with (from their dataset.json)."""
@@ -413,6 +445,7 @@ def run(args: argparse.Namespace) -> int:
         trainer.resume()
     elif cfg.run.resume != "never":
         trainer.resume(cfg.run.resume)
+    trainer.claim_out_dir()
     if trainer.is_main:  # what this run uses (a resumed run: the settings given now, applied)
         used = {**cfg.to_dict(), "resumed_at_step": trainer.step or None}
         (Path(cfg.run.out_dir) / "config.json").write_text(json.dumps(used, indent=2) + "\n")

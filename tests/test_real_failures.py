@@ -152,3 +152,40 @@ def test_ctrl_c_stops_every_rank_with_one_line_and_status_130(tmp_path: Path, sh
         and int(found.group(2)) % 3 == 0
         and int(found.group(2)) <= int(found.group(1))
     )
+
+
+# ------------------------------------------------------------------------------ one run per folder
+def _one_rank(args: list[str]) -> tuple[int, str, str]:
+    return _finish(_start_ranks(args, world=1))[0]
+
+
+def test_a_run_folder_belongs_to_one_run(tmp_path: Path, shared_data: Path) -> None:
+    """A second run into a run's folder appended to its log.jsonl, added a TensorBoard file, and
+    `resume: auto` later took the older run's higher step over the newer run's checkpoint."""
+    shards = _shards(tmp_path, shared_data / "coco_photos")
+    first = tmp_path / "first"
+    code, _, err = _one_rank(
+        _train_args(shards, first, "run.steps=4", "run.ckpt_every=2", "run.resume=never")
+    )
+    assert code == 0, err[-3000:]
+    log, boards = (first / "log.jsonl").read_bytes(), sorted((first / "tb").iterdir())
+    # a new run into it is refused before it writes anything, saying what to do
+    code, _, err = _one_rank(_train_args(shards, first, "run.steps=2", "run.resume=never"))
+    assert code == 2, err[-3000:]
+    assert _errors(err) == [
+        f"engine.train: error: run.out_dir {first} holds another run (log.jsonl, tb/, "
+        "checkpoints/step_00000004): continue it with --set run.resume=auto, or give a new run.out_dir"
+    ]
+    assert (first / "log.jsonl").read_bytes() == log and sorted((first / "tb").iterdir()) == boards
+    # continuing it is what run.resume=auto does
+    code, out, err = _one_rank(_train_args(shards, first, "run.steps=6", "run.resume=auto"))
+    assert code == 0 and f"resumed from {first}/checkpoints/step_00000004 at step 4" in out, err[-3000:]
+    assert len((first / "log.jsonl").read_text().splitlines()) == 6  # steps 1-4, then 5-6
+    # a checkpoint saved later is newer than a higher step saved earlier: here a folder that
+    # holds two runs' checkpoints, as a second run used to leave it
+    second = tmp_path / "second"
+    code, _, err = _one_rank(_train_args(shards, second, "run.steps=2", "run.resume=never"))
+    assert code == 0, err[-3000:]
+    shutil.copytree(second / "checkpoints" / "step_00000002", first / "checkpoints" / "step_00000002")
+    code, out, err = _one_rank(_train_args(shards, first, "run.steps=3", "run.resume=auto"))
+    assert code == 0 and f"resumed from {first}/checkpoints/step_00000002 at step 2" in out, err[-3000:]
