@@ -25,7 +25,8 @@ indices, int32 little-endian); a class set's samples are KEY.jpg|png|webp and KE
 class indices into CLASSES.json, int32 little-endian; empty for an image with no class, which is
 kept unless --drop-empty). Each shard-NNNNNN.tar has a DALI index shard-NNNNNN.idx. Every
 image is checked with DALI's own CPU decoder; bad ones are skipped with a message, counted by
-reason in dataset.json, and listed in rejects.tsv.
+reason in dataset.json, and listed in rejects.tsv (so is a COCO caption that is not text). A
+caption longer than 4,096 characters is stored and labelled cut to them (captions_cut).
 
 The pack is built in OUT.partial and moved to OUT when complete; an existing OUT is replaced only
 with --overwrite, only then, and only if it is an earlier pack (nothing in it but what `catlip pack`
