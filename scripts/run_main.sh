@@ -25,6 +25,7 @@
 # redone from the continued checkpoint). Extra arguments go to the pre-training, e.g.
 # --set run.steps=100; CATLIP_TRANSFER_SET="--set run.steps=4 ..." reaches the probes and
 # fine-tunes of step 6.
+set -euo pipefail
 source "$(dirname "$0")/env.sh"
 SHARED=${CATLIP_SHARED:-$CATLIP_ROOT/../shared}
 DATA=$SHARED/data
