@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+from catlip import __version__
 from engine.cli_common import add_labeler_options, require_nltk
 
 EPILOG = """examples:
@@ -30,6 +31,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="CatLIP pre-training engine: caption-to-synset labels, vocabulary, training.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"catlip-engine {__version__} ({Path(__file__).resolve().parents[1]})",
+        help="print the version and the folder this code runs from, and exit",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
 
