@@ -67,7 +67,14 @@ from typing import Any
 
 import torch
 
-from catlip.models import ViTConfig, conv_stem_shapes, resample_pos_embed, vit_config
+from catlip.models import (
+    ViTConfig,
+    WeightsError,
+    check_weights,
+    conv_stem_shapes,
+    resample_pos_embed,
+    vit_config,
+)
 
 Tensor = torch.Tensor
 
@@ -598,11 +605,16 @@ def load_encoder_state(
     refused. ``image_size``: resample the position embedding to that resolution (corenet's own
     linear rule for corenet; bicubic over the grid, as timm's ``resample_abs_pos_embed``, for the
     others). ``partial``: leave out, with a warning, the tensors our ViT cannot hold instead of
-    refusing. Every shape is checked; errors are :class:`InteropError` (a ValueError)."""
+    refusing. Every shape is checked, and weights that are not floating point or not finite are
+    refused; errors are :class:`InteropError` (a ValueError)."""
     where = str(src) if not isinstance(src, Mapping) else "the state dict"
     state = _unwrap(_read_state(src))
     kind, prefix = detect_source(state)
     sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    try:  # before any arithmetic or cast: int8 weights would become meaningless floats
+        check_weights({prefix + k: v for k, v in sub.items()}, where)
+    except WeightsError as err:
+        raise InteropError(str(err)) from None
     t = _Taker(sub, f"{where} ({kind}{' under ' + prefix if prefix else ''})")
     if kind == "catlip":
         out = {"encoder." + k: t.pop(k) for k in list(t.left) if k.split(".")[0] in _OUR_TOWER}

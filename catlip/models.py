@@ -25,6 +25,7 @@ Presets (``VIT_PRESETS``):
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 import torch
@@ -114,6 +115,36 @@ def resample_pos_embed(
     )
     patches = img.permute(0, 2, 3, 1).reshape(1, grid[0] * grid[1], -1).to(pos.dtype)
     return torch.cat([prefix, patches], dim=1)
+
+
+class WeightsError(ValueError):
+    """Weights a model cannot compute with; the message names the file and the tensor."""
+
+
+INTEGER_BUFFERS = ("num_batches_tracked",)  # batch norm's step count (the conv stem): an integer
+
+
+def check_weights(state: Mapping[str, torch.Tensor], where: str) -> None:
+    """Refuse a state dict whose weights are not floating point (int8: a quantised or foreign file,
+    which a cast would turn into meaningless scores) or not finite (NaN or inf: a diverged run or a
+    damaged file), naming ``where`` (the file) and the first such tensor. Integer buffers
+    (``INTEGER_BUFFERS``) are allowed."""
+    for name, t in state.items():
+        if name.rsplit(".", 1)[-1] in INTEGER_BUFFERS:
+            continue
+        if not t.is_floating_point():
+            raise WeightsError(
+                f"{where}: refused: tensor {name} is {str(t.dtype).removeprefix('torch.')}, not floating point: these "
+                "are not weights a model can compute with (a quantised or foreign file?); give the float "
+                "weights (a checkpoint directory, or `catlip export` of one)"
+            )
+        finite = torch.isfinite(t)
+        if not bool(finite.all()):
+            raise WeightsError(
+                f"{where}: refused: tensor {name} has {int((~finite).sum())} NaN or infinite values among "
+                f"{t.numel()}: the weights are not finite (a diverged run or a damaged file); use an earlier "
+                "checkpoint"
+            )
 
 
 def vit_config(name: str, **overrides) -> ViTConfig:

@@ -141,6 +141,68 @@ def test_bad_inputs_are_errors_naming_them(setup, tmp_path: Path, capsys) -> Non
     assert "--data" in capsys.readouterr().err
 
 
+def test_weights_not_floating_point_or_not_finite_are_refused(setup, tmp_path: Path, capsys) -> None:
+    """predict, evaluate, export and model.init_from refuse int8 and NaN/inf weights, naming the file
+    and the tensor, instead of casting them or scoring with them (exit 0 with meaningless scores)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from catlip.interop import InteropError, load_encoder_state
+    from engine.checkpoint import export_fp32
+    from engine.cli import main
+    from engine.config import ConfigError
+    from engine.pretrained import load_pretrained
+
+    good = export_fp32(write_checkpoint(tmp_path / "good", setup["vocab"], [0.0] * 4), tmp_path / "good.st")
+    state, img = load_file(str(good)), str(solid(tmp_path / "a.png", (1, 2, 3)))
+    with safe_open(str(good), "pt") as f:  # the export's metadata (config, vocabulary), kept
+        meta = f.metadata()
+    int8 = tmp_path / "int8.safetensors"  # every tensor int8, as a quantised file would hold
+    save_file({k: v.round().to(torch.int8) for k, v in state.items()}, str(int8), metadata=meta)
+    nan = write_checkpoint(tmp_path / "nan", setup["vocab"], [0.0, float("nan"), 0.0, 0.0])
+    inf = tmp_path / "inf.safetensors"
+    save_file(
+        {**state, "encoder.pos_embed": state["encoder.pos_embed"].clone().fill_(float("inf"))},
+        str(inf),
+        metadata=meta,
+    )
+    cases = [
+        (int8, r"int8.safetensors: refused: tensor (encoder|head)\.\S+ is int8, not floating point"),
+        (nan, r"mp_rank_00_model_states.pt: refused: tensor head.bias has 1 NaN or infinite values among 4"),
+        (
+            inf,
+            r"inf.safetensors: refused: tensor encoder.pos_embed has 1632 NaN or infinite values among 1632",
+        ),
+    ]
+    for ckpt, said in cases:
+        for argv in (
+            ["predict", "--checkpoint", str(ckpt), "--classes", str(setup["classes"]), img],
+            [
+                "evaluate",
+                "--checkpoint",
+                str(ckpt),
+                "--classes",
+                str(setup["classes"]),
+                "--data",
+                str(tmp_path),
+            ],
+        ):
+            assert main(argv) == 2, argv
+            err = capsys.readouterr().err
+            assert re.search(said, err) and "Traceback" not in err, err
+        with pytest.raises(ConfigError, match=said):  # model.init_from
+            load_pretrained(ckpt)
+    assert main(["export", str(nan), "--out", str(tmp_path / "x.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert (
+        "mp_rank_00_model_states.pt: refused: tensor head.bias has 1 NaN" in err and "Traceback" not in err
+    ), err
+    assert not (tmp_path / "x.safetensors").exists()
+    # foreign weights (catlip.interop): refused before any cast
+    with pytest.raises(InteropError, match=cases[0][1]):
+        load_encoder_state(int8)
+
+
 class MeanColour(nn.Module):
     """logits (B, 4) = the mean of the normalised R, G, B and -B channels: scores known by hand."""
 
