@@ -22,8 +22,9 @@ source has a classifier), the image tower of
   * corenet's ``VisionTransformer`` (``corenet/modeling/models/classification/vit.py``:
     ``patch_emb``, ``cls_token``, ``pos_embed.pos_embed.pos_embed``, ``transformer.N.pre_norm_mha``
     / ``pre_norm_ffn`` of ``TransformerEncoder`` or ``FlashTransformerEncoder``,
-    ``post_transformer_norm``, ``classifier``), as its checkpoints hold it (``model_state_dict``),
-    into the ``corenet_vit_*`` presets: its convolutional stem (``patch_emb.{0,1,2}.block``: conv
+    ``post_transformer_norm``, ``classifier``), as its checkpoints hold it (``model_state_dict``;
+    a training ``checkpoint.pt`` that also holds ``ema_state_dict`` gives the EMA weights, saying
+    so), into the ``corenet_vit_*`` presets: its convolutional stem (``patch_emb.{0,1,2}.block``: conv
     k4 s4 + batch norm + GELU, conv k2 s2 + batch norm + GELU, conv k2 s2) is our ``ConvStem``
     (``ViTConfig(stem="conv")``), running statistics included.
 The source is told by its key names. What maps exactly:
@@ -349,28 +350,30 @@ def _read_state(src: str | Path | Mapping[str, Any]) -> dict[str, Any]:
     return dict(obj)
 
 
-def _unwrap(state: dict[str, Any]) -> dict[str, Tensor]:
-    """The tensors of a checkpoint: descend into {"model_state_dict" | "state_dict" | "model" |
-    "module": {...}} wrappers, drop non-tensors, strip DDP's "module." and compile's "_orig_mod."."""
+_WRAPPERS = ("ema_state_dict", "model_state_dict", "state_dict", "model", "module")
+
+
+def _unwrap(state: dict[str, Any]) -> tuple[dict[str, Tensor], str | None]:
+    """The tensors of a checkpoint: descend into {"ema_state_dict" | "model_state_dict" |
+    "state_dict" | "model" | "module": {...}} wrappers, drop non-tensors, strip DDP's "module." and
+    compile's "_orig_mod.". A corenet training checkpoint (``checkpoint.pt``) holds the weights
+    (``model_state_dict``) and their EMA (``ema_state_dict``, what CatLIP's results use): the EMA is
+    taken, and the returned note says so (None when there was no choice)."""
+    note = None
     for _ in range(3):
-        inner = next(
-            (
-                state[k]
-                for k in ("model_state_dict", "state_dict", "model", "module")
-                if isinstance(state.get(k), Mapping)
-            ),
-            None,
-        )
-        if inner is None or any(isinstance(v, Tensor) for v in state.values()):
+        found = [k for k in _WRAPPERS if isinstance(state.get(k), Mapping)]
+        if not found or any(isinstance(v, Tensor) for v in state.values()):
             break
-        state = dict(inner)
+        if found[0] == "ema_state_dict" and "model_state_dict" in found:
+            note = "ema_state_dict (the EMA weights), not model_state_dict"
+        state = dict(state[found[0]])
     out = {}
     for key, value in state.items():
         if isinstance(value, Tensor):
             for prefix in ("module.", "_orig_mod."):
                 key = key.removeprefix(prefix)
             out[key] = value
-    return out
+    return out, note
 
 
 def _kind(s: Mapping[str, Tensor]) -> str | None:
@@ -597,7 +600,11 @@ def _why(key: str) -> str:
 
 
 def load_encoder_state(
-    src: str | Path | Mapping[str, Any], *, image_size: int | None = None, partial: bool = False
+    src: str | Path | Mapping[str, Any],
+    *,
+    image_size: int | None = None,
+    partial: bool = False,
+    log: Callable[[str], None] = print,
 ) -> dict[str, Tensor]:
     """Our ``encoder.*`` (and ``head.*``, when the source has a classifier) from a state dict or a
     file (.safetensors, or a torch file read with ``weights_only=True``) of our ViT, timm's,
@@ -606,9 +613,12 @@ def load_encoder_state(
     linear rule for corenet; bicubic over the grid, as timm's ``resample_abs_pos_embed``, for the
     others). ``partial``: leave out, with a warning, the tensors our ViT cannot hold instead of
     refusing. Every shape is checked, and weights that are not floating point or not finite are
-    refused; errors are :class:`InteropError` (a ValueError)."""
+    refused; errors are :class:`InteropError` (a ValueError). A checkpoint holding both weights and
+    their EMA (corenet's ``checkpoint.pt``) gives the EMA, and one line through ``log`` says so."""
     where = str(src) if not isinstance(src, Mapping) else "the state dict"
-    state = _unwrap(_read_state(src))
+    state, note = _unwrap(_read_state(src))
+    if note:
+        log(f"{where}: loaded {note}")
     kind, prefix = detect_source(state)
     sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     try:  # before any arithmetic or cast: int8 weights would become meaningless floats

@@ -244,7 +244,8 @@ class Finetune(Objective):
         if m.init_from:
             pre = load_pretrained(m.init_from, image_size=model.encoder.cfg.image_size)
             n = load_backbone(model, pre, m.name)
-            self.report.append(f"{self.name}: backbone from {pre.source} ({pre.kind}, {n} tensors)")
+            note = f"; {pre.note}" if pre.note else ""
+            self.report.append(f"{self.name}: backbone from {pre.source} ({pre.kind}, {n} tensors{note})")
         else:
             self.report.append(f"{self.name}: no model.init_from: the backbone starts from random weights")
         head = model.head

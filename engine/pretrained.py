@@ -39,6 +39,7 @@ class Pretrained:
     kind: str  # "catlip checkpoint" | "catlip export" | "catlip timm export" | "foreign"
     config: dict[str, Any] = field(default_factory=dict)  # the pre-training run's config, if known
     vocab: dict[str, Any] = field(default_factory=dict)  # {"vocab", "vocab_size", "vocab_sha256"}
+    note: str = ""  # which of the file's weights were read, where it held a choice (EMA or not)
 
 
 def _json(text: str | None) -> dict[str, Any]:
@@ -88,11 +89,13 @@ def _foreign(p: Path, image_size: int | None = None) -> Pretrained:
             f"model.init_from: {p} is neither a checkpoint of this engine nor a catlip safetensors export, "
             f"and catlip.interop (timm / open_clip / corenet weights) is not available: {err}"
         ) from None
+    notes: list[str] = []
     try:
-        state = load_encoder_state(p, image_size=image_size)
+        state = load_encoder_state(p, image_size=image_size, log=notes.append)
     except (ValueError, KeyError, RuntimeError, OSError) as err:
         raise ConfigError(f"model.init_from: {p}: {err}") from None
-    return Pretrained(dict(state), str(p), "foreign")
+    note = " ".join(n.removeprefix(f"{p}: ") for n in notes)
+    return Pretrained(dict(state), str(p), "foreign", note=note)
 
 
 def load_backbone(model: nn.Module, pre: Pretrained, model_name: str) -> int:

@@ -201,6 +201,24 @@ def test_init_from_a_corenet_checkpoint_needs_and_fills_the_conv_stem(tmp_path):
         build(tmp_path, "finetune", {"num_classes": C}, init_from=str(path), name="vit_tiny", image_size=64)
 
 
+@pytest.mark.filterwarnings("ignore:.*weights_only")
+def test_init_from_a_corenet_training_checkpoint_takes_the_ema_weights(tmp_path):
+    pytest.importorskip("catlip.interop")
+    from corenet_state import corenet_vit
+
+    weights, ema = corenet_vit(depth=4, seed=0), corenet_vit(depth=4, seed=1)
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"epoch": 3, "model_state_dict": weights, "ema_state_dict": ema}, path)
+    obj, model = build(
+        tmp_path, "finetune", {"num_classes": C}, init_from=str(path), name="corenet_vit_tiny", image_size=64
+    )
+    assert torch.equal(
+        model.encoder.blocks[3].attn.qkv.weight, ema["transformer.3.pre_norm_mha.1.qkv_proj.weight"]
+    )
+    (line,) = [r for r in obj.report if "backbone from" in r]
+    assert line.endswith("tensors; loaded ema_state_dict (the EMA weights), not model_state_dict)"), line
+
+
 def test_probe_evaluation_reuses_the_held_out_features(tmp_path):
     obj, model = build(tmp_path, "probe", {"num_classes": C, "multi_label": True})
     model.eval()

@@ -353,6 +353,27 @@ def test_corenet_vit_names_map_onto_ours(tmp_path: Path, flash: bool) -> None:
     assert big.shape == (1, 257, 96) and torch.allclose(big[0, 1:], expect[0, 0])
 
 
+def test_corenet_training_checkpoint_gives_its_ema_weights_and_says_so(tmp_path: Path, capsys) -> None:
+    """corenet's checkpoint.pt (corenet/utils/checkpoint_utils.py get_training_state): the weights
+    under model_state_dict, their EMA (CatLIP's reported model) under ema_state_dict."""
+    weights, ema = _corenet_vit(seed=0), _corenet_vit(seed=1)
+    optim = torch.optim.AdamW([torch.nn.Parameter(torch.randn(3))]).state_dict()
+    path = tmp_path / "checkpoint.pt"
+    state = {"iterations": 9, "epoch": 2, "model_state_dict": weights, "optim_state_dict": optim}
+    torch.save({**state, "best_metric": 0.31, "is_interval_ckpt": False, "ema_state_dict": ema}, path)
+    said: list[str] = []
+    out = load_encoder_state(path, log=said.append)
+    assert torch.equal(out["head.weight"], ema["classifier.weight"])
+    assert torch.equal(out["encoder.blocks.2.mlp.0.weight"], ema["transformer.2.pre_norm_ffn.1.weight"])
+    assert said == [f"{path}: loaded ema_state_dict (the EMA weights), not model_state_dict"]
+    load_encoder_state(path)  # by default the line is printed
+    assert capsys.readouterr().out == said[0] + "\n"
+    # without an EMA there is no choice, and nothing to say
+    torch.save(state, path)
+    out = load_encoder_state(path, log=said.append)
+    assert torch.equal(out["head.weight"], weights["classifier.weight"]) and len(said) == 1
+
+
 @pytest.mark.filterwarnings("ignore:.*left out:")
 def test_corenet_shape_errors() -> None:
     src = _corenet_vit()
