@@ -36,7 +36,9 @@ The source is told by its key names. What maps exactly:
   * a position embedding without a class-token row (timm ``no_embed_class``, corenet: its class
     token gets none, as in DeiT III) gets a zero row, which is the same computation;
   * corenet keeps 196 positions and interpolates them linearly over the flattened sequence for
-    other resolutions: with ``image_size`` that interpolation is done here, as corenet does it.
+    other resolutions: the ``corenet_vit_*`` presets keep that table and do the same at every
+    forward (``ViTConfig.pos_interp``); with ``image_size`` the interpolation is done here once,
+    as corenet does it, for a model that holds a table per resolution.
 What does not, and is refused with the reason (``partial=True`` leaves those tensors out, with a
 warning, for an initialisation that will be trained further):
   * (to timm) the conv stem: timm's patch embedding is one convolution;
@@ -73,8 +75,9 @@ from catlip.models import (
     WeightsError,
     check_weights,
     conv_stem_shapes,
+    interpolate_pos_sequence,
     resample_pos_embed,
-    vit_config,
+    run_vit_config,
 )
 
 Tensor = torch.Tensor
@@ -145,8 +148,7 @@ def config_from_meta(meta: Mapping[str, str]) -> tuple[str, ViTConfig]:
         raise InteropError(
             "the checkpoint's catlip_config records no model.name (cannot tell the architecture)"
         )
-    size = model.get("image_size")
-    return name, vit_config(name, **({"image_size": int(size)} if size else {}))
+    return name, run_vit_config(model)
 
 
 def timm_model_args(cfg: ViTConfig, preset: str | None = None) -> tuple[str, dict[str, Any]]:
@@ -156,6 +158,11 @@ def timm_model_args(cfg: ViTConfig, preset: str | None = None) -> tuple[str, dic
             f"a ViT with the {cfg.stem} stem (corenet's convolutions with batch norm) has no timm "
             "VisionTransformer counterpart: timm's patch embedding is one convolution, and its hybrid ViTs "
             "take a ResNet backbone, not this stem"
+        )
+    if cfg.pos_interp != "bicubic":
+        raise InteropError(
+            f"pos_interp {cfg.pos_interp} (corenet's position table, interpolated linearly over the sequence) "
+            "has no timm VisionTransformer counterpart: timm resamples its table bicubically over the grid"
         )
     name = PRESET_TO_TIMM.get(preset or "")
     if name is None:  # not a preset: timm's architecture of the same norm eps (and width, if any)
@@ -253,9 +260,12 @@ def check_vit_state(state: Mapping[str, Tensor], cfg: ViTConfig | None = None, *
             "width": cfg.width,
             "depth": cfg.depth,
             "patch_size": cfg.patch_size,
-            "image_size": cfg.image_size,
             "mlp_hidden": int(cfg.width * cfg.mlp_ratio),
         }
+        if cfg.pos_interp == "bicubic":  # the table is for image_size
+            want["image_size"] = cfg.image_size
+        else:  # corenet's: a fixed number of rows at any image_size
+            dims["position rows"], want["position rows"] = grid * grid + 1, cfg.pos_rows
         wrong = {k: (dims[k], v) for k, v in want.items() if dims[k] != v}
         if wrong:
             raise InteropError(
@@ -510,11 +520,8 @@ def _from_open_clip(t: _Taker) -> dict[str, Tensor]:
 def corenet_pos_embed(pos: Tensor, num_patches: int) -> Tensor:
     """corenet's LearnablePositionalEmbedding for ``num_patches``: its (1, 1, 196, W) table,
     bilinearly interpolated over (sequence, width) like corenet's forward (so linearly over the
-    flattened sequence), as (1, num_patches, W)."""
-    table = pos.reshape(1, 1, -1, pos.shape[-1])  # (1, 1, N0, W)
-    if table.shape[2] != num_patches:
-        table = torch.nn.functional.interpolate(table, size=(num_patches, table.shape[-1]), mode="bilinear")
-    return table.reshape(1, num_patches, pos.shape[-1])
+    flattened sequence), as (1, num_patches, W) (:func:`catlip.models.interpolate_pos_sequence`)."""
+    return interpolate_pos_sequence(pos.reshape(1, -1, pos.shape[-1]), num_patches, num_prefix=0)
 
 
 def _from_corenet(t: _Taker, image_size: int | None) -> dict[str, Tensor]:

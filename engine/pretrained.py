@@ -52,7 +52,8 @@ def _json(text: str | None) -> dict[str, Any]:
 
 def load_pretrained(path: str | Path, *, image_size: int | None = None) -> Pretrained:
     """The state of ``model.init_from``, in our names (see the module docstring). ``image_size``:
-    the model's resolution, for a foreign state's position table (corenet's own interpolation)."""
+    the resolution the model's position table is for (``ViTConfig.pos_image_size``), for a
+    foreign state's table (corenet's own interpolation)."""
     p = Path(path)
     if not p.exists():
         raise ConfigError(f"model.init_from: {p} does not exist")
@@ -111,7 +112,8 @@ def load_backbone(model: nn.Module, pre: Pretrained, model_name: str) -> int:
     missing = sorted(set(mine) - set(enc))
     bad = [k for k in mine if k in enc and tuple(enc[k].shape) != tuple(mine[k].shape)]
     if bad == ["pos_embed"] and not missing:  # another resolution, the same patches: resample the grid
-        enc["pos_embed"] = _resample_pos_embed(enc, model.encoder.cfg.image_size, pre.source)
+        # to the grid of the model's table (corenet's 14 x 14 with pos_interp corenet)
+        enc["pos_embed"] = _resample_pos_embed(enc, model.encoder.cfg.pos_image_size, pre.source)
         bad = [] if tuple(enc["pos_embed"].shape) == tuple(mine["pos_embed"].shape) else bad
     if missing or bad:
         trained = f" (pre-trained as {was.get('name')}, image_size {was.get('image_size')})" if was else ""

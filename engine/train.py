@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import random
@@ -66,7 +67,7 @@ class Trainer:
         dataset_meta: dict[str, Any] | None = None,
         log: Callable[[str], None] | None = None,
     ) -> None:
-        from catlip.models import param_groups, vit_config
+        from catlip.models import param_groups, run_vit_config
 
         self.cfg = cfg
         self.dataset_meta: dict[str, Any] = dict(dataset_meta or {})  # the train shards' dataset.json
@@ -80,8 +81,7 @@ class Trainer:
         self.device = torch.device(f"cuda:{self.local_rank}" if cuda_available() else "cpu")
         self.dtype = torch.bfloat16 if use_bf16(cfg) else torch.float32
 
-        size = cfg.model.image_size
-        self.vit_cfg = vit_config(cfg.model.name, **({"image_size": size} if size else {}))
+        self.vit_cfg = run_vit_config(dataclasses.asdict(cfg.model))
         self.objective = make_objective(cfg, self.vit_cfg)
         self.loaders_from_shards = train_loader is None
         if train_loader is None:

@@ -280,6 +280,7 @@ def test_a_failing_rank_ends_the_job_within_seconds(tmp_path, shared_data):
         ("optim.lr=0", "optim.lr must be > 0"),
         ("run.log_every=0", "run.log_every must be >= 1"),
         ("data.scale=[0.9, 0.2]", "data.scale must be [min, max]"),
+        ("model.pos_interp=linear", "model.pos_interp must be one of .*got 'linear'"),
     ],
 )
 def test_bad_settings_are_named(override, message):

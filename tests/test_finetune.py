@@ -194,9 +194,13 @@ def test_init_from_a_corenet_checkpoint_needs_and_fills_the_conv_stem(tmp_path):
     assert torch.equal(stem[0].weight, src["patch_emb.0.block.conv.weight"])
     assert torch.equal(stem[4].running_var, src["patch_emb.1.block.norm.running_var"])
     assert torch.equal(stem[6].bias, src["patch_emb.2.block.conv.bias"])
-    # 64 px: 16 patches, by corenet's own interpolation of its 196-row table
-    table = corenet_pos_embed(src["pos_embed.pos_embed.pos_embed"], 16)
-    assert torch.equal(model.encoder.pos_embed[0, 1:].detach(), table[0])
+    # corenet's 196-row table, kept (pos_interp corenet); at 64 px: 16 patches, by corenet's own
+    # interpolation of it
+    table = src["pos_embed.pos_embed.pos_embed"]
+    assert torch.equal(model.encoder.pos_embed[0, 1:].detach(), table[0, 0])
+    with torch.no_grad():
+        at_64 = model.encoder.pos_embed_for((4, 4))
+    assert torch.equal(at_64[0, 1:], corenet_pos_embed(table, 16)[0])
     with pytest.raises(ConfigError, match="convolutional stem: use a corenet_vit_"):
         build(tmp_path, "finetune", {"num_classes": C}, init_from=str(path), name="vit_tiny", image_size=64)
 

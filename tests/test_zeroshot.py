@@ -41,20 +41,26 @@ def setup(tmp_path_factory: pytest.TempPathFactory, nltk_ready: None) -> dict[st
     return {"root": root, "vocab": root / "vocab.tsv", "classes": root / "classes.json"}
 
 
-def write_checkpoint(run: Path, vocab: Path, bias: list[float], name: str = "vit_tiny") -> Path:
+def write_checkpoint(
+    run: Path, vocab: Path, bias: list[float], name: str = "vit_tiny", *, before_pos_interp: bool = False
+) -> Path:
     """A stage-0 DeepSpeed checkpoint as the trainer lays it out (mp_rank_00_model_states.pt with
     the module state and the client state, complete.json), of vit_tiny with a zero head weight and
-    ``bias``: every image gets logits = bias."""
+    ``bias``: every image gets logits = bias. ``before_pos_interp``: as written before that option
+    (no model.pos_interp in the config; a table for SIZE, resampled bicubically)."""
     from catlip.models import CatLIPModel, vit_config
 
     torch.manual_seed(0)
-    model = CatLIPModel(vit_config(name, image_size=SIZE), len(bias))
+    old = {"pos_interp": "bicubic"} if before_pos_interp else {}
+    model = CatLIPModel(vit_config(name, image_size=SIZE, **old), len(bias))
     with torch.no_grad():
         model.head.weight.zero_()
         model.head.bias.copy_(torch.tensor(bias))
     tag = run / "checkpoints" / "step_00000007"
     tag.mkdir(parents=True)
     config = {"model": {"name": name, "image_size": SIZE, "objective": "catlip"}}
+    if not before_pos_interp:
+        config["model"]["pos_interp"] = None  # the preset's, as the trainer records it
     vocab_meta = {"vocab": str(vocab), "vocab_size": len(bias), "vocab_sha256": vocab_sha256(vocab)}
     states = {
         "module": model.state_dict(),
@@ -139,6 +145,23 @@ def test_bad_inputs_are_errors_naming_them(setup, tmp_path: Path, capsys) -> Non
         assert said in err and "Traceback" not in err, err
     assert main(["evaluate", "--checkpoint", str(run), "--classes", str(setup["classes"]), "--data", str(tmp_path / "x")]) == 2  # fmt: skip
     assert "--data" in capsys.readouterr().err
+
+
+def test_a_checkpoint_from_before_pos_interp_keeps_its_table(setup, tmp_path: Path, capsys) -> None:
+    """corenet_vit_* checkpoints written before model.pos_interp hold a table for their image size
+    (5 rows at 32 px: a 2 x 2 grid) and were resampled bicubically: they load and run as they did."""
+    from engine.checkpoint import read_model
+    from engine.cli import main
+    from engine.zeroshot import build_model
+
+    run = write_checkpoint(
+        tmp_path / "run", setup["vocab"], [0.0, 2.0, 0.5, 3.0], "corenet_vit_tiny", before_pos_interp=True
+    )
+    model = build_model(*read_model(run), run)
+    assert model.cfg.pos_interp == "bicubic" and model.encoder.pos_embed.shape == (1, 5, 96)
+    img = str(solid(tmp_path / "a.png", (1, 2, 3)))
+    assert main(["predict", "--checkpoint", str(run), "--classes", str(setup["classes"]), img]) == 0
+    assert "motor vehicle" in capsys.readouterr().out
 
 
 def test_weights_not_floating_point_or_not_finite_are_refused(setup, tmp_path: Path, capsys) -> None:
