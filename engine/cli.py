@@ -201,7 +201,7 @@ def _add_train_parsers(sub: argparse._SubParsersAction) -> None:
         "train",
         help="CatLIP pre-training (same as python -m engine.train)",
         description="Train on packed shards with DeepSpeed ZeRO. One process here; for several, use "
-        "`torchrun --nproc_per_node N -m engine.train` (CPU, gloo) or `deepspeed --num_gpus N --module engine.train`.",
+        "`python -m engine.launch --nproc_per_node N -m engine.train` (CPU, gloo) or `deepspeed --num_gpus N --module engine.train`.",
     )
     add_train_arguments(p)
     p.set_defaults(func=cmd_train)

@@ -1,7 +1,7 @@
 """Training with DeepSpeed ZeRO (stages 0-3) over DALI-fed WebDataset shards: the loop and main.
 
     deepspeed --num_gpus 8 --module engine.train --config configs/catlip_vit_b16.yaml      # GPUs, nccl
-    torchrun --nproc_per_node 2 -m engine.train --config configs/coco_tiny_cpu.yaml  # CPU ranks, gloo
+    python -m engine.launch --nproc_per_node 2 -m engine.train --config configs/coco_tiny_cpu.yaml  # CPU, gloo
     python -m engine.train --config configs/coco_tiny_cpu.yaml                       # one process
 
 Each optimizer step: ``grad_accum`` micro-batches of ``data.batch_size`` per rank (with

@@ -97,7 +97,7 @@ def test_two_clones_each_run_their_own_code(tmp_path: Path) -> None:
         cd /
         echo "A catlip: $(catlip --version)"
         echo "A module: $(python -m engine --version)"
-        echo "A torchrun worker: $(torchrun --standalone --nproc_per_node 1 -m engine --version 2>/dev/null)"
+        echo "A torchrun worker: $(python -m engine.launch --nproc_per_node 1 -m engine --version 2>/dev/null)"
         echo "A deepspeed worker: $(deepspeed --num_gpus 1 --module engine --version 2>/dev/null | grep ^catlip-engine)"
         rm -rf {b}
         echo "A after B is deleted: $(catlip --version 2>&1)"
