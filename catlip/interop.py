@@ -22,8 +22,9 @@ source has a classifier), the image tower of
   * corenet's ``VisionTransformer`` (``corenet/modeling/models/classification/vit.py``:
     ``patch_emb``, ``cls_token``, ``pos_embed.pos_embed.pos_embed``, ``transformer.N.pre_norm_mha``
     / ``pre_norm_ffn`` of ``TransformerEncoder`` or ``FlashTransformerEncoder``,
-    ``post_transformer_norm``, ``classifier``), as its checkpoints hold it (``model_state_dict``),
-    into the ``corenet_vit_*`` presets: its convolutional stem (``patch_emb.{0,1,2}.block``: conv
+    ``post_transformer_norm``, ``classifier``), as its checkpoints hold it (``model_state_dict``;
+    a training ``checkpoint.pt`` that also holds ``ema_state_dict`` gives the EMA weights, saying
+    so), into the ``corenet_vit_*`` presets: its convolutional stem (``patch_emb.{0,1,2}.block``: conv
     k4 s4 + batch norm + GELU, conv k2 s2 + batch norm + GELU, conv k2 s2) is our ``ConvStem``
     (``ViTConfig(stem="conv")``), running statistics included.
 The source is told by its key names. What maps exactly:
@@ -35,7 +36,9 @@ The source is told by its key names. What maps exactly:
   * a position embedding without a class-token row (timm ``no_embed_class``, corenet: its class
     token gets none, as in DeiT III) gets a zero row, which is the same computation;
   * corenet keeps 196 positions and interpolates them linearly over the flattened sequence for
-    other resolutions: with ``image_size`` that interpolation is done here, as corenet does it.
+    other resolutions: the ``corenet_vit_*`` presets keep that table and do the same at every
+    forward (``ViTConfig.pos_interp``); with ``image_size`` the interpolation is done here once,
+    as corenet does it, for a model that holds a table per resolution.
 What does not, and is refused with the reason (``partial=True`` leaves those tensors out, with a
 warning, for an initialisation that will be trained further):
   * (to timm) the conv stem: timm's patch embedding is one convolution;
@@ -67,7 +70,15 @@ from typing import Any
 
 import torch
 
-from catlip.models import ViTConfig, conv_stem_shapes, resample_pos_embed, vit_config
+from catlip.models import (
+    ViTConfig,
+    WeightsError,
+    check_weights,
+    conv_stem_shapes,
+    interpolate_pos_sequence,
+    resample_pos_embed,
+    run_vit_config,
+)
 from catlip.readers import load_json
 
 Tensor = torch.Tensor
@@ -138,8 +149,7 @@ def config_from_meta(meta: Mapping[str, str]) -> tuple[str, ViTConfig]:
         raise InteropError(
             "the checkpoint's catlip_config records no model.name (cannot tell the architecture)"
         )
-    size = model.get("image_size")
-    return name, vit_config(name, **({"image_size": int(size)} if size else {}))
+    return name, run_vit_config(model)
 
 
 def timm_model_args(cfg: ViTConfig, preset: str | None = None) -> tuple[str, dict[str, Any]]:
@@ -149,6 +159,11 @@ def timm_model_args(cfg: ViTConfig, preset: str | None = None) -> tuple[str, dic
             f"a ViT with the {cfg.stem} stem (corenet's convolutions with batch norm) has no timm "
             "VisionTransformer counterpart: timm's patch embedding is one convolution, and its hybrid ViTs "
             "take a ResNet backbone, not this stem"
+        )
+    if cfg.pos_interp != "bicubic":
+        raise InteropError(
+            f"pos_interp {cfg.pos_interp} (corenet's position table, interpolated linearly over the sequence) "
+            "has no timm VisionTransformer counterpart: timm resamples its table bicubically over the grid"
         )
     name = PRESET_TO_TIMM.get(preset or "")
     if name is None:  # not a preset: timm's architecture of the same norm eps (and width, if any)
@@ -246,9 +261,12 @@ def check_vit_state(state: Mapping[str, Tensor], cfg: ViTConfig | None = None, *
             "width": cfg.width,
             "depth": cfg.depth,
             "patch_size": cfg.patch_size,
-            "image_size": cfg.image_size,
             "mlp_hidden": int(cfg.width * cfg.mlp_ratio),
         }
+        if cfg.pos_interp == "bicubic":  # the table is for image_size
+            want["image_size"] = cfg.image_size
+        else:  # corenet's: a fixed number of rows at any image_size
+            dims["position rows"], want["position rows"] = grid * grid + 1, cfg.pos_rows
         wrong = {k: (dims[k], v) for k, v in want.items() if dims[k] != v}
         if wrong:
             raise InteropError(
@@ -343,28 +361,30 @@ def _read_state(src: str | Path | Mapping[str, Any]) -> dict[str, Any]:
     return dict(obj)
 
 
-def _unwrap(state: dict[str, Any]) -> dict[str, Tensor]:
-    """The tensors of a checkpoint: descend into {"model_state_dict" | "state_dict" | "model" |
-    "module": {...}} wrappers, drop non-tensors, strip DDP's "module." and compile's "_orig_mod."."""
+_WRAPPERS = ("ema_state_dict", "model_state_dict", "state_dict", "model", "module")
+
+
+def _unwrap(state: dict[str, Any]) -> tuple[dict[str, Tensor], str | None]:
+    """The tensors of a checkpoint: descend into {"ema_state_dict" | "model_state_dict" |
+    "state_dict" | "model" | "module": {...}} wrappers, drop non-tensors, strip DDP's "module." and
+    compile's "_orig_mod.". A corenet training checkpoint (``checkpoint.pt``) holds the weights
+    (``model_state_dict``) and their EMA (``ema_state_dict``, what CatLIP's results use): the EMA is
+    taken, and the returned note says so (None when there was no choice)."""
+    note = None
     for _ in range(3):
-        inner = next(
-            (
-                state[k]
-                for k in ("model_state_dict", "state_dict", "model", "module")
-                if isinstance(state.get(k), Mapping)
-            ),
-            None,
-        )
-        if inner is None or any(isinstance(v, Tensor) for v in state.values()):
+        found = [k for k in _WRAPPERS if isinstance(state.get(k), Mapping)]
+        if not found or any(isinstance(v, Tensor) for v in state.values()):
             break
-        state = dict(inner)
+        if found[0] == "ema_state_dict" and "model_state_dict" in found:
+            note = "ema_state_dict (the EMA weights), not model_state_dict"
+        state = dict(state[found[0]])
     out = {}
     for key, value in state.items():
         if isinstance(value, Tensor):
             for prefix in ("module.", "_orig_mod."):
                 key = key.removeprefix(prefix)
             out[key] = value
-    return out
+    return out, note
 
 
 def _kind(s: Mapping[str, Tensor]) -> str | None:
@@ -501,11 +521,8 @@ def _from_open_clip(t: _Taker) -> dict[str, Tensor]:
 def corenet_pos_embed(pos: Tensor, num_patches: int) -> Tensor:
     """corenet's LearnablePositionalEmbedding for ``num_patches``: its (1, 1, 196, W) table,
     bilinearly interpolated over (sequence, width) like corenet's forward (so linearly over the
-    flattened sequence), as (1, num_patches, W)."""
-    table = pos.reshape(1, 1, -1, pos.shape[-1])  # (1, 1, N0, W)
-    if table.shape[2] != num_patches:
-        table = torch.nn.functional.interpolate(table, size=(num_patches, table.shape[-1]), mode="bilinear")
-    return table.reshape(1, num_patches, pos.shape[-1])
+    flattened sequence), as (1, num_patches, W) (:func:`catlip.models.interpolate_pos_sequence`)."""
+    return interpolate_pos_sequence(pos.reshape(1, -1, pos.shape[-1]), num_patches, num_prefix=0)
 
 
 def _from_corenet(t: _Taker, image_size: int | None) -> dict[str, Tensor]:
@@ -591,7 +608,11 @@ def _why(key: str) -> str:
 
 
 def load_encoder_state(
-    src: str | Path | Mapping[str, Any], *, image_size: int | None = None, partial: bool = False
+    src: str | Path | Mapping[str, Any],
+    *,
+    image_size: int | None = None,
+    partial: bool = False,
+    log: Callable[[str], None] = print,
 ) -> dict[str, Tensor]:
     """Our ``encoder.*`` (and ``head.*``, when the source has a classifier) from a state dict or a
     file (.safetensors, or a torch file read with ``weights_only=True``) of our ViT, timm's,
@@ -599,11 +620,19 @@ def load_encoder_state(
     refused. ``image_size``: resample the position embedding to that resolution (corenet's own
     linear rule for corenet; bicubic over the grid, as timm's ``resample_abs_pos_embed``, for the
     others). ``partial``: leave out, with a warning, the tensors our ViT cannot hold instead of
-    refusing. Every shape is checked; errors are :class:`InteropError` (a ValueError)."""
+    refusing. Every shape is checked, and weights that are not floating point or not finite are
+    refused; errors are :class:`InteropError` (a ValueError). A checkpoint holding both weights and
+    their EMA (corenet's ``checkpoint.pt``) gives the EMA, and one line through ``log`` says so."""
     where = str(src) if not isinstance(src, Mapping) else "the state dict"
-    state = _unwrap(_read_state(src))
+    state, note = _unwrap(_read_state(src))
+    if note:
+        log(f"{where}: loaded {note}")
     kind, prefix = detect_source(state)
     sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    try:  # before any arithmetic or cast: int8 weights would become meaningless floats
+        check_weights({prefix + k: v for k, v in sub.items()}, where)
+    except WeightsError as err:
+        raise InteropError(str(err)) from None
     t = _Taker(sub, f"{where} ({kind}{' under ' + prefix if prefix else ''})")
     if kind == "catlip":
         out = {"encoder." + k: t.pop(k) for k in list(t.left) if k.split(".")[0] in _OUR_TOWER}

@@ -17,15 +17,19 @@ Presets (``VIT_PRESETS``):
   vit_h14    open_clip's ViT-H/14: width 1280, 32 layers, 16 heads, head dim 80, 257 tokens
   openclip_vit_{b16,l14,h14}  open_clip's towers: a LayerNorm before the blocks (``ln_pre``,
              ``ViTConfig.pre_norm``), eps 1e-5; the architecture of its released weights
-  corenet_vit_{tiny,b16,l16,h16}  with corenet's convolutional stem (``ConvStem``): vit_tiny's
-             width and depth at 64 px, patch 16 (CPU tests), and the B/L/H-16 towers,
-             the architecture of corenet's released CatLIP checkpoints (catlip.interop loads them)
+  corenet_vit_{tiny,b16,l16,h16}  with corenet's convolutional stem (``ConvStem``) and position
+             table (``pos_interp="corenet"``: 196 rows at any resolution, interpolated linearly
+             over the sequence): vit_tiny's width and depth at 64 px, patch 16 (CPU tests), and
+             the B/L/H-16 towers, the architecture of corenet's released CatLIP checkpoints
+             (catlip.interop loads them)
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 from torch import nn
@@ -36,6 +40,10 @@ from kernels.flash_attention import ATTN_IMPLS, attention_qkv
 from kernels.linear_bce import IMPLS as LOSS_IMPLS
 
 STEMS = ("patch", "conv")
+POS_INTERPS = ("bicubic", "corenet")
+# corenet's VisionTransformer keeps (224 / 16)^2 = 196 position rows whatever the resolution it trains
+# or runs at (num_patch_embeddings in corenet/modeling/models/classification/vit.py)
+CORENET_POS_GRID = 224 // 16
 
 
 @dataclass(frozen=True)
@@ -49,6 +57,12 @@ class ViTConfig:
     norm_eps: float = 1e-6
     stem: str = "patch"  # "patch": one p x p convolution | "conv": corenet's convolutional stem (p = 16)
     pre_norm: bool = False  # a LayerNorm over the embedded tokens before the blocks (CLIP's ln_pre)
+    # The position table at another patch grid (VisionTransformer.pos_embed_for):
+    #   "bicubic": a table for image_size, resampled over the 2-D grid (timm's resample_abs_pos_embed);
+    #   "corenet": corenet's table of CORENET_POS_GRID^2 rows at any image_size, interpolated
+    #   linearly over the flattened sequence to each input's patch count, at every forward
+    #   (interpolate_pos_sequence): a corenet checkpoint computes corenet's function at every size.
+    pos_interp: str = "bicubic"
 
     @property
     def head_dim(self) -> int:
@@ -58,9 +72,25 @@ class ViTConfig:
     def num_tokens(self) -> int:
         return (self.image_size // self.patch_size) ** 2 + 1  # patches + class token
 
+    @property
+    def pos_grid(self) -> int:
+        """Side of the square patch grid the position table is for (its rows: 1 + pos_grid^2)."""
+        return CORENET_POS_GRID if self.pos_interp == "corenet" else self.image_size // self.patch_size
+
+    @property
+    def pos_rows(self) -> int:
+        return self.pos_grid**2 + 1  # patch positions + the class token's row
+
+    @property
+    def pos_image_size(self) -> int:
+        """The resolution the position table is for (224 for corenet's table)."""
+        return self.pos_grid * self.patch_size
+
     def __post_init__(self) -> None:
         if self.stem not in STEMS:
             raise ValueError(f"stem must be one of {STEMS}, got {self.stem!r}")
+        if self.pos_interp not in POS_INTERPS:
+            raise ValueError(f"pos_interp must be one of {POS_INTERPS}, got {self.pos_interp!r}")
         if self.stem == "conv" and self.patch_size != 16:
             raise ValueError(f"the conv stem has stride 16 (4 x 2 x 2), got patch_size {self.patch_size}")
         if self.width % self.heads:
@@ -87,10 +117,12 @@ VIT_PRESETS: dict[str, ViTConfig] = {
     "openclip_vit_h14": ViTConfig(
         patch_size=14, width=1280, depth=32, heads=16, pre_norm=True, norm_eps=1e-5
     ),
-    "corenet_vit_tiny": ViTConfig(image_size=64, width=96, depth=4, heads=3, stem="conv"),  # CPU tests
-    "corenet_vit_b16": ViTConfig(width=768, depth=12, heads=12, stem="conv"),
-    "corenet_vit_l16": ViTConfig(width=1024, depth=24, heads=16, stem="conv"),
-    "corenet_vit_h16": ViTConfig(width=1280, depth=32, heads=20, stem="conv"),
+    "corenet_vit_tiny": ViTConfig(
+        image_size=64, width=96, depth=4, heads=3, stem="conv", pos_interp="corenet"
+    ),  # CPU tests
+    "corenet_vit_b16": ViTConfig(width=768, depth=12, heads=12, stem="conv", pos_interp="corenet"),
+    "corenet_vit_l16": ViTConfig(width=1024, depth=24, heads=16, stem="conv", pos_interp="corenet"),
+    "corenet_vit_h16": ViTConfig(width=1280, depth=32, heads=20, stem="conv", pos_interp="corenet"),
 }
 
 
@@ -114,6 +146,66 @@ def resample_pos_embed(
     )
     patches = img.permute(0, 2, 3, 1).reshape(1, grid[0] * grid[1], -1).to(pos.dtype)
     return torch.cat([prefix, patches], dim=1)
+
+
+def interpolate_pos_sequence(pos: torch.Tensor, num_patches: int, *, num_prefix: int = 1) -> torch.Tensor:
+    """(1, P + N0, W) position rows -> (1, P + num_patches, W), by corenet's rule
+    (``LearnablePositionalEmbedding.forward``): the N0 patch rows, as a (1, 1, N0, W) image,
+    bilinearly interpolated to (num_patches, W) (align_corners False), so linearly over the
+    flattened sequence whatever the grid's shape; the P prefix rows (the class token's) kept.
+    Computed in fp32 at least (bf16 tables too) and cast back; the identity for N0 rows, as
+    corenet skips the call there."""
+    if pos.shape[1] - num_prefix == num_patches:
+        return pos
+    prefix, patches = pos[:, :num_prefix], pos[:, num_prefix:]
+    table = patches.to(torch.promote_types(patches.dtype, torch.float32)).unsqueeze(1)  # (1, 1, N0, W)
+    table = nn.functional.interpolate(table, size=(num_patches, pos.shape[-1]), mode="bilinear")
+    return torch.cat([prefix, table.squeeze(1).to(pos.dtype)], dim=1)  # (1, P + N, W)
+
+
+def run_vit_config(model: Mapping[str, Any]) -> ViTConfig:
+    """The ViTConfig of a run's ``model`` config section, as checkpoints record it: the preset
+    ``name``, with ``image_size`` and ``pos_interp`` where set (None: the preset's). A record
+    without a ``pos_interp`` key was written before that option, when every model resampled its
+    position table bicubically: it keeps doing so, and its table keeps its shape."""
+    overrides: dict[str, Any] = {}
+    if model.get("image_size"):
+        overrides["image_size"] = int(model["image_size"])
+    if "pos_interp" not in model:
+        overrides["pos_interp"] = "bicubic"
+    elif model["pos_interp"]:
+        overrides["pos_interp"] = model["pos_interp"]
+    return vit_config(model["name"], **overrides)
+
+
+class WeightsError(ValueError):
+    """Weights a model cannot compute with; the message names the file and the tensor."""
+
+
+INTEGER_BUFFERS = ("num_batches_tracked",)  # batch norm's step count (the conv stem): an integer
+
+
+def check_weights(state: Mapping[str, torch.Tensor], where: str) -> None:
+    """Refuse a state dict whose weights are not floating point (int8: a quantised or foreign file,
+    which a cast would turn into meaningless scores) or not finite (NaN or inf: a diverged run or a
+    damaged file), naming ``where`` (the file) and the first such tensor. Integer buffers
+    (``INTEGER_BUFFERS``) are allowed."""
+    for name, t in state.items():
+        if name.rsplit(".", 1)[-1] in INTEGER_BUFFERS:
+            continue
+        if not t.is_floating_point():
+            raise WeightsError(
+                f"{where}: refused: tensor {name} is {str(t.dtype).removeprefix('torch.')}, not floating point: these "
+                "are not weights a model can compute with (a quantised or foreign file?); give the float "
+                "weights (a checkpoint directory, or `catlip export` of one)"
+            )
+        finite = torch.isfinite(t)
+        if not bool(finite.all()):
+            raise WeightsError(
+                f"{where}: refused: tensor {name} has {int((~finite).sum())} NaN or infinite values among "
+                f"{t.numel()}: the weights are not finite (a diverged run or a damaged file); use an earlier "
+                "checkpoint"
+            )
 
 
 def vit_config(name: str, **overrides) -> ViTConfig:
@@ -214,10 +306,12 @@ class VisionTransformer(nn.Module):
     """ViT image tower: images (B, 3, H, W) -> pooled class-token features (B, width).
 
     Any H and W that are multiples of the patch size are accepted (multi-scale training,
-    evaluation at another resolution): the position table, learnt for ``cfg.image_size``, is
-    resampled to the (H/p, W/p) grid by ``resample_pos_embed``. In training the resampling is
-    part of the graph (the table gets its gradient through it); with gradients off it is
-    cached per grid until the table changes."""
+    evaluation at another resolution): the position table is resampled to the (H/p, W/p) grid,
+    by ``cfg.pos_interp``'s rule: ``resample_pos_embed`` (bicubic over the grid) from the table
+    learnt for ``cfg.image_size``, or ``interpolate_pos_sequence`` (corenet's, linear over the
+    flattened sequence) from corenet's fixed 196-row table. In training the resampling is part of
+    the graph (the table gets its gradient through it); with gradients off it is cached per grid
+    until the table changes."""
 
     def __init__(self, cfg: ViTConfig, *, attn_impl: str = "sdpa", grad_checkpointing: bool = False) -> None:
         super().__init__()
@@ -230,7 +324,7 @@ class VisionTransformer(nn.Module):
         else:
             self.patch_embed = nn.Conv2d(3, cfg.width, kernel_size=cfg.patch_size, stride=cfg.patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.width))
-        self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_tokens, cfg.width))
+        self.pos_embed = nn.Parameter(torch.zeros(1, cfg.pos_rows, cfg.width))
         self.norm_pre = nn.LayerNorm(cfg.width, eps=cfg.norm_eps) if cfg.pre_norm else nn.Identity()
         self.blocks = nn.ModuleList(
             Block(cfg.width, cfg.heads, mlp_ratio=cfg.mlp_ratio, norm_eps=cfg.norm_eps, attn_impl=attn_impl)
@@ -256,17 +350,28 @@ class VisionTransformer(nn.Module):
 
     def pos_embed_for(self, grid: tuple[int, int]) -> torch.Tensor:
         """The (1, 1 + gh*gw, W) position rows for a (gh, gw) patch grid."""
-        base = self.cfg.image_size // self.cfg.patch_size
-        if tuple(grid) == (base, base):
-            return self.pos_embed
+        grid, base = tuple(grid), self.cfg.pos_grid
+        if self.cfg.pos_interp == "corenet":
+            if grid[0] * grid[1] == base * base:  # corenet interpolates only another patch count
+                return self.pos_embed
+
+            def resample(p: torch.Tensor) -> torch.Tensor:
+                return interpolate_pos_sequence(p, grid[0] * grid[1])
+        else:
+            if grid == (base, base):
+                return self.pos_embed
+
+            def resample(p: torch.Tensor) -> torch.Tensor:
+                return resample_pos_embed(p, grid)
+
         if torch.is_grad_enabled() and self.pos_embed.requires_grad:
-            return resample_pos_embed(self.pos_embed, grid)
+            return resample(self.pos_embed)
         p = self.pos_embed
         key = (p._version, p.data_ptr(), p.device, p.dtype)  # any in-place update or re-gather misses
-        hit = self._pos_cache.get(tuple(grid))
+        hit = self._pos_cache.get(grid)
         if hit is None or hit[0] != key:
-            hit = (key, resample_pos_embed(p.detach(), grid))
-            self._pos_cache[tuple(grid)] = hit
+            hit = (key, resample(p.detach()))
+            self._pos_cache[grid] = hit
         return hit[1]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -493,15 +493,17 @@ def consolidate(
     states = safe_load(found[0])
     stage = (states.get("ds_config") or {}).get("zero_optimization", {}).get("stage", 0)
     if ema:
-        state = ema_state(checkpoint)
+        state, source = ema_state(checkpoint), f"{checkpoint} (the EMA weights, extra_rank*.safetensors)"
     elif stage:
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
         # zero_to_fp32 prints its progress; on stderr, so stdout stays the command's own output
         with _torch_load_weights_only(), contextlib.redirect_stdout(sys.stderr):
             state = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint.parent), tag=checkpoint.name)
+        source = f"{checkpoint} (ZeRO-{stage}'s fp32 partitions)"
     else:
-        state = states["module"]
+        state, source = states["module"], found[0]
+    _check_weights(state, source)
     state = {k: v.detach().float().contiguous().clone() for k, v in state.items()}
     meta = {
         "catlip_config": json.dumps(states.get("config") or {}),
@@ -520,14 +522,18 @@ MODEL_SOURCES = (
 def read_model(path: str | Path, *, ema: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """(fp32 state dict, metadata) of a checkpoint directory (:func:`consolidate`) or a safetensors
     export (its tensors, and the metadata :func:`export_fp32` wrote). ``ema`` applies to a
-    directory; an export holds the weights it was made from. Every failure is a
-    :class:`CheckpointError` naming the path and what was expected."""
+    directory; an export holds the weights it was made from. Weights that are not floating point
+    (int8) or not finite (NaN, inf) are refused, naming the file and the tensor
+    (:func:`catlip.models.check_weights`; also in :func:`consolidate`, so in every export). Every
+    failure is a :class:`CheckpointError` naming the path and what was expected."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such file or directory ({MODEL_SOURCES})")
     if path.is_dir():
         try:
             return consolidate(path, ema=ema)
+        except CheckpointError:
+            raise
         except (FileNotFoundError, KeyError, RuntimeError) as err:
             raise CheckpointError(f"{path}: not a usable checkpoint ({err})") from None
     if ema:
@@ -537,10 +543,21 @@ def read_model(path: str | Path, *, ema: bool = False) -> tuple[dict[str, torch.
     try:
         with safe_open(str(path), "pt") as f:
             meta = dict(f.metadata() or {})
-            state = {k: f.get_tensor(k).float() for k in f.keys()}  # noqa: SIM118 - safe_open has no iterator
+            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no iterator
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"{path}: not a safetensors file ({MODEL_SOURCES}): {err}") from None
-    return state, meta
+    _check_weights(state, path)
+    return {k: v.float() for k, v in state.items()}, meta
+
+
+def _check_weights(state: dict[str, torch.Tensor], source: str | Path) -> None:
+    """Weights that are not floating point or not finite are refused (catlip.models.check_weights)."""
+    from catlip.models import WeightsError, check_weights
+
+    try:
+        check_weights(state, str(source))
+    except WeightsError as err:
+        raise CheckpointError(str(err)) from None
 
 
 def export_fp32(checkpoint: str | Path, out: str | Path, *, ema: bool = False) -> Path:

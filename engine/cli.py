@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+from catlip import __version__
 from engine.cli_common import add_labeler_options, require_nltk
 
 EPILOG = """examples:
@@ -30,6 +31,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="CatLIP pre-training engine: caption-to-synset labels, vocabulary, training.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"catlip-engine {__version__} ({Path(__file__).resolve().parents[1]})",
+        help="print the version and the folder this code runs from, and exit",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
 
@@ -194,7 +201,7 @@ def _add_train_parsers(sub: argparse._SubParsersAction) -> None:
         "train",
         help="CatLIP pre-training (same as python -m engine.train)",
         description="Train on packed shards with DeepSpeed ZeRO. One process here; for several, use "
-        "`torchrun --nproc_per_node N -m engine.train` (CPU, gloo) or `deepspeed --num_gpus N --module engine.train`.",
+        "`python -m engine.launch --nproc_per_node N -m engine.train` (CPU, gloo) or `deepspeed --num_gpus N --module engine.train`.",
     )
     add_train_arguments(p)
     p.set_defaults(func=cmd_train)

@@ -22,6 +22,10 @@ class ModelConfig:
     objective: str = "catlip"  # "catlip" | "clip" | "siglip" (contrastive baselines) | "finetune" | "probe"
     name: str = "vit_tiny"  # a catlip.models.VIT_PRESETS key (CLIP: the clip_<name> preset)
     image_size: int | None = None  # override the preset's resolution
+    # the position table at other sizes (catlip.models.ViTConfig.pos_interp): "bicubic" | "corenet";
+    # None: the preset's (corenet for the corenet_vit_* presets, whose checkpoints compute corenet's
+    # function at every size with it)
+    pos_interp: str | None = None
     attn_impl: str = "sdpa"  # "sdpa" | "math"
     loss_impl: str = "torch"  # "torch" (reference) | "triton" (fused kernel)
     grad_checkpointing: bool = False  # recompute each block in the backward (engine/parallel.py)
@@ -185,13 +189,17 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
 
 
 def validate(cfg: TrainConfig) -> None:
-    from catlip.models import ATTN_IMPLS, LOSS_IMPLS, VIT_PRESETS
+    from catlip.models import ATTN_IMPLS, LOSS_IMPLS, POS_INTERPS, VIT_PRESETS
 
     checks = [
         (cfg.model.objective in OBJECTIVES, f"model.objective must be one of {OBJECTIVES}"),
         (cfg.model.name in VIT_PRESETS, f"model.name must be one of {list(VIT_PRESETS)}"),
         (cfg.model.siglip_dist_impl in ("bidir", "gather"), "model.siglip_dist_impl: bidir | gather"),
         (cfg.model.attn_impl in ATTN_IMPLS, f"model.attn_impl must be one of {ATTN_IMPLS}"),
+        (
+            cfg.model.pos_interp in (None, *POS_INTERPS),
+            f"model.pos_interp must be one of {POS_INTERPS} (or unset: the preset's), got {cfg.model.pos_interp!r}",
+        ),
         (cfg.model.loss_impl in LOSS_IMPLS, f"model.loss_impl must be one of {LOSS_IMPLS}"),
         (0 <= cfg.model.label_smoothing < 1, "model.label_smoothing must be in [0, 1)"),
         (cfg.data.batch_size >= 1, "data.batch_size must be >= 1"),

@@ -38,14 +38,25 @@ def average_precision(scores: np.ndarray, targets: np.ndarray) -> tuple[float, f
 
 
 def _ap_sums(scores: np.ndarray, targets: np.ndarray) -> tuple[float, float, int]:
+    """AP as scikit-learn's ``average_precision_score``: sum over thresholds of (recall step) x
+    precision, where equal scores are one threshold. A run of tied images enters the ranking
+    together: each of its positives gets the precision at the run's end, so the input order of
+    tied images cannot change the result."""
     keep = targets.sum(axis=0) > 0
     if not keep.any():
         return 0.0, 0.0, 0
     s, t = scores[:, keep], targets[:, keep].astype(np.float64)
     order = np.argsort(-s, axis=0, kind="stable")
     ranked = np.take_along_axis(t, order, axis=0)  # (N, C) targets in score order
+    ranked_scores = np.take_along_axis(s, order, axis=0)  # (N, C) descending
+    n = len(t)
+    # last[i]: the index of the end of the run of scores tied with row i (per class)
+    is_end = np.ones_like(ranked, dtype=bool)
+    is_end[:-1] = ranked_scores[:-1] != ranked_scores[1:]
+    last = np.where(is_end, np.arange(n)[:, None], n - 1)
+    last = np.minimum.accumulate(last[::-1], axis=0)[::-1]
     hits = np.cumsum(ranked, axis=0)
-    precision = hits / np.arange(1, len(t) + 1)[:, None]
+    precision = np.take_along_axis(hits, last, axis=0) / (last + 1)  # at the end of each tie run
     ap = (precision * ranked).sum(axis=0) / ranked.sum(axis=0)
     return float(ap.sum()), float(t.mean(axis=0).sum()), int(keep.sum())
 

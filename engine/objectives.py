@@ -242,9 +242,10 @@ class Finetune(Objective):
         self.report = [f"{self.name}: {self.num_classes} classes, {loss}"]
         pre = None
         if m.init_from:
-            pre = load_pretrained(m.init_from, image_size=model.encoder.cfg.image_size)
+            pre = load_pretrained(m.init_from, image_size=model.encoder.cfg.pos_image_size)
             n = load_backbone(model, pre, m.name)
-            self.report.append(f"{self.name}: backbone from {pre.source} ({pre.kind}, {n} tensors)")
+            note = f"; {pre.note}" if pre.note else ""
+            self.report.append(f"{self.name}: backbone from {pre.source} ({pre.kind}, {n} tensors{note})")
         else:
             self.report.append(f"{self.name}: no model.init_from: the backbone starts from random weights")
         head = model.head

@@ -178,7 +178,7 @@ def parallelize(model: nn.Module, cfg: TrainConfig, world_size: int, param_group
 
 # Settings a resumed run cannot change: they shape the model, the data position or the partitions.
 FIXED_ON_RESUME = (
-    "model.objective", "model.name", "model.image_size", "data.train", "data.batch_size",
+    "model.objective", "model.name", "model.image_size", "model.pos_interp", "data.train", "data.batch_size",
     "data.max_labels", "optim.grad_accum", "optim.layer_decay", "run.zero_stage", "run.sub_group_size",
 )  # fmt: skip
 

@@ -39,6 +39,7 @@ class Pretrained:
     kind: str  # "catlip checkpoint" | "catlip export" | "catlip timm export" | "foreign"
     config: dict[str, Any] = field(default_factory=dict)  # the pre-training run's config, if known
     vocab: dict[str, Any] = field(default_factory=dict)  # {"vocab", "vocab_size", "vocab_sha256"}
+    note: str = ""  # which of the file's weights were read, where it held a choice (EMA or not)
 
 
 def _json(text: str | None) -> dict[str, Any]:
@@ -51,7 +52,8 @@ def _json(text: str | None) -> dict[str, Any]:
 
 def load_pretrained(path: str | Path, *, image_size: int | None = None) -> Pretrained:
     """The state of ``model.init_from``, in our names (see the module docstring). ``image_size``:
-    the model's resolution, for a foreign state's position table (corenet's own interpolation)."""
+    the resolution the model's position table is for (``ViTConfig.pos_image_size``), for a
+    foreign state's table (corenet's own interpolation)."""
     p = Path(path)
     if not p.exists():
         raise ConfigError(f"model.init_from: {p} does not exist")
@@ -88,11 +90,13 @@ def _foreign(p: Path, image_size: int | None = None) -> Pretrained:
             f"model.init_from: {p} is neither a checkpoint of this engine nor a catlip safetensors export, "
             f"and catlip.interop (timm / open_clip / corenet weights) is not available: {err}"
         ) from None
+    notes: list[str] = []
     try:
-        state = load_encoder_state(p, image_size=image_size)
+        state = load_encoder_state(p, image_size=image_size, log=notes.append)
     except (ValueError, KeyError, RuntimeError, OSError) as err:
         raise ConfigError(f"model.init_from: {p}: {err}") from None
-    return Pretrained(dict(state), str(p), "foreign")
+    note = " ".join(n.removeprefix(f"{p}: ") for n in notes)
+    return Pretrained(dict(state), str(p), "foreign", note=note)
 
 
 def load_backbone(model: nn.Module, pre: Pretrained, model_name: str) -> int:
@@ -108,7 +112,8 @@ def load_backbone(model: nn.Module, pre: Pretrained, model_name: str) -> int:
     missing = sorted(set(mine) - set(enc))
     bad = [k for k in mine if k in enc and tuple(enc[k].shape) != tuple(mine[k].shape)]
     if bad == ["pos_embed"] and not missing:  # another resolution, the same patches: resample the grid
-        enc["pos_embed"] = _resample_pos_embed(enc, model.encoder.cfg.image_size, pre.source)
+        # to the grid of the model's table (corenet's 14 x 14 with pos_interp corenet)
+        enc["pos_embed"] = _resample_pos_embed(enc, model.encoder.cfg.pos_image_size, pre.source)
         bad = [] if tuple(enc["pos_embed"].shape) == tuple(mine["pos_embed"].shape) else bad
     if missing or bad:
         trained = f" (pre-trained as {was.get('name')}, image_size {was.get('image_size')})" if was else ""

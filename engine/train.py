@@ -1,7 +1,7 @@
 """Training with DeepSpeed ZeRO (stages 0-3) over DALI-fed WebDataset shards: the loop and main.
 
     deepspeed --num_gpus 8 --module engine.train --config configs/catlip_vit_b16.yaml      # GPUs, nccl
-    torchrun --nproc_per_node 2 -m engine.train --config configs/coco_tiny_cpu.yaml  # CPU ranks, gloo
+    python -m engine.launch --nproc_per_node 2 -m engine.train --config configs/coco_tiny_cpu.yaml  # CPU, gloo
     python -m engine.train --config configs/coco_tiny_cpu.yaml                       # one process
 
 Each optimizer step: ``grad_accum`` micro-batches of ``data.batch_size`` per rank (with
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import random
@@ -67,7 +68,7 @@ class Trainer:
         dataset_meta: dict[str, Any] | None = None,
         log: Callable[[str], None] | None = None,
     ) -> None:
-        from catlip.models import param_groups, vit_config
+        from catlip.models import param_groups, run_vit_config
 
         self.cfg = cfg
         self.dataset_meta: dict[str, Any] = dict(dataset_meta or {})  # the train shards' dataset.json
@@ -81,8 +82,7 @@ class Trainer:
         self.device = torch.device(f"cuda:{self.local_rank}" if cuda_available() else "cpu")
         self.dtype = torch.bfloat16 if use_bf16(cfg) else torch.float32
 
-        size = cfg.model.image_size
-        self.vit_cfg = vit_config(cfg.model.name, **({"image_size": size} if size else {}))
+        self.vit_cfg = run_vit_config(dataclasses.asdict(cfg.model))
         self.objective = make_objective(cfg, self.vit_cfg)
         self.loaders_from_shards = train_loader is None
         if train_loader is None:

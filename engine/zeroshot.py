@@ -57,7 +57,7 @@ def load_checkpoint(path: str | Path, *, ema: bool = False) -> tuple[dict[str, t
 
 def build_model(state: dict[str, torch.Tensor], meta: dict[str, str], source: str | Path) -> torch.nn.Module:
     """The CatLIPModel the run trained (preset and resolution from its config), with ``state`` loaded."""
-    from catlip.models import CatLIPModel, vit_config
+    from catlip.models import CatLIPModel, run_vit_config
 
     if "head.weight" not in state or "encoder.cls_token" not in state:
         fmt = (
@@ -82,9 +82,8 @@ def build_model(state: dict[str, torch.Tensor], meta: dict[str, str], source: st
     name = model_cfg.get("name")
     if not name:
         raise ZeroShotError(f"--checkpoint {source}: its metadata has no catlip_config model.name")
-    size = model_cfg.get("image_size")
     try:
-        vit = vit_config(name, **({"image_size": int(size)} if size else {}))
+        vit = run_vit_config(model_cfg)
     except ValueError as err:
         raise ZeroShotError(f"--checkpoint {source}: {err}") from None
     model = CatLIPModel(vit, int(state["head.weight"].shape[0]))

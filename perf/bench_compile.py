@@ -2,7 +2,7 @@
 
     python perf/bench_compile.py --shards runs/main/shards [--steps 60] [--world 2]
 
-Runs ``engine.train`` (torchrun over ``--world`` gloo ranks, one thread each, as the main job
+Runs ``engine.train`` (``engine.launch`` over ``--world`` gloo ranks, one thread each, as the main job
 does) twice on the same shards and config, once with ``model.compile=false`` and once with
 ``true``, and reports the median step time over the steps after ``--warmup`` (compilation happens
 in the first steps and is reported separately as the extra time of the first ``--warmup`` steps).
@@ -33,7 +33,7 @@ FIELDS = [
 
 def run(shards: Path, compile_: bool, steps: int, world: int, out: Path) -> dict:
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={world}",
+        sys.executable, "-m", "engine.launch", f"--nproc_per_node={world}",
         "-m", "engine.train", "--config", str(ROOT / "configs/coco_tiny_cpu.yaml"),
         "--set", f"data.train={shards / 'train'}", "--set", "data.val=null",
         "--set", f"run.out_dir={out}", "--set", f"run.steps={steps}", "--set", "run.log_every=1",

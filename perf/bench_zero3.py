@@ -239,7 +239,7 @@ def worker(args: argparse.Namespace) -> None:
 def measure(model: str, offload: str, args: argparse.Namespace, tmp: Path) -> dict:
     run_dir = tmp / f"{model}-{offload}"
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.world}",
+        sys.executable, "-m", "engine.launch", f"--nproc_per_node={args.world}",
         __file__, "--worker", "--model", model, "--offload", offload, "--steps", str(args.steps),
         "--batch", str(args.batch), "--run-dir", str(run_dir), "--depth", str(args.depth or 0),
         "--bucket", str(args.bucket), "--sub-group", str(args.sub_group),

@@ -117,7 +117,7 @@ def pretrain(paths: dict, objective: str, seed: int, steps: int, ckpt_every: int
         print(f"[claim] pre-training {objective}, seed {seed}, {steps} steps", flush=True)
         out.mkdir(parents=True, exist_ok=True)
         sh(
-            sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+            sys.executable, "-m", "engine.launch", "--nproc_per_node=2",
             "-m", "engine.train", "--config", str(ROOT / "configs/coco_tiny_cpu.yaml"),
             "--set", f"model.objective={objective}", "--set", f"data.train={paths['pretrain']}",
             "--set", "data.val=null", "--set", f"run.out_dir={out}", "--set", f"run.steps={steps}",

@@ -25,6 +25,7 @@
 # redone from the continued checkpoint). Extra arguments go to the pre-training, e.g.
 # --set run.steps=100; CATLIP_TRANSFER_SET="--set run.steps=4 ..." reaches the probes and
 # fine-tunes of step 6.
+set -euo pipefail
 source "$(dirname "$0")/env.sh"
 SHARED=${CATLIP_SHARED:-$CATLIP_ROOT/../shared}
 DATA=$SHARED/data
@@ -93,7 +94,7 @@ if [ ! -f "$RUN/shards/train/dataset.json" ]; then
 fi
 [ -n "${prep:-}" ] || start_transfer  # the vocabulary came with the reused shards
 echo "[catlip] 3/6 training: tiny ViT, ZeRO-2, 2 CPU ranks (gloo) (at ${SECONDS} s)"
-OMP_NUM_THREADS=1 torchrun --standalone --nproc_per_node 2 -m engine.train --config configs/coco_tiny_cpu.yaml \
+OMP_NUM_THREADS=1 python -m engine.launch --nproc_per_node 2 -m engine.train --config configs/coco_tiny_cpu.yaml \
   --set data.train="$RUN/shards/train" --set data.val="$RUN/shards/val" --set run.out_dir="$RUN/train" \
   "${extra[@]}" "$@" | tee "$RUN/pretrain.log"
 pretrain=$(grep "^held-out mAP" "$RUN/pretrain.log" | tail -1 || true)

@@ -12,20 +12,25 @@ pip_quiet() {  # pip, without the notices about this machine's local index folde
 }
 
 # catlip_venv PYTHON VENV DESCRIPTION INSTALL: unless VENV/.complete exists, (re)create VENV with
-# PYTHON and run `INSTALL VENV/bin/python` (a shell function; a failing command in it stops the
-# sourcing script under set -e, leaving VENV incomplete, so the next try starts it afresh).
+# PYTHON and run `INSTALL VENV/bin/python` (a shell function that returns non-zero when a step
+# fails). On a failure it returns 1 and leaves VENV incomplete, so the next try starts it afresh; the
+# statuses are checked here, not left to `set -e`, which bash ignores in a `source x && ...` context.
 catlip_venv() {
-  local python=$1 venv=$2 what=$3 install=$4 lock
-  mkdir -p "$(dirname "$venv")"
-  exec {lock}>"$(dirname "$venv")/.lock-$(basename "$venv")"
+  local python=$1 venv=$2 what=$3 install=$4 lock status=0
+  mkdir -p "$(dirname "$venv")" || return 1
+  exec {lock}>"$(dirname "$venv")/.lock-$(basename "$venv")" || return 1
   flock "$lock"
   if [ ! -f "$venv/.complete" ]; then
     echo "[catlip] creating $venv ($what)"
     rm -rf "$venv"
-    "$python" -m venv "$venv"
-    "$install" "$venv/bin/python"
-    touch "$venv/.complete"
+    if "$python" -m venv "$venv" && "$install" "$venv/bin/python"; then
+      touch "$venv/.complete"
+    else
+      echo "[catlip] building $venv failed; the next try starts it afresh" >&2
+      status=1
+    fi
   fi
   flock -u "$lock"
   exec {lock}>&-
+  return "$status"
 }

@@ -259,7 +259,7 @@ def _bad_label_shards(root: Path, photos: Path) -> Path:
 def test_a_failing_rank_ends_the_job_within_seconds(tmp_path, shared_data):
     shards = _bad_label_shards(tmp_path, shared_data / "coco_photos")
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+        sys.executable, "-m", "engine.launch", "--nproc_per_node=2",
         "-m", "engine.train", "--set", "model.image_size=32", "--set", f"data.train={shards}",
         "--set", "data.batch_size=4", "--set", "data.num_threads=1", "--set", "run.precision=fp32",
         "--set", f"run.out_dir={tmp_path / 'run'}", "--set", "run.steps=20", "--set", "run.resume=never",
@@ -283,6 +283,7 @@ def test_a_failing_rank_ends_the_job_within_seconds(tmp_path, shared_data):
         ("optim.lr=0", "optim.lr must be > 0"),
         ("run.log_every=0", "run.log_every must be >= 1"),
         ("data.scale=[0.9, 0.2]", "data.scale must be [min, max]"),
+        ("model.pos_interp=linear", "model.pos_interp must be one of .*got 'linear'"),
     ],
 )
 def test_bad_settings_are_named(override, message):

@@ -194,11 +194,33 @@ def test_init_from_a_corenet_checkpoint_needs_and_fills_the_conv_stem(tmp_path):
     assert torch.equal(stem[0].weight, src["patch_emb.0.block.conv.weight"])
     assert torch.equal(stem[4].running_var, src["patch_emb.1.block.norm.running_var"])
     assert torch.equal(stem[6].bias, src["patch_emb.2.block.conv.bias"])
-    # 64 px: 16 patches, by corenet's own interpolation of its 196-row table
-    table = corenet_pos_embed(src["pos_embed.pos_embed.pos_embed"], 16)
-    assert torch.equal(model.encoder.pos_embed[0, 1:].detach(), table[0])
+    # corenet's 196-row table, kept (pos_interp corenet); at 64 px: 16 patches, by corenet's own
+    # interpolation of it
+    table = src["pos_embed.pos_embed.pos_embed"]
+    assert torch.equal(model.encoder.pos_embed[0, 1:].detach(), table[0, 0])
+    with torch.no_grad():
+        at_64 = model.encoder.pos_embed_for((4, 4))
+    assert torch.equal(at_64[0, 1:], corenet_pos_embed(table, 16)[0])
     with pytest.raises(ConfigError, match="convolutional stem: use a corenet_vit_"):
         build(tmp_path, "finetune", {"num_classes": C}, init_from=str(path), name="vit_tiny", image_size=64)
+
+
+@pytest.mark.filterwarnings("ignore:.*weights_only")
+def test_init_from_a_corenet_training_checkpoint_takes_the_ema_weights(tmp_path):
+    pytest.importorskip("catlip.interop")
+    from corenet_state import corenet_vit
+
+    weights, ema = corenet_vit(depth=4, seed=0), corenet_vit(depth=4, seed=1)
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"epoch": 3, "model_state_dict": weights, "ema_state_dict": ema}, path)
+    obj, model = build(
+        tmp_path, "finetune", {"num_classes": C}, init_from=str(path), name="corenet_vit_tiny", image_size=64
+    )
+    assert torch.equal(
+        model.encoder.blocks[3].attn.qkv.weight, ema["transformer.3.pre_norm_mha.1.qkv_proj.weight"]
+    )
+    (line,) = [r for r in obj.report if "backbone from" in r]
+    assert line.endswith("tensors; loaded ema_state_dict (the EMA weights), not model_state_dict)"), line
 
 
 def test_probe_evaluation_reuses_the_held_out_features(tmp_path):

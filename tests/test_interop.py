@@ -234,9 +234,11 @@ def test_pos_embed_resampled_to_another_resolution() -> None:
 
 
 def _corenet_forward(s: dict, images: torch.Tensor, heads: int, *, flash: bool = True) -> torch.Tensor:
-    """corenet's ViT forward at 224 px written out from its modules (conv_layer.py: padding
-    (k - 1) // 2, so 1 for the 4x4 stem conv; BatchNorm2d eps 1e-5 in eval; GELU; flattened
-    patches + the 196-row table, then the class token, no position; pre-norm blocks with
+    """corenet's ViT forward written out from its modules (conv_layer.py: padding (k - 1) // 2, so
+    1 for the 4x4 stem conv; BatchNorm2d eps 1e-5 in eval; GELU; flattened patches + the 196-row
+    table, interpolated to the patch count as positional_embedding.py's LearnablePositionalEmbedding
+    does at any other size (F.interpolate of the (1, 1, 196, W) table to (N, W), mode "bilinear",
+    align_corners left at its default), then the class token, no position; pre-norm blocks with
     LayerNorm eps 1e-6 and qkv as (B, S, 3, heads, Dh)); returns the classifier's logits."""
     F = torch.nn.functional
     x = images
@@ -249,7 +251,11 @@ def _corenet_forward(s: dict, images: torch.Tensor, heads: int, *, flash: bool =
         )  # fmt: skip
         x = F.gelu(x)
     x = F.conv2d(x, s["patch_emb.2.block.conv.weight"], s["patch_emb.2.block.conv.bias"], stride=2)
-    x = x.flatten(2).transpose(1, 2) + s["pos_embed.pos_embed.pos_embed"][0]  # (B, 196, W)
+    x = x.flatten(2).transpose(1, 2)  # (B, N, W)
+    table = s["pos_embed.pos_embed.pos_embed"]  # (1, 1, 196, W)
+    if x.shape[1] != table.shape[2]:
+        table = F.interpolate(table, size=(x.shape[1], x.shape[2]), mode="bilinear")
+    x = x + table.reshape(1, x.shape[1], x.shape[2])
     x = torch.cat([s["cls_token"].expand(x.shape[0], -1, -1), x], dim=1)
     width = x.shape[-1]
     out_proj = "out_proj_attn" if flash else "out_proj"
@@ -299,6 +305,33 @@ def test_corenet_vit_loads_whole_and_computes_corenets_logits(tmp_path: Path, fl
     meta = {"catlip_config": json.dumps({"model": {"name": "corenet_vit_b16"}})}
     with pytest.raises(InteropError, match="no timm VisionTransformer counterpart"):
         export_timm(out, meta, tmp_path / "x.safetensors")
+
+
+@pytest.mark.parametrize("image_size", [224, 256], ids=["model_224px", "model_256px"])
+@pytest.mark.parametrize("size", [(160, 160), (256, 256), (160, 224)], ids=["160", "256", "160x224"])
+def test_a_corenet_checkpoint_computes_corenets_logits_at_every_size(size, image_size) -> None:
+    """pos_interp corenet (the corenet_vit_* presets): the 196-row table is kept whatever the
+    model's image_size, and interpolated at every forward as corenet does, so the logits are
+    corenet's at any input size; the bicubic resampling of the grid (pos_interp bicubic) is not."""
+    src = _corenet_vit()
+    for i in (0, 1):  # running statistics of a trained stem (positive variances near 1)
+        src[f"patch_emb.{i}.block.norm.running_var"] += 0.5
+    src = {k: v.double() if v.is_floating_point() else v for k, v in src.items()}  # fp32 values, exactly
+    cfg = vit_config("corenet_vit_b16", width=96, depth=3, heads=3, image_size=image_size)
+    assert cfg.pos_interp == "corenet" and cfg.pos_rows == 197
+    model = CatLIPModel(cfg, 11).double().eval()
+    model.load_state_dict(load_encoder_state(src), strict=True)
+    torch.manual_seed(0)
+    images = torch.randn(2, 3, *size, dtype=torch.float64)
+    theirs = _corenet_forward(src, images, 3)
+    with torch.no_grad():
+        torch.testing.assert_close(model(images), theirs, rtol=1e-10, atol=1e-10)
+        # as the engine did before: the table for the model's size (corenet's rule, once), then
+        # bicubic over the grid for the input's
+        bicubic = CatLIPModel(replace(cfg, pos_interp="bicubic"), 11).double().eval()
+        bicubic.load_state_dict(load_encoder_state(src, image_size=image_size), strict=True)
+        if size != (image_size, image_size):
+            assert (bicubic(images) - theirs).abs().max() > 1e-3 * theirs.abs().max()
 
 
 @pytest.mark.parametrize("flash", [True, False], ids=["FlashTransformerEncoder", "TransformerEncoder"])
@@ -351,6 +384,27 @@ def test_corenet_vit_names_map_onto_ours(tmp_path: Path, flash: bool) -> None:
     big = load_encoder_state(path, image_size=256)["encoder.pos_embed"]
     expect = torch.nn.functional.interpolate(table, size=(256, 96), mode="bilinear")
     assert big.shape == (1, 257, 96) and torch.allclose(big[0, 1:], expect[0, 0])
+
+
+def test_corenet_training_checkpoint_gives_its_ema_weights_and_says_so(tmp_path: Path, capsys) -> None:
+    """corenet's checkpoint.pt (corenet/utils/checkpoint_utils.py get_training_state): the weights
+    under model_state_dict, their EMA (CatLIP's reported model) under ema_state_dict."""
+    weights, ema = _corenet_vit(seed=0), _corenet_vit(seed=1)
+    optim = torch.optim.AdamW([torch.nn.Parameter(torch.randn(3))]).state_dict()
+    path = tmp_path / "checkpoint.pt"
+    state = {"iterations": 9, "epoch": 2, "model_state_dict": weights, "optim_state_dict": optim}
+    torch.save({**state, "best_metric": 0.31, "is_interval_ckpt": False, "ema_state_dict": ema}, path)
+    said: list[str] = []
+    out = load_encoder_state(path, log=said.append)
+    assert torch.equal(out["head.weight"], ema["classifier.weight"])
+    assert torch.equal(out["encoder.blocks.2.mlp.0.weight"], ema["transformer.2.pre_norm_ffn.1.weight"])
+    assert said == [f"{path}: loaded ema_state_dict (the EMA weights), not model_state_dict"]
+    load_encoder_state(path)  # by default the line is printed
+    assert capsys.readouterr().out == said[0] + "\n"
+    # without an EMA there is no choice, and nothing to say
+    torch.save(state, path)
+    out = load_encoder_state(path, log=said.append)
+    assert torch.equal(out["head.weight"], weights["classifier.weight"]) and len(said) == 1
 
 
 @pytest.mark.filterwarnings("ignore:.*left out:")

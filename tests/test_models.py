@@ -11,6 +11,7 @@ from catlip.models import (
     CatLIPModel,
     VisionTransformer,
     ViTConfig,
+    interpolate_pos_sequence,
     param_groups,
     resample_pos_embed,
     vit_config,
@@ -103,6 +104,42 @@ def test_vit_runs_any_grid_and_caches_the_table_only_without_gradients():
     model.train()
     model(torch.randn(1, 3, 32, 96)).sum().backward()
     assert model.pos_embed.grad is not None and model.pos_embed.grad[:, 1:].abs().sum() > 0
+
+
+@pytest.mark.parametrize("rows", [(1, 7), (5, 3)], ids=["196_to_7", "196_to_15"])
+def test_corenet_position_interpolation_is_linear_over_the_sequence(rows):
+    """interpolate_pos_sequence by hand: row i of N comes from the 196-row table at position
+    (i + 0.5) * 196 / N - 0.5 (align_corners False, clamped at the ends), linearly."""
+    torch.manual_seed(0)
+    pos = torch.randn(1, 1 + 196, 8, dtype=torch.float64)
+    n = rows[0] * rows[1]
+    out = interpolate_pos_sequence(pos, n)
+    assert out.shape == (1, 1 + n, 8) and torch.equal(out[:, 0], pos[:, 0])
+    for i in range(n):
+        x = min(max((i + 0.5) * 196 / n - 0.5, 0.0), 195.0)
+        lo, w = int(x), x - int(x)
+        hi = min(lo + 1, 195)
+        torch.testing.assert_close(out[0, 1 + i], (1 - w) * pos[0, 1 + lo] + w * pos[0, 1 + hi])
+    assert interpolate_pos_sequence(pos, 196) is pos
+
+
+def test_corenet_vit_keeps_196_positions_at_any_size_and_trains_them():
+    cfg = vit_config("corenet_vit_tiny")  # 64 px, conv stem, pos_interp corenet
+    assert cfg.pos_interp == "corenet" and cfg.pos_rows == 197 and cfg.num_tokens == 17
+    torch.manual_seed(0)
+    model = VisionTransformer(cfg).eval()
+    assert model.pos_embed.shape == (1, 197, 96)
+    with torch.no_grad():
+        model(torch.randn(2, 3, 48, 80))  # a 3 x 5 grid: 15 patches from the 196 rows
+        cached = model._pos_cache[(3, 5)][1]
+        torch.testing.assert_close(cached, interpolate_pos_sequence(model.pos_embed, 15), rtol=0, atol=0)
+        assert model.pos_embed_for((7, 28)) is model.pos_embed  # 196 patches: the table itself
+    model.train()
+    model(torch.randn(1, 3, 64, 64)).pow(2).sum().backward()  # 16 patches: the table's gradient
+    assert model.pos_embed.grad[:, 1:].abs().sum() > 0
+    with pytest.raises(ValueError, match="pos_interp must be one of"):
+        vit_config("vit_tiny", pos_interp="linear")
+    assert vit_config("corenet_vit_tiny", pos_interp="bicubic").pos_rows == 17  # a table for 64 px
 
 
 def _grads(model, images, labels):

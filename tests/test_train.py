@@ -268,6 +268,39 @@ def test_average_precision_against_hand_computed_values():
     assert chance == pytest.approx((2 / 4 + 1 / 4) / 2)
 
 
+def test_average_precision_counts_tied_scores_as_one_threshold():
+    # one positive among four equal scores: precision 1/4 at the only threshold, in any input order
+    tied = np.full((4, 1), 0.5)
+    for row in range(4):
+        targets = np.zeros((4, 1), dtype=bool)
+        targets[row] = True
+        assert average_precision(tied, targets)[0] == pytest.approx(0.25)
+    # thresholds 0.9 (P 0), 0.5 (2 images, 1 positive: P 1/3, recall 1/2), 0.1 (P 2/4, recall 1/2)
+    scores = np.array([[0.9], [0.5], [0.5], [0.1]])
+    for targets in ([0, 1, 0, 1], [0, 0, 1, 1]):
+        got = average_precision(scores, np.array(targets, dtype=bool)[:, None])[0]
+        assert got == pytest.approx(0.5 * 1 / 3 + 0.5 * 2 / 4)
+
+
+def test_average_precision_matches_scikit_learn_on_tied_scores():
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 4, size=(200, 30)) / 3  # four distinct values: ties everywhere
+    targets = rng.random((200, 30)) < 0.2
+    targets[:, 0] = False  # a class with no positive is left out
+    m_ap, _, classes = average_precision(scores, targets)
+    perm = rng.permutation(200)
+    assert average_precision(scores[perm], targets[perm])[0] == pytest.approx(m_ap, abs=1e-12)
+    assert classes == 29
+    # scikit-learn 1.9.1 average_precision_score on these arrays (and checked where it is importable)
+    assert m_ap == pytest.approx(0.2061214187996472, abs=1e-12)
+    try:
+        from sklearn.metrics import average_precision_score
+    except ImportError:
+        return
+    expect = np.mean([average_precision_score(targets[:, c], scores[:, c]) for c in range(1, 30)])
+    assert m_ap == pytest.approx(expect, abs=1e-12)
+
+
 def test_config_errors_are_clear(tmp_path):
     with pytest.raises(ConfigError, match="unknown key optim.learning_rate"):
         from_dict({"optim": {"learning_rate": 1.0}})

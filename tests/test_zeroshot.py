@@ -41,20 +41,26 @@ def setup(tmp_path_factory: pytest.TempPathFactory, nltk_ready: None) -> dict[st
     return {"root": root, "vocab": root / "vocab.tsv", "classes": root / "classes.json"}
 
 
-def write_checkpoint(run: Path, vocab: Path, bias: list[float], name: str = "vit_tiny") -> Path:
+def write_checkpoint(
+    run: Path, vocab: Path, bias: list[float], name: str = "vit_tiny", *, before_pos_interp: bool = False
+) -> Path:
     """A stage-0 DeepSpeed checkpoint as the trainer lays it out (mp_rank_00_model_states.pt with
     the module state and the client state, complete.json), of vit_tiny with a zero head weight and
-    ``bias``: every image gets logits = bias."""
+    ``bias``: every image gets logits = bias. ``before_pos_interp``: as written before that option
+    (no model.pos_interp in the config; a table for SIZE, resampled bicubically)."""
     from catlip.models import CatLIPModel, vit_config
 
     torch.manual_seed(0)
-    model = CatLIPModel(vit_config(name, image_size=SIZE), len(bias))
+    old = {"pos_interp": "bicubic"} if before_pos_interp else {}
+    model = CatLIPModel(vit_config(name, image_size=SIZE, **old), len(bias))
     with torch.no_grad():
         model.head.weight.zero_()
         model.head.bias.copy_(torch.tensor(bias))
     tag = run / "checkpoints" / "step_00000007"
     tag.mkdir(parents=True)
     config = {"model": {"name": name, "image_size": SIZE, "objective": "catlip"}}
+    if not before_pos_interp:
+        config["model"]["pos_interp"] = None  # the preset's, as the trainer records it
     vocab_meta = {"vocab": str(vocab), "vocab_size": len(bias), "vocab_sha256": vocab_sha256(vocab)}
     states = {
         "module": model.state_dict(),
@@ -139,6 +145,85 @@ def test_bad_inputs_are_errors_naming_them(setup, tmp_path: Path, capsys) -> Non
         assert said in err and "Traceback" not in err, err
     assert main(["evaluate", "--checkpoint", str(run), "--classes", str(setup["classes"]), "--data", str(tmp_path / "x")]) == 2  # fmt: skip
     assert "--data" in capsys.readouterr().err
+
+
+def test_a_checkpoint_from_before_pos_interp_keeps_its_table(setup, tmp_path: Path, capsys) -> None:
+    """corenet_vit_* checkpoints written before model.pos_interp hold a table for their image size
+    (5 rows at 32 px: a 2 x 2 grid) and were resampled bicubically: they load and run as they did."""
+    from engine.checkpoint import read_model
+    from engine.cli import main
+    from engine.zeroshot import build_model
+
+    run = write_checkpoint(
+        tmp_path / "run", setup["vocab"], [0.0, 2.0, 0.5, 3.0], "corenet_vit_tiny", before_pos_interp=True
+    )
+    model = build_model(*read_model(run), run)
+    assert model.cfg.pos_interp == "bicubic" and model.encoder.pos_embed.shape == (1, 5, 96)
+    img = str(solid(tmp_path / "a.png", (1, 2, 3)))
+    assert main(["predict", "--checkpoint", str(run), "--classes", str(setup["classes"]), img]) == 0
+    assert "motor vehicle" in capsys.readouterr().out
+
+
+def test_weights_not_floating_point_or_not_finite_are_refused(setup, tmp_path: Path, capsys) -> None:
+    """predict, evaluate, export and model.init_from refuse int8 and NaN/inf weights, naming the file
+    and the tensor, instead of casting them or scoring with them (exit 0 with meaningless scores)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from catlip.interop import InteropError, load_encoder_state
+    from engine.checkpoint import export_fp32
+    from engine.cli import main
+    from engine.config import ConfigError
+    from engine.pretrained import load_pretrained
+
+    good = export_fp32(write_checkpoint(tmp_path / "good", setup["vocab"], [0.0] * 4), tmp_path / "good.st")
+    state, img = load_file(str(good)), str(solid(tmp_path / "a.png", (1, 2, 3)))
+    with safe_open(str(good), "pt") as f:  # the export's metadata (config, vocabulary), kept
+        meta = f.metadata()
+    int8 = tmp_path / "int8.safetensors"  # every tensor int8, as a quantised file would hold
+    save_file({k: v.round().to(torch.int8) for k, v in state.items()}, str(int8), metadata=meta)
+    nan = write_checkpoint(tmp_path / "nan", setup["vocab"], [0.0, float("nan"), 0.0, 0.0])
+    inf = tmp_path / "inf.safetensors"
+    save_file(
+        {**state, "encoder.pos_embed": state["encoder.pos_embed"].clone().fill_(float("inf"))},
+        str(inf),
+        metadata=meta,
+    )
+    cases = [
+        (int8, r"int8.safetensors: refused: tensor (encoder|head)\.\S+ is int8, not floating point"),
+        (nan, r"mp_rank_00_model_states.pt: refused: tensor head.bias has 1 NaN or infinite values among 4"),
+        (
+            inf,
+            r"inf.safetensors: refused: tensor encoder.pos_embed has 1632 NaN or infinite values among 1632",
+        ),
+    ]
+    for ckpt, said in cases:
+        for argv in (
+            ["predict", "--checkpoint", str(ckpt), "--classes", str(setup["classes"]), img],
+            [
+                "evaluate",
+                "--checkpoint",
+                str(ckpt),
+                "--classes",
+                str(setup["classes"]),
+                "--data",
+                str(tmp_path),
+            ],
+        ):
+            assert main(argv) == 2, argv
+            err = capsys.readouterr().err
+            assert re.search(said, err) and "Traceback" not in err, err
+        with pytest.raises(ConfigError, match=said):  # model.init_from
+            load_pretrained(ckpt)
+    assert main(["export", str(nan), "--out", str(tmp_path / "x.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert (
+        "mp_rank_00_model_states.pt: refused: tensor head.bias has 1 NaN" in err and "Traceback" not in err
+    ), err
+    assert not (tmp_path / "x.safetensors").exists()
+    # foreign weights (catlip.interop): refused before any cast
+    with pytest.raises(InteropError, match=cases[0][1]):
+        load_encoder_state(int8)
 
 
 class MeanColour(nn.Module):
