@@ -55,15 +55,22 @@ DQ_ONEPASS_MAX_S = 512
 # V, dK, dV and a dQ tile at once: at D 80 (64 + 16) every tile compiled for sm_90a and sm_80
 # spilled (24-2,400 B of stack, 32 x 32 to 64 x 64, 4 or 8 warps, Triton 3.6 and 3.8), so ViT-H/14
 # keeps the two-launch backward. BLOCK_M is the streamed (query) block, BLOCK_N the held (key) one.
-# 4 warps on 64 x 64 spill on sm_90a (40-56 B); 8 warps do not (254-255 registers). Registers and
-# spills: perf/results/compiled_kernels.csv. Not yet timed.
+# 8 warps on 64 x 64 take 208 registers on sm_90a. 4 warps spilled 40-56 B while the last query
+# step was a second, narrower copy of the step; with one step they take 240-243 registers and do
+# not spill, so the GPU timing may pick either. Registers and spills:
+# perf/results/compiled_kernels.csv. Not yet timed.
 DQ_ONEPASS_MAX_D = 64
 # fp32 with TF32 dots is not offered (attention_bwd takes the two-launch backward): 64 x 64 on 8
 # warps spills 80-96 B with fp32 operands, and a spill-free 32 x 64 tile would not recompute the
 # forward's 64 x 64 scores bit for bit, which dQ's cancellation needs (the orientation finding).
+# IEEE fp32 (the GPU tests): the forward's 32-query blocks (IEEE_FMA_CONFIG) against 16 keys. Its
+# 32 x 32 spilled on sm_90a once every query step became a full, masked BLOCK_M step
+# (_onepass_key_block): 312 B on 4 warps, 8 B on 8 under Triton 3.6. The FMA units sum each score
+# over D in order whatever the tile, so the scores stay the forward's.
 ONEPASS_CONFIGS = ConfigTable(
     sm90={64: BlockConfig(64, 64, 8, 1)},
     sm80={64: BlockConfig(32, 32, 4, 1)},
+    ieee={64: BlockConfig(32, 16, 4, 1)},
 )
 
 
@@ -133,7 +140,7 @@ def _onepass_key_block(
     Q, K, V, DO, DK, DV, LSE, DELTA, DQACC,
     stride_qm, stride_kn, stride_vn, stride_dom, stride_dkn, stride_dvn,
     start_n, S_Q, S_K, qk_scale, scale,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASK_N: tl.constexpr, BLOCK_M_TAIL: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASK_N: tl.constexpr, MASK_M: tl.constexpr,
     DQ_W: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D0: tl.constexpr, BLOCK_D1: tl.constexpr,
     HAS_D1: tl.constexpr, MASK_D0: tl.constexpr, MASK_D1: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
@@ -152,18 +159,20 @@ def _onepass_key_block(
     dv0 = tl.zeros([BLOCK_N, BLOCK_D0], dtype=tl.float32)
     dk1 = tl.zeros([BLOCK_N, BLOCK_D1], dtype=tl.float32)
     dv1 = tl.zeros([BLOCK_N, BLOCK_D1], dtype=tl.float32)
-    m_full = (S_Q // BLOCK_M) * BLOCK_M
-    for start_m in range(0, m_full, BLOCK_M):
+    # Every query step is BLOCK_M rows, the last one masked (MASK_M masks them all, so the step is
+    # compiled once): the forward's query blocks, whose scores dQ must recompute bit for bit
+    # (_onepass_step). A narrower tail step (16 rows at S 197, as tail_block gives) multiplies
+    # tiles of another shape, and those need not round the same: under the interpreter, OpenBLAS's
+    # AVX-512 (SkylakeX) sgemm gives a 16-row product other last bits than the 64-row one, which
+    # gave the last query rows 9x PyTorch's dQ error at scores ~-100; on Hopper a 16-row tile
+    # cannot be a wgmma (64 rows), so it ran as mma.sync against the forward's wgmma. Price: at
+    # S 197, 256 query rows per key block instead of 208 (perf/notes_attention.md already counted
+    # 256); one inlined step instead of two took sm_90a's 64 x 64 at D 64 from 255 to 208 registers.
+    for start_m in range(0, S_Q, BLOCK_M):
         dk0, dk1, dv0, dv1 = _onepass_step(
             dk0, dk1, dv0, dv1, k0, k1, v0, v1, offs_n, Q, DO, LSE, DELTA, DQACC,
             stride_qm, stride_dom, start_m, S_Q, S_K, qk_scale,
-            BLOCK_M, False, MASK_N, DQ_W, HEAD_DIM, BLOCK_D0, BLOCK_D1, HAS_D1, MASK_D0, MASK_D1, PRECISION,
-        )  # fmt: skip
-    if BLOCK_M_TAIL > 0:
-        dk0, dk1, dv0, dv1 = _onepass_step(
-            dk0, dk1, dv0, dv1, k0, k1, v0, v1, offs_n, Q, DO, LSE, DELTA, DQACC,
-            stride_qm, stride_dom, m_full, S_Q, S_K, qk_scale,
-            BLOCK_M_TAIL, True, MASK_N, DQ_W, HEAD_DIM, BLOCK_D0, BLOCK_D1, HAS_D1, MASK_D0, MASK_D1, PRECISION,
+            BLOCK_M, MASK_M, MASK_N, DQ_W, HEAD_DIM, BLOCK_D0, BLOCK_D1, HAS_D1, MASK_D0, MASK_D1, PRECISION,
         )  # fmt: skip
     _store_tile(DV, dv0, offs_n, offs_d0, stride_dvn, S_K, HEAD_DIM, MASK_N, MASK_D0)
     _store_tile(DK, dk0 * scale, offs_n, offs_d0, stride_dkn, S_K, HEAD_DIM, MASK_N, MASK_D0)
@@ -175,7 +184,8 @@ def _onepass_key_block(
 @triton.heuristics(
     {
         "BLOCK_N_TAIL": lambda a: tail_block(a["S_K"], a["BLOCK_N"]),
-        "BLOCK_M_TAIL": lambda a: tail_block(a["S_Q"], a["BLOCK_M"]),
+        # the last query block is partial: every query step is masked (see _onepass_key_block)
+        "MASK_M": lambda a: a["S_Q"] % a["BLOCK_M"] != 0,
         "BLOCK_D": lambda a: triton.next_power_of_2(max(a["HEAD_DIM"], 16)),
         "DQ_W": lambda a: sum(head_dim_split(a["HEAD_DIM"])),  # the accumulator's row: D padded
     }
@@ -195,7 +205,7 @@ def _bwd_onepass_kernel(
     H, S_Q, S_K, qk_scale, scale,
     HEAD_DIM: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     INT64_ROWS: tl.constexpr,
-    BLOCK_N_TAIL: tl.constexpr, BLOCK_M_TAIL: tl.constexpr, BLOCK_D: tl.constexpr, DQ_W: tl.constexpr,
+    BLOCK_N_TAIL: tl.constexpr, MASK_M: tl.constexpr, BLOCK_D: tl.constexpr, DQ_W: tl.constexpr,
     BLOCK_D0: tl.constexpr, BLOCK_D1: tl.constexpr, HAS_D1: tl.constexpr,
     MASK_D0: tl.constexpr, MASK_D1: tl.constexpr,
 ):  # fmt: skip
@@ -247,14 +257,14 @@ def _bwd_onepass_kernel(
         _onepass_key_block(
             Q, K, V, DO, DK, DV, LSE, DELTA, DQACC,
             stride_qm, stride_kn, stride_vn, stride_dom, stride_dkn, stride_dvn,
-            start_n, S_Q, S_K, qk_scale, scale, BLOCK_M, BLOCK_N, False, BLOCK_M_TAIL,
+            start_n, S_Q, S_K, qk_scale, scale, BLOCK_M, BLOCK_N, False, MASK_M,
             DQ_W, HEAD_DIM, BLOCK_D0, BLOCK_D1, HAS_D1, MASK_D0, MASK_D1, PRECISION,
         )  # fmt: skip
     if BLOCK_N_TAIL > 0:
         _onepass_key_block(
             Q, K, V, DO, DK, DV, LSE, DELTA, DQACC,
             stride_qm, stride_kn, stride_vn, stride_dom, stride_dkn, stride_dvn,
-            n_full, S_Q, S_K, qk_scale, scale, BLOCK_M, BLOCK_N_TAIL, True, BLOCK_M_TAIL,
+            n_full, S_Q, S_K, qk_scale, scale, BLOCK_M, BLOCK_N_TAIL, True, MASK_M,
             DQ_W, HEAD_DIM, BLOCK_D0, BLOCK_D1, HAS_D1, MASK_D0, MASK_D1, PRECISION,
         )  # fmt: skip
 
