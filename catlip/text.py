@@ -141,7 +141,14 @@ def _nltk_word_tokenize(text: str) -> list[str]:
 
 # ----------------------------------------------------------------------------------------- tagging
 class FastPerceptronTagger:
-    """NLTK's averaged-perceptron POS tagger (``nltk.pos_tag``) with identical output, ~2x faster."""
+    """NLTK's averaged-perceptron POS tagger (``nltk.pos_tag``) with identical output, ~4x faster.
+
+    NLTK sums, for each class, the weights of the token's 13 features in feature order, starting
+    from the bias, and takes the largest (score, class). Here each feature's weights are one dense
+    float64 row over the classes (made the first time the feature is seen), and the rows are added
+    in the same order: the classes a feature does not weigh get ``+ 0.0``, which changes no value,
+    so every score is bit for bit NLTK's. The classes are held in descending name order, so the
+    first maximum (``argmax``) is the larger name among equal scores, NLTK's tie-break."""
 
     START = ("-START-", "-START2-")
     END = ("-END-", "-END2-")
@@ -153,7 +160,18 @@ class FastPerceptronTagger:
         self.weights: dict[str, dict[str, float]] = nltk_tagger.model.weights
         self.tagdict: dict[str, str] = nltk_tagger.tagdict
         self.classes = sorted(nltk_tagger.classes)
-        self._bias = dict(self.weights.get("bias", {}))
+        self._order = self.classes[::-1]  # descending: argmax's first hit is the larger name
+        self._column = {c: i for i, c in enumerate(self._order)}
+        self._bias = self._row(self.weights.get("bias", {}))
+        self._rows: dict[str, object] = {}
+
+    def _row(self, weights: dict[str, float]):
+        import numpy as np
+
+        row = np.zeros(len(self._order))
+        for label, weight in weights.items():
+            row[self._column[label]] = weight
+        return row
 
     @staticmethod
     def _normalize(word: str) -> str:
@@ -167,7 +185,7 @@ class FastPerceptronTagger:
 
     def tag(self, tokens: list[str]) -> list[str]:
         """One tag per token, as ``[t for _, t in nltk.pos_tag(tokens)]`` returns."""
-        weights, tagdict, normalize = self.weights, self.tagdict, self._normalize
+        weights, tagdict, rows, normalize = self.weights, self.tagdict, self._rows, self._normalize
         context = [*self.START, *(normalize(w) for w in tokens), *self.END]
         prev, prev2 = self.START
         tags = []
@@ -176,8 +194,9 @@ class FastPerceptronTagger:
             if not tag:
                 c = i + 2
                 w0, wm1, wp1 = context[c], context[c - 1], context[c + 1]
-                # NLTK's _get_features order; the sums below follow it so scores match bit for bit.
-                features = (
+                scores = self._bias.copy()
+                # NLTK's _get_features order; the rows are added in it so scores match bit for bit.
+                for feature in (
                     f"i suffix {word[-3:]}",
                     f"i pref1 {word[0] if word else ''}",
                     f"i-1 tag {prev}",
@@ -191,31 +210,22 @@ class FastPerceptronTagger:
                     f"i+1 word {wp1}",
                     f"i+1 suffix {wp1[-3:]}",
                     f"i+2 word {context[c + 2]}",
-                )
-                scores = self._bias.copy()
-                get = scores.get
-                for feature in features:
-                    fw = weights.get(feature)
-                    if fw:
-                        for label, weight in fw.items():
-                            scores[label] = get(label, 0.0) + weight
-                tag = self._best(scores)
+                ):
+                    row = rows.get(feature)
+                    if row is None:
+                        fw = weights.get(feature)
+                        if not fw:
+                            continue
+                        row = rows[feature] = self._row(fw)
+                    scores += row
+                tag = self._order[scores.argmax()]
             tags.append(tag)
             prev2, prev = prev, tag
         return tags
 
     def _best(self, scores: dict[str, float]) -> str:
         """max over all classes of (score, label); classes without weights score 0.0."""
-        if not scores:
-            return self.classes[-1]
-        label, score = max(scores.items(), key=lambda kv: (kv[1], kv[0]))
-        if score <= 0.0 and len(scores) < len(self.classes):
-            for other in reversed(self.classes):  # the largest unscored label wins a 0.0 tie
-                if other not in scores:
-                    if (0.0, other) > (score, label):
-                        label = other
-                    break
-        return label
+        return self._order[self._row(scores).argmax()]
 
 
 @lru_cache(maxsize=1)
