@@ -302,19 +302,35 @@ def _modifier_sense(head_senses: list, modifiers: list[str]):
     return None
 
 
-def resolve_synset(name: str, override: str | None = None) -> tuple[Any, str] | None:
-    """(noun synset, how) for a class name, or None when WordNet has nothing for it."""
+def resolve_synset(name: str, override: str | None = None, labeler: Any = None) -> tuple[Any, str] | None:
+    """(noun synset, how) for a class name, or None when WordNet has nothing for it.
+
+    ``labeler``: a catlip-2 labeler (the vocabulary's, with its sense table): the name's sense is
+    the one it gives the name as a caption noun phrase (its concrete-sense prior, the corpus's
+    senses), after the modifier rule for a multi-word name that is no lemma. None: catlip-1's
+    rules (a name's first sense, :data:`KNOWN_SENSES`), for vocabularies labelled by it."""
     wn = _wn()
     if override is not None:
         return _synset_of(override), "override"
     key = name.strip().lower()
+    words = _words(name)
+    if labeler is not None:
+        if len(words) > 1 and not labeler._compound_key(tuple(words)):
+            heads = [wn.synset(s.name) for s, _ in labeler.candidates(labeler._noun_forms(words[-1]))]
+            chosen = _modifier_sense(heads, words[:-1])
+            if chosen is not None:
+                return chosen, f"head noun {words[-1]!r}, the sense naming {' '.join(words[:-1])!r}"
+        found = labeler.phrase_sense(words)
+        if found is None:
+            return None
+        sense, how = found
+        return wn.synset(sense.name), f"{how}, the labeler's sense"
     if key in KNOWN_SENSES:
         return wn.synset(KNOWN_SENSES[key]), "known sense"
     for form in _lemma_forms(name):
         senses = wn.synsets(form, "n")
         if senses:
             return senses[0], "lemma"
-    words = _words(name)
     if len(words) > 1:
         heads = []
         for form in _lemma_forms(words[-1]):
@@ -333,18 +349,26 @@ def resolve_synset(name: str, override: str | None = None) -> tuple[Any, str] | 
 class ClassMapper:
     """Maps class names or wnids onto a vocabulary's rows (see the module docstring)."""
 
-    def __init__(self, vocab: Vocabulary, *, overrides: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, vocab: Vocabulary, *, overrides: dict[str, str] | None = None, labeler: Any = None
+    ) -> None:
+        """``labeler``: the one the vocabulary's captions were labelled with; a catlip-2 labeler
+        brings its sense rules, anything else (None: catlip-1) the first-sense rules."""
         from catlip.labels import CaptionLabeler
+        from catlip.senses import SenseLabeler
 
         self.vocab = vocab
         self.overrides = {k.lower(): v for k, v in (overrides or {}).items()}
-        self._labeler = CaptionLabeler(
-            pos_filter=False
-        )  # its synset_of: a word's first sense, as in training
+        self.senses = labeler if isinstance(labeler, SenseLabeler) else None
+        self._labeler = CaptionLabeler(pos_filter=False)  # catlip-1's synset_of: a word's first sense
 
     def word_row(self, word: str) -> int | None:
-        """The vocabulary row the caption labeler gives ``word``, or None."""
-        key = self._labeler.synset_of(word.lower())
+        """The vocabulary row the caption labeler gives ``word`` alone, or None."""
+        if self.senses is not None:
+            found = self.senses.phrase_sense([word])
+            key = found[0].key if found else None
+        else:
+            key = self._labeler.synset_of(word.lower())
         return self.vocab.index.get(key) if key else None
 
     def rows_for(self, synset: Any) -> tuple[list[int], int, str] | None:
@@ -404,7 +428,7 @@ class ClassMapper:
         """(mapped classes, in order and re-indexed; names that did not map)."""
         out, unmapped = [], []
         for name in names:
-            resolved = resolve_synset(name, self.overrides.get(name.lower()))
+            resolved = resolve_synset(name, self.overrides.get(name.lower()), self.senses)
             entry = self.map_one(len(out), name, *(resolved or (None, "")))
             if entry is None:
                 unmapped.append(name)
@@ -432,6 +456,23 @@ class ClassMapper:
         return out, unmapped
 
 
+def _vocab_labeler(vocab_path: Path) -> Any:
+    """The labeler (with its sense table) a vocabulary's captions were labelled with; None for a
+    vocabulary from before labelers had names (no sidecar) or labelled by catlip-1 or corenet."""
+    from catlip.labels import VocabularyError, load_senses, make_labeler, senses_path, vocab_labeler
+
+    try:
+        spec = vocab_labeler(vocab_path)
+    except VocabularyError:
+        return None
+    if spec.name != "catlip-2":
+        return None
+    try:
+        return make_labeler(spec, load_senses(spec, senses_path(vocab_path)))
+    except VocabularyError as err:
+        raise ClassMapError(str(err)) from None
+
+
 def vocab_sha256(path: str | Path) -> str:
     """The digest ``catlip pack`` writes as ``vocab_sha256`` (of the TSV's bytes)."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
@@ -453,7 +494,9 @@ def build_class_map(
     if not vocab_path.is_file():
         raise ClassMapError(f"{vocab_path}: no such vocabulary (build one with `catlip vocab`)")
     vocab = Vocabulary.load(vocab_path)
-    mapper = ClassMapper(vocab, overrides=read_overrides(overrides) if overrides else None)
+    mapper = ClassMapper(
+        vocab, overrides=read_overrides(overrides) if overrides else None, labeler=_vocab_labeler(vocab_path)
+    )
     if names is not None:
         classes, unmapped = mapper.map_names(read_names(names))
         source = {"path": str(names), "kind": "names"}

@@ -26,6 +26,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from catlip.captions import cut_caption
 from catlip.text import clean_caption, clean_caption_official, get_tagger, split_sentences, word_tokenize
@@ -57,6 +58,10 @@ class CaptionLabeler:
         self._names: dict[str, str] = {}  # wnid -> synset name, for every wnid handed out
         self._clean = clean_caption_official if official else clean_caption
         split_sentences("a. b.")  # fails now, naming `catlip setup-nltk`, if punkt_tab is missing
+
+    def clean(self, caption: object) -> str:
+        """The text the labels are read from: the caption cut and cleaned."""
+        return self._clean(cut_caption(caption)[0])
 
     def sentences(self, caption: object) -> list[list[str]]:
         """The caption's tokens, sentence by sentence (as ``nltk.word_tokenize`` splits them)."""
@@ -227,20 +232,180 @@ class Vocabulary:
 class LabelEncoder:
     """caption -> sorted unique label indices into a vocabulary (sparse, never multi-hot)."""
 
-    def __init__(
-        self,
-        vocab: Vocabulary | Path | str,
-        *,
-        pos_filter: bool = True,
-        official: bool = False,
-        labeler: CaptionLabeler | None = None,
-    ):
-        """``labeler``: one already made (its own settings apply), else one for ``pos_filter``/``official``."""
-        self.vocab = vocab if isinstance(vocab, Vocabulary) else Vocabulary.load(vocab)
-        self.labeler = labeler or CaptionLabeler(pos_filter=pos_filter, official=official)
+    def __init__(self, vocab: Vocabulary | Path | str, *, labeler: Any = None) -> None:
+        """``labeler``: a labeler object; or a :class:`LabelerSpec` or name, whose sense table is the
+        one beside the vocabulary file; or None: the labeler the vocabulary file was built with."""
+        path = None if isinstance(vocab, Vocabulary) else Path(vocab)
+        self.vocab = vocab if path is None else Vocabulary.load(path)
+        if labeler is None or isinstance(labeler, LabelerSpec | str):
+            if labeler is None and path is None:
+                raise VocabularyError("a Vocabulary object has no recorded labeler: pass labeler=")
+            spec = vocab_labeler(path) if labeler is None else labeler
+            if isinstance(spec, str):
+                spec = LabelerSpec.parse(spec)
+            senses = load_senses(spec, senses_path(path) if path is not None else None)
+            if senses is not None and spec.senses_sha256 is None:
+                spec = LabelerSpec(spec.name, spec.pos_filter, senses.sha256)
+            self.spec = spec
+            labeler = make_labeler(spec, senses)
+        else:
+            self.spec = None
+        self.labeler = labeler
 
     def __call__(self, caption: object) -> list[int]:
         return self.vocab.encode_synsets(self.labeler.synsets(caption))
 
     def encode_batch(self, captions: Sequence[object]) -> list[list[int]]:
         return [self(c) for c in captions]
+
+
+# ------------------------------------------------------------------------------------- labelers
+DEFAULT_LABELER = "catlip-2"
+LABELER_NAMES = ("catlip-2", "catlip-1", "corenet")
+LABELER_HELP = {
+    "catlip-2": "senses by WordNet rules: compounds, the concrete sense, synonyms, context and the "
+    "corpus's own compounds (catlip.senses); fitted on the vocabulary's captions",
+    "catlip-1": "this engine's first labeler: {lemma}.n.01 kept when its name matches, POS filter",
+    "corenet": "the official CatLIP code's rules (its cleaning, first lemma only, no POS filter)",
+}
+
+
+class LabelerMismatch(ValueError):
+    """Two things labelled by different labelers (a vocabulary and a pack, two packs, ...)."""
+
+
+@dataclass(frozen=True)
+class LabelerSpec:
+    """Which labeler made a set of labels, as ``vocab.tsv.json``, ``dataset.json``, checkpoints and
+    exports record it: its name, the POS filter, and for catlip-2 the digest of its fitted sense
+    table (:class:`catlip.senses.SenseTable`), without which its labels cannot be reproduced."""
+
+    name: str = DEFAULT_LABELER
+    pos_filter: bool = True
+    senses_sha256: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.name not in LABELER_NAMES:
+            raise ValueError(f"unknown labeler {self.name!r} (choose from {', '.join(LABELER_NAMES)})")
+        if self.name == "corenet" and self.pos_filter:  # corenet tags but never filters
+            object.__setattr__(self, "pos_filter", False)
+        if self.name != "catlip-2" and self.senses_sha256 is not None:
+            raise ValueError(f"labeler {self.name} has no sense table")
+
+    @property
+    def id(self) -> str:
+        """``catlip-2``, ``catlip-1+no-pos-filter``, ``corenet``."""
+        return self.name + ("+no-pos-filter" if not self.pos_filter and self.name != "corenet" else "")
+
+    def describe(self) -> str:
+        return self.id + (f" (sense table {self.senses_sha256[:12]})" if self.senses_sha256 else "")
+
+    def record(self) -> dict[str, Any]:
+        rec: dict[str, Any] = {"name": self.name, "pos_filter": self.pos_filter}
+        if self.name == "catlip-2":
+            rec["senses_sha256"] = self.senses_sha256
+        return rec
+
+    @classmethod
+    def parse(cls, text: str) -> LabelerSpec:
+        """From an id: ``catlip-2``, ``catlip-1+no-pos-filter``, ``corenet``."""
+        name, plus, rest = text.partition("+")
+        if plus and rest != "no-pos-filter":
+            raise ValueError(f"unknown labeler {text!r} (a name, optionally followed by +no-pos-filter)")
+        return cls(name, not plus)
+
+    @classmethod
+    def from_record(cls, rec: Any, *, where: str = "the record") -> LabelerSpec:
+        if not isinstance(rec, dict) or not isinstance(rec.get("name"), str):
+            raise ValueError(f"{where}: malformed labeler record {rec!r}")
+        try:
+            return cls(rec["name"], bool(rec.get("pos_filter", True)), rec.get("senses_sha256"))
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from None
+
+    @classmethod
+    def of_meta(cls, meta: dict[str, Any], *, where: str = "the record") -> LabelerSpec:
+        """The labeler of a ``vocab.tsv.json`` or ``dataset.json``; one written before labelers had
+        names carries ``official`` / ``pos_filter``: corenet, or catlip-1 with or without the filter."""
+        if "labeler" in meta:
+            return cls.from_record(meta["labeler"], where=where)
+        if meta.get("official"):
+            return cls("corenet")
+        return cls("catlip-1", bool(meta.get("pos_filter", True)))
+
+    def check_same(self, other: LabelerSpec, what: str, other_what: str) -> None:
+        """Raise :class:`LabelerMismatch` naming both unless ``other`` is this labeler."""
+        if other != self:
+            raise LabelerMismatch(
+                f"{what} was labelled by {self.describe()}, {other_what} by {other.describe()}: labels of "
+                "different labelers do not mix (re-pack or rebuild the vocabulary with one of them)"
+            )
+
+
+def vocab_meta_path(vocab: Path | str) -> Path:
+    """The vocabulary's sidecar, ``vocab.tsv.json`` (sources, settings, labeler)."""
+    return Path(f"{vocab}.json")
+
+
+def senses_path(vocab: Path | str) -> Path:
+    """The vocabulary's fitted sense table, ``vocab.tsv.senses.json`` (catlip-2)."""
+    return Path(f"{vocab}.senses.json")
+
+
+def vocab_labeler(vocab: Path | str) -> LabelerSpec:
+    """The labeler a vocabulary was built with, from its sidecar. A vocabulary without one (written
+    by ``Vocabulary.save`` alone) has no known labeler: a VocabularyError says what to do."""
+    meta_path = vocab_meta_path(vocab)
+    if not meta_path.is_file():
+        raise VocabularyError(
+            f"{vocab}: no {meta_path.name} beside it, so the labeler its synsets came from is unknown; "
+            "rebuild it with `catlip vocab`, or name the labeler (--labeler)"
+        )
+    from catlip.readers import load_json
+
+    try:
+        meta = load_json(meta_path)
+        return LabelerSpec.of_meta(
+            meta if isinstance(meta, dict) else {"labeler": meta}, where=str(meta_path)
+        )
+    except ValueError as err:
+        raise VocabularyError(str(err)) from None
+
+
+def load_senses(spec: LabelerSpec, path: Path | str | None):
+    """The sense table ``spec`` names, read from ``path`` and checked against its digest (catlip-2);
+    None for the other labelers."""
+    if spec.name != "catlip-2":
+        return None
+    from catlip.senses import SenseTable
+
+    if path is None or not Path(path).is_file():
+        raise VocabularyError(
+            f"labeler catlip-2 needs its sense table ({path or 'no path given'}): it is written beside the "
+            "vocabulary by `catlip vocab` (vocab.tsv.senses.json)"
+        )
+    try:
+        table = SenseTable.load(path)
+    except ValueError as err:
+        raise VocabularyError(str(err)) from None
+    if spec.senses_sha256 is not None and table.sha256 != spec.senses_sha256:
+        raise VocabularyError(
+            f"{path}: sense table sha256 {table.sha256[:12]}, but the labeler record names "
+            f"{spec.senses_sha256[:12]}: the table changed since the vocabulary was built (rebuild it)"
+        )
+    return table
+
+
+def make_labeler(spec: LabelerSpec | str = DEFAULT_LABELER, senses=None, **options):
+    """A labeler object for ``spec`` (``synsets(caption)``, ``name_of(wnid)``); ``senses`` is
+    catlip-2's fitted table (None: unfitted, its priors and context alone). ``options`` switch
+    catlip-2's steps off, for measuring them."""
+    if isinstance(spec, str):
+        spec = LabelerSpec.parse(spec)
+    if spec.name == "catlip-2":
+        from catlip.senses import SenseLabeler
+
+        return SenseLabeler(pos_filter=spec.pos_filter, senses=senses, **options)
+    if options:
+        raise ValueError(f"labeler {spec.name} takes no options ({', '.join(options)})")
+    return CaptionLabeler(pos_filter=spec.pos_filter, official=spec.name == "corenet")

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from catlip import __version__
-from engine.cli_common import add_labeler_options, require_nltk
+from engine.cli_common import add_labeler_options, labeler_from_args, require_nltk, vocab_labeler_for
 
 EPILOG = """examples:
   catlip setup-nltk                                   # WordNet 3.0 + tagger, offline-capable
@@ -68,7 +68,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--min-count", type=int, default=5, help="minimum captions per synset (default 5)")
     p.add_argument("--top-k", type=int, help="keep at most this many synsets, most frequent first")
-    p.add_argument("--out", type=Path, required=True, help="vocabulary TSV to write")
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="vocabulary TSV to write; beside it vocab.tsv.json (sources, settings, labeler) and, "
+        "for catlip-2, vocab.tsv.senses.json (its sense table, fitted on these captions)",
+    )
+    p.add_argument(
+        "--labels-out",
+        type=Path,
+        metavar="FILE",
+        help="also write each caption's synsets there (digest<TAB>wnids), for `catlip pack --labels`: "
+        "the captions are then labelled once",
+    )
     from engine.executor import add_executor_arguments
 
     add_executor_arguments(p)
@@ -93,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="caption files to label",
     )
     p.add_argument("--out", type=Path, help="JSON-lines output for --captions (default: stdout)")
-    add_labeler_options(p)
+    add_labeler_options(p, from_vocab=True)
     p.set_defaults(func=cmd_labels)
 
     from engine.packing.cli import add_pack_parser
@@ -257,7 +270,7 @@ def cmd_setup_nltk(args: argparse.Namespace) -> int:
 
 def cmd_vocab(args: argparse.Namespace) -> int:
     from catlip.captions import caption_format
-    from catlip.vocab import TaskError, build_vocabulary
+    from catlip.vocab import TaskError, build_vocabulary, write_vocabulary
     from engine.executor import WorkerDied, executor_from_args
 
     require_nltk(args)
@@ -265,6 +278,10 @@ def cmd_vocab(args: argparse.Namespace) -> int:
         if not path.is_file():
             raise SystemExit(f"catlip vocab: {path}: no such file")
         caption_format(path)
+    from catlip.labels import DEFAULT_LABELER, LabelerSpec, senses_path
+
+    labeler = labeler_from_args(args) or LabelerSpec(DEFAULT_LABELER)
+    partial = senses_path(args.out).with_name(senses_path(args.out).name + ".partial")
     try:
         with executor_from_args(args) as executor:
             vocab, stats = build_vocabulary(
@@ -272,34 +289,33 @@ def cmd_vocab(args: argparse.Namespace) -> int:
                 min_count=args.min_count,
                 top_k=args.top_k,
                 executor=executor,
-                pos_filter=args.pos_filter,
-                official=args.official,
+                labeler=labeler,
+                senses_out=partial if labeler.name == "catlip-2" else None,
+                labels_out=args.labels_out,
                 nltk_data=(str(args.nltk_data.resolve()),) if args.nltk_data else (),
             )
     except (TaskError, WorkerDied) as err:
         raise SystemExit(f"catlip vocab: {err}; no vocabulary written") from err
+    finally:
+        partial.unlink(missing_ok=True)
     if len(vocab) == 0:
         why = "no captions in them" if stats.captions == 0 else f"no synset in >= {args.min_count} captions"
         raise SystemExit(
             f"catlip vocab: {', '.join(map(str, args.captions))}: {why}, so the vocabulary would be "
             "empty; no vocabulary written (check the files, or lower --min-count)"
         )
-    vocab.save(args.out)
     meta = {
         "sources": [str(p) for p in args.captions],
         "min_count": args.min_count,
         "top_k": args.top_k,
-        "pos_filter": args.pos_filter and not args.official,
-        "official": args.official,
-        "captions": stats.captions,
-        "synsets_seen": stats.synsets_seen,
-        "vocab_size": stats.vocab_size,
-        "captions_no_label": stats.no_label,
         "captions_cut": stats.cut,
     }
-    Path(f"{args.out}.json").write_text(json.dumps(meta, indent=2) + "\n")
+    write_vocabulary(args.out, vocab, stats, meta)
     print(stats.summary())
-    print(f"wrote {args.out} ({len(vocab):,} synsets) and {args.out}.json")
+    wrote = [f"{args.out}.json"] + ([senses_path(args.out).name] if stats.senses is not None else [])
+    if args.labels_out:
+        wrote.append(f"{args.labels_out} ({stats.captions:,} captions' synsets)")
+    print(f"wrote {args.out} ({len(vocab):,} synsets), " + ", ".join(wrote))
     return 0
 
 
@@ -310,7 +326,10 @@ def cmd_labels(args: argparse.Namespace) -> int:
     if not args.captions and not args.caption_files:
         raise SystemExit("catlip labels: give captions as arguments or --captions FILE")
     require_nltk(args)
-    encoder = LabelEncoder(args.vocab, pos_filter=args.pos_filter, official=args.official)
+    from catlip.labels import Vocabulary
+
+    Vocabulary.load(args.vocab)  # a file that is no vocabulary is named as such first
+    encoder = LabelEncoder(args.vocab, labeler=vocab_labeler_for(args, args.vocab))
     vocab = encoder.vocab
     cut = 0
     for caption in args.captions:

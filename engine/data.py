@@ -885,6 +885,22 @@ def read_dataset_meta(folder: str | Path, option: str) -> dict[str, Any]:
     return meta
 
 
+def _check_labelers(meta: dict, val_meta: dict, d: Any) -> None:
+    """Train and val shards labelled by one labeler (a dataset.json without a record was packed
+    before labelers had names: catlip-1 or corenet, by its settings)."""
+    from catlip.labels import LabelerMismatch, LabelerSpec
+    from engine.config import ConfigError
+
+    try:
+        LabelerSpec.of_meta(meta, where=f"{d.train}/dataset.json").check_same(
+            LabelerSpec.of_meta(val_meta, where=f"{d.val}/dataset.json"),
+            f"data.train ({d.train})",
+            f"data.val ({d.val})",
+        )
+    except (LabelerMismatch, ValueError) as err:
+        raise ConfigError(str(err)) from None
+
+
 def loaders_from_config(
     cfg: Any, rank: int, world_size: int, image_size: int, captions: bool, patch_size: int | None = None
 ):
@@ -931,6 +947,8 @@ def loaders_from_config(
                     f"({key} {a} vs {b}): pack both with the same "
                     + ("CLASSES.json" if what == "class sets" else "vocab.tsv")
                 )
+        if label_member == "lbl":
+            _check_labelers(meta, val_meta, d)
     if label_member == "cls":
         num_classes = int(meta["num_classes"])
         max_labels = max([d.max_labels] + [int(m.get("max_labels_per_sample", 1)) for m in metas])

@@ -325,12 +325,29 @@ class Trainer:
         raise ConfigError(f"{where} {fix}")
 
     def vocab_identity(self) -> dict[str, Any]:
-        """The vocabulary the train shards were labelled with (from their dataset.json)."""
+        """The vocabulary the train shards were labelled with, and the labeler (caption packs),
+        from their dataset.json; checkpoints and exports carry it."""
+        from catlip.labels import LabelerSpec
+
         keys = ("vocab", "vocab_size", "vocab_sha256", "num_classes")
-        return {k: self.dataset_meta[k] for k in keys if k in self.dataset_meta}
+        out = {k: self.dataset_meta[k] for k in keys if k in self.dataset_meta}
+        if self.dataset_meta.get("label_member", "lbl") == "lbl" and "vocab_sha256" in self.dataset_meta:
+            out["labeler"] = LabelerSpec.of_meta(self.dataset_meta).record()
+        return out
 
     def _check_vocab(self, saved: dict[str, Any], path: Path) -> None:
+        from catlip.labels import LabelerMismatch, LabelerSpec
+
         now = self.vocab_identity()
+        if "labeler" in saved and "labeler" in now:
+            try:
+                LabelerSpec.from_record(saved["labeler"], where=str(path)).check_same(
+                    LabelerSpec.from_record(now["labeler"]), f"{path}", f"data.train ({self.cfg.data.train})"
+                )
+            except (LabelerMismatch, ValueError) as err:
+                raise CheckpointError(
+                    f"{err}: resume on shards of the same labeler, or start a new run"
+                ) from None
         for key in ("vocab_sha256", "vocab_size", "num_classes"):
             if key in saved and key in now and saved[key] != now[key]:
                 raise CheckpointError(

@@ -56,14 +56,14 @@ def packed_photos(tmp_path_factory: pytest.TempPathFactory, shared_data: Path, n
     from shard_utils import PHOTO_SHARD_SIZE
 
     from catlip.captions import iter_captions
-    from catlip.vocab import build_vocabulary
+    from catlip.vocab import build_vocabulary, write_vocabulary
     from engine.packing import TsvSource, pack
 
     root = tmp_path_factory.mktemp("photos")
     photos = shared_data / "coco_photos"
     captions = [c for _, c in iter_captions(photos / "captions.tsv")]
-    vocab, _ = build_vocabulary(captions, min_count=2, progress=False)
-    vocab.save(root / "vocab.tsv")
+    vocab, stats = build_vocabulary(captions, min_count=2, progress=False)
+    write_vocabulary(root / "vocab.tsv", vocab, stats)
     pack(
         TsvSource(photos / "captions.tsv", photos),
         root / "shards",

@@ -58,7 +58,11 @@ _BOMB = (
 def _one_line_error(proc: subprocess.CompletedProcess, code: int = 2) -> str:
     assert proc.returncode == code, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
-    lines = [line for line in proc.stderr.strip().splitlines() if not line.startswith("labelling:")]
+    lines = [
+        line
+        for line in proc.stderr.strip().splitlines()
+        if not line.startswith(("labelling:", "fitting senses:"))
+    ]
     assert len(lines) == 1, proc.stderr[-2000:]  # the progress bar aside
     return lines[0]
 

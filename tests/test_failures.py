@@ -139,6 +139,21 @@ def _one_rank(rank: int, tmp: str) -> dict:
         out["vocab_change"] = str(err)
     t.close()
 
+    # 4b. ... and a checkpoint of the same vocabulary labelled by another labeler
+    catlip2 = {"name": "catlip-2", "pos_filter": True, "senses_sha256": "cc" * 32}
+    t = make("labeler", steps=2)
+    t.dataset_meta = {"vocab": "a.tsv", "vocab_size": V, "vocab_sha256": "aaaa", "labeler": catlip2}
+    t.fit()
+    t.close()
+    t = make("labeler", steps=2)
+    t.dataset_meta = {"vocab": "a.tsv", "vocab_size": V, "vocab_sha256": "aaaa", "pos_filter": True}
+    try:
+        t.resume()
+        out["labeler_change"] = "resumed"
+    except CheckpointError as err:
+        out["labeler_change"] = str(err)
+    t.close()
+
     # 8. a diverged run (DeepSpeed skips every overflowing step) stops instead of reporting success
     cfg = tiny_cfg(tmp / "lr1e10", 2, steps=30, max_skipped_steps=3)
     cfg.optim.lr = 1e10
@@ -164,6 +179,8 @@ def test_failures_in_one_process(tmp_path):
     np.testing.assert_allclose(r["lr_after_resume"], r["lr_expected"], rtol=1e-12)
     assert "data.batch_size 4 -> 2" in r["batch_change"]
     assert "a.tsv" in r["vocab_change"] and "b.tsv" in r["vocab_change"]
+    assert "labelled by catlip-2 (sense table cccccccccccc)" in r["labeler_change"], r["labeler_change"]
+    assert "by catlip-1: labels of different labelers do not mix" in r["labeler_change"]
     assert "skipped 4 optimizer steps in a row" in r["overflow"], r["overflow"]
     assert r["overflow_trained"] < 5 and r["overflow_skipped"] >= 4
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from engine.cli_common import add_labeler_options, require_nltk
+from engine.cli_common import add_labeler_options, labeler_from_args, require_nltk
 
 PACK_EPILOG = """examples:
   catlip pack --coco captions_val2017.json --images val2017/ --vocab vocab.tsv --out shards/coco
@@ -143,6 +143,14 @@ def add_pack_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
         help="vocabulary TSV from `catlip vocab`: required for caption sources (--coco, --tsv, "
         "--img2dataset); class sources take --classes instead",
     )
+    p.add_argument(
+        "--labels",
+        type=Path,
+        metavar="FILE",
+        help="caption sources: each caption's synsets from `catlip vocab --labels-out` of the same "
+        "vocabulary, instead of labelling again (the same labels; a caption the file lacks is "
+        "labelled here and counted, captions_labelled_here)",
+    )
     p.add_argument("--out", type=Path, required=True, help="output folder for shards and dataset.json")
     p.add_argument(
         "--shard-size",
@@ -183,7 +191,7 @@ def add_pack_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     from engine.executor import add_executor_arguments
 
     add_executor_arguments(p)
-    add_labeler_options(p)
+    add_labeler_options(p, from_vocab=True)
     p.set_defaults(func=cmd_pack)
     return p
 
@@ -305,8 +313,12 @@ def cmd_pack(args: argparse.Namespace) -> int:
         for note in source.notes:
             print(note)
     else:
-        if not args.vocab.is_file():
+        if args.vocab is None or not args.vocab.is_file():
             raise SystemExit(f"catlip pack: {args.vocab}: no such vocabulary (build one with `catlip vocab`)")
+        if args.labels is not None and not args.labels.is_file():
+            raise SystemExit(
+                f"catlip pack: --labels {args.labels}: no such file (write it with `catlip vocab --labels-out`)"
+            )
         require_nltk(args)
         vocab = args.vocab
     try:
@@ -317,8 +329,8 @@ def cmd_pack(args: argparse.Namespace) -> int:
                 vocab,
                 shard_size=args.shard_size,
                 holdout_fraction=args.holdout_fraction,
-                pos_filter=args.pos_filter,
-                official=args.official,
+                labeler=labeler_from_args(args),
+                labels=args.labels,
                 progress=not args.quiet,
                 executor=executor,
                 overwrite=args.overwrite,

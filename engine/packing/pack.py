@@ -52,6 +52,14 @@ from typing import Any
 import numpy as np
 
 from catlip.captions import MAX_CAPTION_CHARS
+from catlip.labels import (
+    LabelerMismatch,
+    LabelerSpec,
+    VocabularyError,
+    load_senses,
+    senses_path,
+    vocab_labeler,
+)
 from catlip.vocab import LabelSettings, worker_labeler
 from engine.packing.sources import RawSample, chunk_tasks
 from engine.packing.target import PACK_FORMAT, check_target, source_inputs
@@ -86,6 +94,7 @@ class SplitStats:
     trimmed_jpegs: int = 0  # JPEGs with bytes after the end marker, stored without them
     resized: int = 0  # samples whose image is stored resized (resize_shorter)
     cut_captions: int = 0  # captions stored and labelled cut to their first MAX_CAPTION_CHARS
+    labelled_here: int = 0  # with --labels: captions the labels file lacked, labelled in the pack
     shard_names: list[str] = field(default_factory=list)
     shard_counts: list[int] = field(default_factory=list)
     max_labels: int = 0
@@ -124,6 +133,7 @@ class SplitStats:
             "trimmed_jpegs": self.trimmed_jpegs,
             "resized": self.resized,
             "captions_cut": self.cut_captions,
+            "captions_labelled_here": self.labelled_here,
         }
 
 
@@ -155,6 +165,8 @@ class PackStats:
             )
             if s.resized:
                 trimmed += f"; {s.resized:,} stored resized to shorter side {self.resize_shorter}"
+            if s.labelled_here:
+                trimmed += f"; {s.labelled_here:,} caption(s) not in --labels, labelled here"
             if s.cut_captions:
                 trimmed += (
                     f"; {s.cut_captions:,} caption(s) cut to their first {MAX_CAPTION_CHARS:,} characters"
@@ -286,6 +298,7 @@ class _Merge:
                     s.trimmed_jpegs += part.trimmed_jpegs
                     s.resized += part.resized
                     s.cut_captions += part.cut_captions
+                    s.labelled_here += part.labelled_here
                     s.max_labels = max(s.max_labels, part.max_labels)
                     if s.class_samples is not None:
                         s.class_samples = [
@@ -366,6 +379,34 @@ def _run(executor: Any, todo: list[PackTask], merge: _Merge, bar: Any) -> list[s
     return failed
 
 
+def _labeler_of(vocab: Path, named: LabelerSpec | str | None) -> tuple[LabelerSpec, Path | None]:
+    """The labeler ``vocab`` was built with (its sidecar) and its sense table's path, checked
+    against ``named``; a vocabulary without a sidecar is labelled by ``named`` (default catlip-2:
+    then its sense table must be beside it)."""
+    if isinstance(named, str):
+        named = LabelerSpec.parse(named)
+    try:
+        spec = vocab_labeler(vocab)
+    except VocabularyError:
+        if named is None:
+            raise
+        spec = named
+    else:
+        if named is not None and (named.name, named.pos_filter) != (spec.name, spec.pos_filter):
+            raise PackError(
+                f"{vocab} was built with labeler {spec.id}, but this pack was asked to label with {named.id}: "
+                "labels of different labelers do not mix (leave the labeler out to use the vocabulary's)"
+            )
+    table = senses_path(vocab) if spec.name == "catlip-2" else None
+    try:
+        senses = load_senses(spec, table)
+    except VocabularyError as err:
+        raise PackError(str(err)) from None
+    if senses is not None and spec.senses_sha256 is None:
+        spec = LabelerSpec(spec.name, spec.pos_filter, senses.sha256)
+    return spec, table
+
+
 def pack(
     source: Iterable[RawSample],
     out: Path | str,
@@ -373,8 +414,8 @@ def pack(
     *,
     shard_size: int = 1000,
     holdout_fraction: float = 0.0,
-    pos_filter: bool = True,
-    official: bool = False,
+    labeler: LabelerSpec | str | None = None,
+    labels: Path | str | None = None,
     progress: bool = True,
     executor: Any = None,
     overwrite: bool = False,
@@ -382,8 +423,9 @@ def pack(
     resize_shorter: int = 0,
 ) -> PackStats:
     """Validate, label and write ``source`` into shards under ``out`` (``out/train`` and
-    ``out/val`` with a holdout); see the module docstring. Captions are labelled with ``vocab``;
-    a class source (``classsets.py``) brings its classes and takes no ``vocab``. ``executor`` runs
+    ``out/val`` with a holdout); see the module docstring. Captions are labelled with ``vocab``,
+    by the labeler it was built with (``labeler``, when given, must be that one), or taken from
+    ``labels`` (``catlip vocab --labels-out`` of the same vocabulary); a class source (``classsets.py``) brings its classes and takes no ``vocab``. ``executor`` runs
     the tasks (default: this process). Rejected samples are reported and counted, never silently
     dropped. Raises :class:`PackError` when ``out`` exists (without ``overwrite``) or a task failed."""
     from tqdm import tqdm
@@ -397,9 +439,19 @@ def pack(
     out = Path(out).absolute()
     staging_dir = str(out.with_name(out.name + ".partial"))
     classes = getattr(source, "classes", None) if getattr(source, "label_member", "lbl") == "cls" else None
+    inputs = source_inputs(source, vocab)
+    if labels is not None:
+        inputs.append(("the labels file", Path(labels)))
+    if vocab is not None:
+        inputs.append(("the sense table", senses_path(vocab)))
+    refused = check_target(out, inputs, overwrite=overwrite)  # before anything is read or written
+    if refused:
+        raise PackError(refused)
     if classes is not None:
-        if vocab is not None:
-            raise ValueError("a class source is labelled by its class set (CLASSES.json): give no vocab")
+        if vocab is not None or labels is not None:
+            raise ValueError(
+                "a class source is labelled by its class set (CLASSES.json): give no vocab or labels"
+            )
         meta = {
             "format": PACK_FORMAT,
             "label_member": "cls",
@@ -426,28 +478,39 @@ def pack(
         if vocab is None:
             raise ValueError("captions are labelled with a vocabulary: give vocab (from `catlip vocab`)")
         vocab = Path(vocab).resolve()
+        spec, senses = _labeler_of(vocab, labeler)
+        if labels is not None:
+            from catlip.vocab import LabelsFile
+
+            labels = Path(labels).resolve()
+            try:
+                of_labels, _ = LabelsFile.read(labels)
+            except VocabularyError as err:
+                raise PackError(str(err)) from None
+            try:
+                spec.check_same(of_labels, f"the vocabulary {vocab}", f"--labels {labels}")
+            except LabelerMismatch as err:
+                raise PackError(str(err)) from None
         meta = {
             "format": PACK_FORMAT,
             "vocab": str(vocab),
             "vocab_size": _vocab_size(vocab),
             "vocab_sha256": hashlib.sha256(vocab.read_bytes()).hexdigest(),  # checked by training
-            "pos_filter": pos_filter and not official,
-            "official": official,
+            "labeler": spec.record(),  # checked by training, like the vocabulary
+            "labels": str(labels) if labels is not None else None,
             "holdout_fraction": holdout_fraction,
             "shard_size": shard_size,
             "resize_shorter": resize_shorter,
         }
         settings = PackSettings(
-            staging_dir, str(vocab), meta["vocab_sha256"],
-            holdout_fraction, pos_filter, official, tuple(nltk_data), resize_shorter=resize_shorter,
+            staging_dir, str(vocab), meta["vocab_sha256"], holdout_fraction, spec,
+            str(senses) if senses is not None else None, str(labels) if labels is not None else None,
+            tuple(nltk_data), resize_shorter=resize_shorter,
         )  # fmt: skip
     splits = split_names(holdout_fraction)
     tasks = _tasks(source, shard_size, settings)
-    if getattr(executor, "forks", False) and classes is None:
-        worker_labeler(LabelSettings(pos_filter, official, tuple(nltk_data)))  # inherited by the workers
-    refused = check_target(out, source_inputs(source, vocab), overwrite=overwrite)
-    if refused:
-        raise PackError(refused)
+    if getattr(executor, "forks", False) and classes is None:  # made once, inherited by the workers
+        worker_labeler(LabelSettings(settings.labeler, settings.senses, tuple(nltk_data)))
     staging = _Staging(out, _plan(source, tasks, meta), splits, log=tqdm.write)
     try:
         merge = _Merge(splits, len(classes) if classes is not None else None)

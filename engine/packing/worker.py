@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from catlip.captions import cut_caption
+from catlip.labels import LabelerSpec
 from engine.packing.shards import SHARD_PATTERN, TarShard, check_images, shrink_image
 from engine.packing.sources import RawSample, read_img2dataset_tar
 
@@ -37,8 +38,9 @@ class PackSettings:
     vocab: str  # "" for a class pack (no captions to label)
     vocab_sha256: str
     holdout_fraction: float = 0.0
-    pos_filter: bool = True
-    official: bool = False
+    labeler: LabelerSpec = LabelerSpec()
+    senses: str | None = None  # catlip-2's sense table (beside the vocabulary)
+    labels: str | None = None  # `catlip vocab --labels-out`: captions labelled there, not here
     nltk_data: tuple[str, ...] = ()
     label_member: str = "lbl"  # "lbl": caption labels (KEY.txt + KEY.lbl); "cls": classes (KEY.cls)
     num_classes: int = 0  # a class pack's classes (per-class counts)
@@ -69,6 +71,7 @@ class SplitPart:
     trimmed_jpegs: int = 0
     resized: int = 0  # samples whose image is stored resized (resize_shorter)
     cut_captions: int = 0  # captions stored and labelled cut to MAX_CAPTION_CHARS
+    labelled_here: int = 0  # with --labels: captions the labels file lacked, labelled here
     digests: bytes = b""  # 8 bytes of each sample's image SHA-1
     max_labels: int = 0  # the most labels (classes) of one sample
     class_samples: list[int] = field(default_factory=list)  # a class pack: samples per class
@@ -131,14 +134,35 @@ def _encoder(settings: PackSettings):
     """This process's label encoder for the settings (made again after a fork)."""
     from catlip.vocab import LabelSettings, worker_labeler
 
-    key = (settings.vocab, settings.vocab_sha256, settings.pos_filter, settings.official, os.getpid())
+    key = (settings.vocab, settings.vocab_sha256, settings.labeler, settings.labels, os.getpid())
     if key not in _encoders:
         from catlip.labels import LabelEncoder
 
-        labeler = worker_labeler(LabelSettings(settings.pos_filter, settings.official, settings.nltk_data))
+        labeler = worker_labeler(LabelSettings(settings.labeler, settings.senses, settings.nltk_data))
         _encoders.clear()
-        _encoders[key] = LabelEncoder(settings.vocab, labeler=labeler)
+        encoder = LabelEncoder(settings.vocab, labeler=labeler)
+        _encoders[key] = KnownLabels(encoder, settings.labels) if settings.labels else encoder
     return _encoders[key]
+
+
+class KnownLabels:
+    """Labels from a labels file (``catlip vocab --labels-out``) by caption digest; a caption the
+    file lacks is labelled by the encoder's labeler (and counted: ``labelled_here``)."""
+
+    def __init__(self, encoder, path: str) -> None:
+        from catlip.vocab import LabelsFile
+
+        self.encoder, self.missed = encoder, 0
+        _, self.known = LabelsFile.read(path)
+
+    def __call__(self, caption: object) -> list[int]:
+        from catlip.vocab import caption_digest
+
+        keys = self.known.get(caption_digest(self.encoder.labeler, caption))
+        if keys is None:
+            self.missed += 1
+            return self.encoder(caption)
+        return self.encoder.vocab.encode_synsets(keys)
 
 
 def pack_task(task: PackTask, report: Callable[[int], None]) -> ShardResult:
@@ -195,9 +219,12 @@ def _pack_batch(
             for c in labels:
                 part.class_samples[c] += 1
         else:
-            caption, cut = cut_caption(sample.caption if isinstance(sample.caption, str) else "")
+            text = sample.caption if isinstance(sample.caption, str) else ""
+            caption, cut = cut_caption(text)
             part.cut_captions += cut
-            labels = encoder(caption)
+            missed = getattr(encoder, "missed", 0)
+            labels = encoder(text)  # the labelers cut it too; a labels file knows it by its full text
+            part.labelled_here += getattr(encoder, "missed", 0) - missed
             lbl = np.asarray(labels, "<i4").tobytes()
             members = [(ext, data), ("txt", caption.encode("utf-8")), ("lbl", lbl)]
         if split not in shards:
