@@ -4,8 +4,15 @@ A class set is a names file (one name a line, or a YOLO ``names:`` YAML, id -> n
 (ImageNet-style ids, ``n02084071``). Each class gets one WordNet noun synset, then one or more rows
 of the vocabulary, the rows its zero-shot score and its synset classifier initialisation read.
 
-The class's synset (``how``):
-  * ``override``: the overrides TSV (``name<TAB>wnid``, or a synset name like ``dog.n.01``) wins;
+The class's synset (``how``) follows the rules of the labeler the vocabulary was built with. For a
+catlip-2 vocabulary (``vocab.tsv.json`` names it; its sense table is beside it), a name is read as
+that labeler reads a caption's noun phrase (:meth:`catlip.senses.SenseLabeler.phrase_sense`: the
+whole name where it is one WordNet noun, else its head with the other words as context; the
+concrete sense, the corpus's senses): "tv" -> television_receiver.n.01, "kite" -> kite.n.03, "stop
+sign" -> sign.n.02, after the modifier rule below for a multi-word name that is no lemma; ``how``
+ends in "the labeler's sense". For other vocabularies (catlip-1, corenet, or none recorded):
+  * ``override``: the overrides TSV (``name<TAB>wnid``, or a synset name like ``dog.n.01``) wins
+    (for every vocabulary);
   * ``wnid``: the id a wnid file gives (an overrides line may name the wnid instead of a name);
   * ``lemma``: the name is a WordNet noun lemma (spaces and hyphens as underscores, or written as
     one word: "wine glass" -> wineglass, "cell phone" -> cellphone; plurals via WordNet's
@@ -17,7 +24,8 @@ The class's synset (``how``):
     the modifier ("potted plant" -> plant.n.02, which has the hyponym pot_plant), else the first.
 
 The class's rows come from the vocabulary the head was trained on. Its synsets are those the caption
-labeler gave caption words: the first noun sense of each word (corenet's rule), so a row stands for
+labeler gave caption words (catlip-1: the first noun sense of each word, corenet's rule; catlip-2:
+the word's sense as it labels the word alone), so a row stands for
 what captions using that word showed, whichever sense of the word they meant ("table.n.01" is a table
 of data, yet it is the row "a dining table with food" trained). The rows of a synset S:
   * S's own row, when S is in the vocabulary (``distance`` 0);

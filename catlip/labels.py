@@ -1,22 +1,27 @@
-"""Caption -> WordNet noun synsets -> CatLIP label indices.
+"""Caption -> WordNet noun synsets -> CatLIP label indices: the labelers, the vocabulary.
 
-The pipeline (CatLIP, arXiv 2404.15653, section 3; corenet's ``WordnetTaggedClassificationDataset``):
+Three labelers (:data:`LABELER_NAMES`), named in every file that carries labels
+(:class:`LabelerSpec`: ``vocab.tsv.json``, ``dataset.json``, checkpoints, exports):
+
+* ``catlip-2`` (the default): :class:`catlip.senses.SenseLabeler`, the sense each noun means, by
+  WordNet rules and a sense table fitted on the vocabulary's captions.
+* ``catlip-1``: :class:`CaptionLabeler`, the pipeline of the paper (CatLIP, arXiv 2404.15653,
+  section 3; corenet's ``WordnetTaggedClassificationDataset``) with this engine's cleaning::
 
     caption --clean--> text --sent_tokenize--> sentences --word_tokenize--> tokens --POS tag, per
     sentence--> nouns (NN*) --lemmatise--> lemma --wn.synset(f"{lemma}.n.01"), kept only if its
     name matches--> key "n02084071"
 
-The key is ImageNet's: "n" + the 8-digit WordNet 3.0 offset. The lemma is the shortest of
-WordNet's noun base forms (NLTK's ``WordNetLemmatizer``); when its ``.n.01`` is another word's
-synset, the token's other base forms are tried (an irregular plural's from WordNet's exception
-list: "men" -> man.n.01, as ``men.n.01`` is work_force.n.01; "vases" -> vase.n.01, as ``vas.n.01``
-is vessel.n.01), but never the token unchanged ("ways" is not ways.n.01, the slipway).
-``official=True`` reproduces
-corenet instead: its caption cleaning (URL-unquote, ftfy, no HTML unescaping), the first lemma
-only, and every token considered, tagged or not (corenet tags but never reads the tags; since the
-result does not depend on them, the tagger is skipped here).
+  The lemma is the shortest of WordNet's noun base forms (NLTK's ``WordNetLemmatizer``); when its
+  ``.n.01`` is another word's synset, the token's other base forms are tried ("men" -> man.n.01,
+  as ``men.n.01`` is work_force.n.01; "vases" -> vase.n.01, as ``vas.n.01`` is vessel.n.01), but
+  never the token unchanged ("ways" is not ways.n.01, the slipway).
+* ``corenet``: :class:`CaptionLabeler` with ``official=True``, corenet's rules exactly: its
+  caption cleaning (URL-unquote, ftfy, no HTML unescaping), the first lemma only, and every token
+  considered, tagged or not (corenet tags but never reads the tags; the tagger is skipped here).
 
-Lookups are cached per token, so a word's lemma and synset are computed once per process.
+The key is ImageNet's: "n" + the 8-digit WordNet 3.0 offset. catlip-1's lookups are cached per
+token, so a word's lemma and synset are computed once per process.
 """
 
 from __future__ import annotations

@@ -2,9 +2,11 @@
 # Set up everything on a fresh machine, then run the main job on its out-of-the-box default:
 # CatLIP pre-training of a tiny ViT on real photos, on the CPU, with DeepSpeed ZeRO-2 over 2 gloo
 # ranks, then its transfer to COCO's 80 object classes:
-#   1. the synset vocabulary of the COCO val2017 captions (25,014 captions, min count 5);
+#   1. the synset vocabulary of the COCO val2017 captions (25,014 captions, min count 5), with the
+#      default labeler catlip-2 (fitted on those captions), each caption's synsets written once;
 #   2. the 255 COCO photos of ../shared/data with their 1,275 captions packed into WebDataset
-#      shards with label indices, 20% of the photos held out, stored at shorter side 128
+#      shards with label indices (the val2017 captions' from step 1's labels file, the others
+#      labelled here), 20% of the photos held out, stored at shorter side 128
 #      (`--resize-shorter`: the 64-px model needs no more, and decoding was a quarter of each step);
 #   3. 300 training steps (configs/coco_tiny_cpu.yaml), printing the falling loss and the held-out
 #      mAP over the vocabulary next to the chance level;
@@ -73,7 +75,8 @@ if [ -f "$RUN/shards/train/dataset.json" ]; then
   extra=($(cat "$RUN/extra_args" 2>/dev/null || true))
 elif [ -f "$DATA/coco_captions_val2017.json" ]; then
   echo "[catlip] 1/6 vocabulary of the COCO val2017 captions"
-  catlip vocab --captions "$DATA/coco_captions_val2017.json" --min-count 5 --out "$RUN/vocab.tsv"
+  catlip vocab --captions "$DATA/coco_captions_val2017.json" --min-count 5 --out "$RUN/vocab.tsv" \
+    --labels-out "$RUN/labels.tsv"
   start_transfer
   TSV=$DATA/coco_photos/captions.tsv
   IMAGES=$DATA/coco_photos
@@ -88,8 +91,10 @@ else
 fi
 if [ ! -f "$RUN/shards/train/dataset.json" ]; then
   echo "[catlip] 2/6 shards (at ${SECONDS} s)"
+  labels=()
+  [ -f "$RUN/labels.tsv" ] && labels=(--labels "$RUN/labels.tsv")
   catlip pack --tsv "$TSV" --images "$IMAGES" --vocab "$RUN/vocab.tsv" --out "$RUN/shards" \
-    --shard-size 256 --holdout-fraction 0.2 --resize-shorter "$RESIZE"
+    --shard-size 256 --holdout-fraction 0.2 --resize-shorter "$RESIZE" "${labels[@]}"
   echo "${extra[*]}" > "$RUN/extra_args"
 fi
 [ -n "${prep:-}" ] || start_transfer  # the vocabulary came with the reused shards

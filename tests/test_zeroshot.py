@@ -392,12 +392,15 @@ def _train_one_step(rank: int, tmp: str, vocab: str) -> str:
         def state_dict(self):
             return {}
 
-    meta = {"vocab": vocab, "vocab_size": len(VOCAB), "vocab_sha256": vocab_sha256(vocab)}
+    meta = {"vocab": vocab, "vocab_size": len(VOCAB), "vocab_sha256": vocab_sha256(vocab), "labeler": LABELER}
     trainer = Trainer(cfg, model_fn=model, train_loader=Loader(), dataset_meta=meta)
     trainer.fit()
     path = trainer.save()
     trainer.close()
     return str(path)
+
+
+LABELER = {"name": "catlip-2", "pos_filter": True, "senses_sha256": "5e" * 32}
 
 
 @pytest.mark.distributed
@@ -416,3 +419,10 @@ def test_predict_from_a_trainer_checkpoint(setup, tmp_path: Path, capsys) -> Non
     assert [ln.split()[1] for ln in lines] == ["motor", "cat", "dog"]
     assert main([*argv[:4], str(setup["root"] / "other_classes.json"), str(image)]) == 2
     assert "vocabulary mismatch" in capsys.readouterr().err
+    # the export carries the vocabulary's identity and its labeler, as the checkpoint does
+    from safetensors import safe_open
+
+    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "m.safetensors")]) == 0
+    with safe_open(tmp_path / "m.safetensors", "pt") as f:
+        vocab = json.loads(f.metadata()["vocab"])
+    assert vocab["labeler"] == LABELER and vocab["vocab_sha256"] == vocab_sha256(setup["vocab"])
