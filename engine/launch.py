@@ -16,21 +16,28 @@ So this runs torchrun's own ``run`` (every torchrun option but the rendezvous on
 
     OMP_NUM_THREADS=1 python -m engine.launch --nproc_per_node 2 -m engine.train --config configs/coco_tiny_cpu.yaml
 
-For several machines, run torchrun (or the deepspeed launcher) itself: the README says what to open.
+Ctrl-C ends the job with status 130 and no report of its own (rank 0 prints where it stopped), and
+ranks that stopped on an error they named in one line (status 2) end it with 2; anything else gets
+torchrun's failure report. For several machines, run torchrun (or the deepspeed launcher) itself:
+the README says what to open.
 """
 
 from __future__ import annotations
 
 import datetime
+import logging
 import os
 import sys
 import uuid
 from typing import Any
 
-from torch.distributed.elastic.multiprocessing.errors import record
+from torch.distributed.elastic.multiprocessing.api import SignalException
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, record
 
 from engine.distributed import LOOPBACK, loopback_tcp_store
 
+# engine.train's exits that it explains itself in one line: an error it names (2), an interrupt (130)
+QUIET_EXITS = {2, 130}
 # options this launcher sets itself, with torchrun's defaults
 _RENDEZVOUS = {"rdzv_backend": "static", "rdzv_endpoint": "", "master_addr": "127.0.0.1", "local_addr": None}
 
@@ -66,7 +73,20 @@ def main(argv: list[str] | None = None) -> None:
     args.standalone = False
     args.rdzv_backend, args.rdzv_endpoint, args.rdzv_id = "c10d", f"{LOOPBACK}:{port}", str(uuid.uuid4())
     args.local_addr = LOOPBACK
-    run(args)
+    # the agent's own notices ("Received 2 death signal, shutting down workers", ...) are not the
+    # one line a stopped job prints; its failure report (ChildFailedError) still comes below
+    for name in list(logging.Logger.manager.loggerDict):  # each set its own level on import
+        if name.startswith("torch.distributed.elastic"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        run(args)
+    except SignalException as err:  # Ctrl-C: the ranks were stopped, rank 0 said where
+        sys.exit(128 + int(err.sigval))
+    except ChildFailedError as err:
+        codes = {failure.exitcode for failure in err.failures.values()}
+        if codes <= QUIET_EXITS:  # the ranks said what stopped them, in one line: no second report
+            sys.exit(max(codes))
+        raise
 
 
 if __name__ == "__main__":

@@ -154,6 +154,30 @@ def test_ctrl_c_stops_every_rank_with_one_line_and_status_130(tmp_path: Path, sh
     )
 
 
+def test_ctrl_c_to_the_documented_launcher_is_one_line_and_status_130(
+    tmp_path: Path, shared_data: Path
+) -> None:
+    """The README's launch (python -m engine.launch), its process group sent SIGINT as a terminal
+    does: torchrun's agent raised SignalException (a 30-line traceback) and exited 1."""
+    shards = _shards(tmp_path, shared_data / "coco_photos")
+    args = _train_args(shards, tmp_path / "run", "run.steps=10000", "run.ckpt_every=3", "run.resume=never")
+    out, err = tmp_path / "launch.out", tmp_path / "launch.err"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "engine.launch", "--nproc_per_node", "2", "-m", "engine.train", *args]
+    with open(out, "w") as o, open(err, "w") as e:
+        proc = subprocess.Popen(cmd, stdout=o, stderr=e, env=env, cwd=ROOT, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not re.search(r"^step +5 \|", out.read_text(), re.M):
+        assert proc.poll() is None and time.monotonic() < deadline, err.read_text()[-3000:]
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=120) == 130, err.read_text()[-3000:]
+    text = err.read_text()
+    assert _errors(text) == [] and "death signal" not in text, text[-3000:]
+    (line,) = _said(text, "interrupted")
+    assert re.fullmatch(r"engine.train: interrupted at step \d+; last checkpoint step_\d{8}", line), line
+
+
 # ------------------------------------------------------------------------------ one run per folder
 def _one_rank(args: list[str]) -> tuple[int, str, str]:
     return _finish(_start_ranks(args, world=1))[0]
