@@ -1,6 +1,6 @@
 """catlip classes: class names and wnids to WordNet synsets and vocabulary rows.
 
-``data/coco_val2017_vocab.tsv`` is the main job's vocabulary, written by
+``data/coco_val2017_vocab.tsv`` is the main job's vocabulary as the catlip-1 labeler wrote it, by
 ``catlip vocab --captions ../shared/data/coco_captions_val2017.json --min-count 5`` (985 synsets;
 building it takes over a minute on two busy cores, so it is kept here).
 """
