@@ -230,7 +230,6 @@ class SenseLabeler:
         self.context, self.rescue, self.compounds, self.members = context, rescue, compounds, members
         self._nouns = _shared()
         self._wn = self._nouns._wn
-        self._lemmas = self._wn._lemma_pos_offset_map
         self._tagger = get_tagger() if pos_filter else None
         self._cands: dict[Key, tuple[tuple[Sense, float], ...]] = {}
         self._forms: dict[str, Key] = {}

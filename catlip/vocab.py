@@ -380,12 +380,14 @@ def build_vocabulary(
     if top_k is not None and top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
     spec = LabelerSpec.parse(labeler) if isinstance(labeler, str) else labeler
-    captions = list(captions) if not isinstance(captions, list | tuple) else captions  # read twice with a fit
+    fits = spec.name == "catlip-2" and spec.senses_sha256 is None
+    if fits and not isinstance(captions, list | tuple):
+        captions = list(captions)  # read twice: the fit, then the labels
     fresh = LabelSettings(spec, None, tuple(nltk_data))
     forks = executor is None or getattr(executor, "forks", False)
     table, fit_seconds, tmpdir = None, 0.0, None
     try:
-        if spec.name == "catlip-2" and spec.senses_sha256 is None:
+        if fits:
             start = time.perf_counter()
             if forks:
                 worker_labeler(fresh)  # here, or once before the fork instead of in every worker
