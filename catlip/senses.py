@@ -69,6 +69,7 @@ W_CONCRETE, W_PLACE, W_RANK, W_PART = 3.0, 1.5, 0.5, 2.0
 W_ATTESTED, W_SUPPORT = 3.0, 0.5
 ATTESTED_P = 0.05  # a head noun's corpus sense counts when its compounds could hardly be chance
 MIN_SUPPORT = 3  # occurrences before a noun's mean context score counts
+CACHE_LIMIT = 1 << 20  # tokens and word runs remembered per labeler (each cache ~100-200 MB at most)
 
 _WORD_RE = re.compile(r"[a-z][a-z\-]*")
 _GLOSS_WORD_RE = re.compile(r"[a-z]+")
@@ -290,6 +291,8 @@ class SenseLabeler:
         """A token tagged JJ/VB/RB that WordNet knows only as a noun (step 1)."""
         memo = (token, tag[0])
         if memo not in self._rescued:
+            if len(self._rescued) >= CACHE_LIMIT:
+                self._rescued.clear()
             pos = _RESCUE_POS.get(tag[0])
             self._rescued[memo] = bool(
                 pos
@@ -302,6 +305,8 @@ class SenseLabeler:
     def _noun_forms(self, token: str) -> Key:
         """Base forms as catlip-1 orders them: shortest first, not the token itself unless alone."""
         if token not in self._forms:
+            if len(self._forms) >= CACHE_LIMIT:
+                self._forms.clear()
             forms = self._wn._morphy(token, "n")
             if forms:
                 first = min(forms, key=len)
@@ -312,6 +317,8 @@ class SenseLabeler:
     def _compound_key(self, words: tuple[str, ...]) -> Key | None:
         """The base forms of ``words`` as one WordNet noun ("_"-joined, or as one word), or None."""
         if words not in self._compound:
+            if len(self._compound) >= CACHE_LIMIT:  # web text has more word runs than memory
+                self._compound.clear()
             found = None
             for joined in ("_".join(words), "".join(words)):
                 forms = [f for f in self._wn._morphy(joined, "n") if self._nouns.senses(f)]
