@@ -16,11 +16,11 @@ out_dir; consolidated with engine.checkpoint.consolidate, any ZeRO stage) or a `
 safetensors file; both carry the run config (model preset and resolution) and the vocabulary's
 SHA-256, which must be the one CLASSES.json was mapped onto.
 
-Preprocessing is the trainer's evaluation transform (engine/data.py, ``train=False``): DALI decodes
-on the CPU (or nvJPEG), resizes the shorter side to the model's resolution (antialiased), center
-crops and normalises with the CLIP mean and std. ``evaluate`` reads a class pack with
-engine.data.class_pack_loader; ``predict`` runs the same DALI operators on loose files
-(:class:`ImageTransform`), after the pack's own image check (engine.packing.check_image).
+Preprocessing is the trainer's evaluation transform (engine/data/pipeline.py, ``train=False``):
+DALI decodes on the CPU (or nvJPEG), resizes the shorter side to the model's resolution
+(antialiased), center crops and normalises with the CLIP mean and std. ``evaluate`` reads a class
+pack with engine.data.class_pack_loader; ``predict`` runs the same DALI operators on loose files
+(engine.data.pipeline.ImageTransform), after the pack's own image check (engine.packing.check_image).
 """
 
 from __future__ import annotations
@@ -31,11 +31,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from catlip.classes import ClassMap, ClassMapError
 from catlip.readers import load_json
+from engine.data.pipeline import ImageTransform
 
 log = logging.getLogger(__name__)
 
@@ -188,56 +188,6 @@ class ZeroShotClassifier:
 
 
 # ------------------------------------------------------------------------------------ images
-class ImageTransform:
-    """The trainer's eval transform (engine/data.py, ``train=False``) on encoded images in memory:
-    DALI decode, resize of the shorter side, center crop, CLIP normalisation -> (B, 3, S, S)."""
-
-    def __init__(self, image_size: int, *, batch_size: int = 16, num_threads: int = 2) -> None:
-        from engine.data import CLIP_MEAN, CLIP_STD
-
-        self.size, self.batch_size, self.num_threads = image_size, batch_size, num_threads
-        self.mean = [255.0 * m for m in CLIP_MEAN]
-        self.std = [255.0 * s for s in CLIP_STD]
-        self._pipe = None
-        self._feed: list[np.ndarray] = []
-
-    def _build(self) -> Any:
-        from nvidia.dali import fn, pipeline_def, types
-
-        @pipeline_def(batch_size=self.batch_size, num_threads=self.num_threads, device_id=None)
-        def pipe():
-            data = fn.external_source(source=lambda: self._feed, batch=True, dtype=types.UINT8)
-            image = fn.decoders.image(data, device="cpu", output_type=types.RGB)
-            image = fn.resize(image, resize_shorter=self.size, antialias=True)  # as engine/data.py's eval
-            return fn.crop_mirror_normalize(
-                image,
-                dtype=types.FLOAT,
-                output_layout="CHW",
-                crop=(self.size, self.size),
-                mean=self.mean,
-                std=self.std,
-                mirror=0,
-            )  # fmt: skip  (3, S, S) float32
-
-        p = pipe()
-        p.build()
-        return p
-
-    def __call__(self, encoded: Sequence[bytes]) -> torch.Tensor:
-        """Images DALI can decode (check them first with engine.packing.check_image) -> (B, 3, S, S)."""
-        if not 0 < len(encoded) <= self.batch_size:
-            raise ValueError(f"1 to {self.batch_size} images per call, got {len(encoded)}")
-        if self._pipe is None:
-            self._pipe = self._build()
-        self._feed = [np.frombuffer(b, dtype=np.uint8) for b in encoded]
-        try:
-            (out,) = self._pipe.run()
-        except RuntimeError:
-            self._pipe = None  # a pipeline that raised is no longer usable
-            raise
-        return torch.stack([torch.from_numpy(np.array(out[i])) for i in range(len(encoded))])
-
-
 @dataclass
 class Prediction:
     path: str
