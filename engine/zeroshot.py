@@ -55,7 +55,7 @@ def load_checkpoint(path: str | Path, *, ema: bool = False) -> tuple[dict[str, t
         raise ZeroShotError(f"--checkpoint {err}") from None
 
 
-def build_model(state: dict[str, torch.Tensor], meta: dict[str, str], source: str | Path) -> torch.nn.Module:
+def load_model(state: dict[str, torch.Tensor], meta: dict[str, str], source: str | Path) -> torch.nn.Module:
     """The CatLIPModel the run trained (preset and resolution from its config), with ``state`` loaded."""
     from catlip.models import CatLIPModel, run_vit_config
 
@@ -181,7 +181,7 @@ class ZeroShotClassifier:
         except ClassMapError as err:
             raise ZeroShotError(f"--classes {err}") from None
         state, meta = load_checkpoint(checkpoint, ema=ema)
-        model = build_model(state, meta, checkpoint)
+        model = load_model(state, meta, checkpoint)
         check_vocabulary(meta, model.head.out_features, class_map, checkpoint, classes)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         return cls(model, class_map, device)
