@@ -40,8 +40,9 @@ from engine.data import DataError
 from engine.distributed import cuda_available, init_distributed, prepare_env, shutdown
 from engine.logs import RunLog, StepLog, peak_memory_mb
 from engine.objectives import make_objective
-from engine.parallel import apply_hyperparameters, build_model, parallelize, partition_report, use_bf16
+from engine.parallel import build_model, parallelize, partition_report, use_bf16
 from engine.prefetch import Prefetcher
+from engine.resume import apply_hyperparameters
 
 
 class TrainingDiverged(RuntimeError):
