@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 from catlip.readers import load_yaml, shown
+from engine.errors import ConfigError
 
 
 @dataclass
@@ -109,11 +110,6 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-class ConfigError(ValueError):
-    pass
-
-
-OBJECTIVES = ("catlip", "clip", "siglip", "finetune", "probe")
 CLASSIFIER_INITS = ("random", "zero", "synset")
 
 
@@ -190,9 +186,10 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
 
 def validate(cfg: TrainConfig) -> None:
     from catlip.models import ATTN_IMPLS, LOSS_IMPLS, POS_INTERPS, VIT_PRESETS
+    from engine.objectives import OBJECTIVES  # the registry: a new objective is one entry there
 
     checks = [
-        (cfg.model.objective in OBJECTIVES, f"model.objective must be one of {OBJECTIVES}"),
+        (cfg.model.objective in OBJECTIVES, f"model.objective must be one of {tuple(OBJECTIVES)}"),
         (cfg.model.name in VIT_PRESETS, f"model.name must be one of {list(VIT_PRESETS)}"),
         (cfg.model.siglip_dist_impl in ("bidir", "gather"), "model.siglip_dist_impl: bidir | gather"),
         (cfg.model.attn_impl in ATTN_IMPLS, f"model.attn_impl must be one of {ATTN_IMPLS}"),

@@ -19,8 +19,9 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from engine.config import ConfigError, TrainConfig
+from engine.config import TrainConfig
 from engine.distributed import cuda_available
+from engine.errors import ConfigError
 
 
 def lr_multiplier(step: int, warmup: int, total: int, min_ratio: float) -> float:

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from catlip.readers import load_json
-from engine.config import ConfigError
+from engine.errors import ConfigError
 
 
 @dataclass

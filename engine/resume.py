@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.config import ConfigError, TrainConfig
+from engine.config import TrainConfig
+from engine.errors import ConfigError
 
 # Settings a resumed run cannot change: they shape the model, the data position or the partitions.
 FIXED_ON_RESUME = (

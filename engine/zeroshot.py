@@ -291,8 +291,8 @@ def evaluate(
     """Zero-shot mAP (and top-1/top-5 on a single-label set) over a class pack."""
     from tqdm import tqdm
 
-    from engine.config import ConfigError
     from engine.data import DataError, class_pack_loader
+    from engine.errors import ConfigError
     from engine.metrics import MultiLabelAccumulator, TopKAccumulator
 
     data = Path(data)

@@ -66,7 +66,7 @@ def index_files(paths: list[Path]) -> list[str] | None:
 
 def read_dataset_meta(folder: str | Path, option: str) -> dict[str, Any]:
     """``dataset.json`` of a ``catlip pack`` output folder, or a ConfigError naming the option."""
-    from engine.config import ConfigError
+    from engine.errors import ConfigError
 
     path = Path(folder) / "dataset.json"
     if not path.is_file():
@@ -86,7 +86,7 @@ def _check_labelers(meta: dict, val_meta: dict, d: Any) -> None:
     """Train and val shards labelled by one labeler (a dataset.json without a record was packed
     before labelers had names: catlip-1 or corenet, by its settings)."""
     from catlip.labels import LabelerMismatch, LabelerSpec
-    from engine.config import ConfigError
+    from engine.errors import ConfigError
 
     try:
         LabelerSpec.of_meta(meta, where=f"{d.train}/dataset.json").check_same(
@@ -103,7 +103,7 @@ def check_train_val(meta: dict, val_meta: dict, d: Any) -> None:
     data config) are packs of one kind, over one vocabulary (its size and, where recorded, its
     SHA-256) or one ``CLASSES.json``, and, for caption packs, labelled by one labeler: a mismatch
     is a ConfigError naming both folders."""
-    from engine.config import ConfigError
+    from engine.errors import ConfigError
 
     label_member = meta.get("label_member", "lbl")
     val_member = val_meta.get("label_member", "lbl")

@@ -34,7 +34,7 @@ def class_pack_loader(
     with -1, L = the most classes of one sample in the pack (never truncated); ``valid`` (B,) is
     False for the samples repeated to fill the last batch (eval keeps every batch: mask with
     ``valid``), and ``key`` names each sample. ``ValueError`` when ``folder`` is not a class pack."""
-    from engine.config import ConfigError
+    from engine.errors import ConfigError
 
     meta = read_dataset_meta(folder, "class pack")
     if "shard_names" not in meta:
@@ -66,7 +66,7 @@ def loaders_from_config(
     ``CLASSES.json``; a mismatch stops here, naming both folders. ``data.multiscale`` makes the
     train loader's batches variable (engine/multiscale.py; sides checked against ``patch_size``);
     the val loader stays at ``image_size``."""
-    from engine.config import ConfigError
+    from engine.errors import ConfigError
     from engine.multiscale import from_config
 
     d = cfg.data
