@@ -1,11 +1,11 @@
 """The "parallelize" step (torchtitan's term): what turns a plain model into a training engine.
 
 After the objective has built the model (pure PyTorch, identical on every rank), this applies, in
-order: activation checkpointing, ``torch.compile`` (``model.compile``), and DeepSpeed:
+order: activation checkpointing, ``torch.compile`` (``parallel.compile``), and DeepSpeed:
 ``deepspeed.initialize`` with ZeRO stage 0-3, precision, AdamW, gradient clipping and accumulation,
 and the warmup + cosine learning-rate schedule. Nothing here knows which objective is trained.
 ``build_model`` builds a model under ``deepspeed.zero.Init`` for ZeRO-3, partitioned as it is
-constructed (the trainer's ``run.zero_init``; perf/bench_zero3.py runs ViT-H with it). What a
+constructed (the trainer's ``parallel.zero_init``; perf/bench_zero3.py runs ViT-H with it). What a
 resumed run may change is engine/resume.py's.
 """
 
@@ -33,11 +33,11 @@ def lr_multiplier(step: int, warmup: int, total: int, min_ratio: float) -> float
 
 
 def use_bf16(cfg: TrainConfig) -> bool:
-    return cfg.run.precision == "bf16" or (cfg.run.precision == "auto" and cuda_available())
+    return cfg.parallel.precision == "bf16" or (cfg.parallel.precision == "auto" and cuda_available())
 
 
 def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict[str, Any]:
-    o, r = cfg.optim, cfg.run
+    o, r = cfg.optim, cfg.parallel
     zero: dict[str, Any] = {"stage": r.zero_stage}
     if r.zero_stage == 3:
         zero.update(
@@ -82,7 +82,7 @@ def build_model(model_fn: Callable[[], nn.Module], cfg: TrainConfig, world_size:
     Not covered: code after ``model_fn`` that reads parameter shapes (``p.ndim`` is 1 once
     partitioned; ``p.ds_shape`` is the real one) or loads a state dict into the model.
     """
-    if cfg.run.zero_stage != 3:
+    if cfg.parallel.zero_stage != 3:
         return model_fn()
     import deepspeed
 
@@ -141,8 +141,8 @@ def apply_compile(model: nn.Module, cfg: TrainConfig) -> int:
     """``torch.compile`` each transformer block in place (torchtitan's per-block compile: one
     graph reused by every layer; parameter names and checkpoints are unchanged). ZeRO-3 is
     refused: its per-module parameter gathering hooks would break every compiled graph."""
-    if cfg.run.zero_stage == 3:
-        raise ConfigError("model.compile with run.zero_stage 3 is not supported (use stage 0-2)")
+    if cfg.parallel.zero_stage == 3:
+        raise ConfigError("parallel.compile with parallel.zero_stage 3 is not supported (use stage 0-2)")
     from catlip.models import Block
 
     blocks = [m for m in model.modules() if isinstance(m, Block)]
@@ -155,9 +155,9 @@ def parallelize(model: nn.Module, cfg: TrainConfig, world_size: int, param_group
     """Checkpointing, compile and DeepSpeed applied to ``model``: returns (engine, scheduler)."""
     import deepspeed
 
-    if cfg.model.grad_checkpointing:
+    if cfg.parallel.grad_checkpointing:
         apply_activation_checkpointing(model)
-    if cfg.model.compile:
+    if cfg.parallel.compile:
         apply_compile(model, cfg)
     total, min_ratio = cfg.run.steps, cfg.optim.min_lr / cfg.optim.lr
     for group in param_groups:  # layer-wise lr decay: the schedule multiplies each group's own rate

@@ -3,20 +3,21 @@
 A checkpoint carries the run config it was saved with. Resuming with another config applies the
 optimizer and schedule settings given now (``apply_hyperparameters``); the settings that shape the
 model, the data position or the partitions (``FIXED_ON_RESUME``) cannot change, and a run that
-changes one is refused with the keys named.
+changes one is refused with the keys named. A checkpoint saved before keys moved to other
+sections (engine.config.MOVED) is compared under the new names.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from engine.config import TrainConfig
+from engine.config import TrainConfig, with_new_keys
 from engine.errors import ConfigError
 
 # Settings a resumed run cannot change: they shape the model, the data position or the partitions.
 FIXED_ON_RESUME = (
-    "model.objective", "model.name", "model.image_size", "model.pos_interp", "data.train", "data.batch_size",
-    "data.max_labels", "optim.grad_accum", "optim.layer_decay", "run.zero_stage", "run.sub_group_size",
+    "objective.name", "model.name", "model.image_size", "model.pos_interp", "data.train", "data.batch_size",
+    "data.max_labels", "optim.grad_accum", "optim.layer_decay", "parallel.zero_stage", "parallel.sub_group_size",
 )  # fmt: skip
 
 
@@ -30,7 +31,7 @@ def apply_hyperparameters(engine: Any, scheduler: Any, cfg: TrainConfig, saved: 
     """After a resume: the optimizer and schedule settings given now replace the checkpoint's
     (lr, min_lr, warmup, steps, betas, eps, weight decay; the schedule continues from the resumed
     step under the new settings); a change that cannot be applied is refused. Returns what changed."""
-    now, before = _flat(cfg.to_dict()), _flat(saved)
+    now, before = _flat(cfg.to_dict()), _flat(with_new_keys(saved))  # a checkpoint from before the keys moved
     changed = {
         k: (before[k], v)
         for k, v in now.items()

@@ -35,6 +35,7 @@ import torch
 
 from catlip.classes import ClassMap, ClassMapError
 from catlip.readers import load_json
+from engine.config import with_new_keys
 from engine.data.pipeline import ImageTransform
 
 log = logging.getLogger(__name__)
@@ -72,8 +73,9 @@ def load_model(state: dict[str, torch.Tensor], meta: dict[str, str], source: str
         raise ZeroShotError(
             f"--checkpoint {source}: its catlip_config metadata is not JSON ({err})"
         ) from None
+    config = with_new_keys(config)  # a run saved before the keys moved: model.objective
     model_cfg = config.get("model") or {}
-    objective = model_cfg.get("objective", "catlip")
+    objective = (config.get("objective") or {}).get("name", "catlip")
     if objective != "catlip":
         raise ZeroShotError(
             f"--checkpoint {source}: trained with objective {objective!r}; zero-shot reads the synset head of "
