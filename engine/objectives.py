@@ -4,7 +4,7 @@ An objective says what its task needs and nothing else:
   * ``build(vocab_size)``: the model, a plain ``nn.Module`` whose ``forward(*inputs)`` returns the
     loss (so DeepSpeed's engine calls it directly and ZeRO-3 gathers what it needs);
   * ``prepare(batch)``: host-side work on a loader batch (CLIP's caption tokenisation), run in the
-    loader's prefetch thread (:class:`engine.data_prefetch.Prefetcher`), never in the step;
+    loader's prefetch thread (:class:`engine.prefetch.Prefetcher`), never in the step;
   * ``inputs(batch, device, dtype)``: the batch as the model's forward arguments on the device;
   * ``evaluate(model, loader, device, dtype)``: held-out metrics, or None when the task has none;
     ``metrics(result)`` turns them into the logged dict, ``summary(metrics)`` into one line;
@@ -12,10 +12,11 @@ An objective says what its task needs and nothing else:
   * ``train_batches(loader, model, trainer)`` (after the engine is built): what the loop iterates,
     by default the loader itself (a probe's feature cache replaces it).
 
-``OBJECTIVES`` maps ``model.objective`` names to them: catlip (the paper's multi-label BCE over
-synsets), the contrastive baselines clip and siglip, and the transfer tasks on a class pack
-(``catlip pack ... --classes``): finetune (the whole network, from ``model.init_from``) and probe
-(the pre-trained tower frozen, only the classifier trained). A new task is one new class here.
+``OBJECTIVES``, the registry engine/config.py checks ``objective.name`` against, maps the names to
+them: catlip (the paper's multi-label BCE over synsets), the contrastive baselines clip and
+siglip, and the transfer tasks on a class pack (``catlip pack ... --classes``): finetune (the whole
+network, from ``objective.init_from``) and probe (the pre-trained tower frozen, only the classifier
+trained). A new task is one new class here and one entry in ``OBJECTIVES``.
 """
 
 from __future__ import annotations
@@ -23,13 +24,16 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from engine.config import ConfigError, TrainConfig
+from engine.errors import ConfigError
 from engine.metrics import MultiLabelAccumulator, TopKAccumulator, image_fingerprint
+
+if TYPE_CHECKING:  # engine/config.py reads OBJECTIVES below: the schema is imported for types only
+    from engine.config import TrainConfig
 
 
 class Objective:
@@ -95,13 +99,13 @@ class CatLIP(Objective):
 
         if vocab_size is None:
             raise ConfigError("vocab_size is needed to build the CatLIP head")
-        m = self.cfg.model
+        m, o = self.cfg.model, self.cfg.objective
         return CatLIPModel(
             self.vit_cfg,
             vocab_size,
             attn_impl=m.attn_impl,
             loss_impl=m.loss_impl,
-            label_smoothing=m.label_smoothing,
+            label_smoothing=o.label_smoothing,
         )
 
     def inputs(self, batch: dict, device: torch.device, dtype: torch.dtype) -> tuple:
@@ -142,13 +146,13 @@ class Contrastive(Objective):
         from catlip.clip import CLIPModel, clip_config
         from catlip.contrastive import ContrastiveLoss, SigLipLoss
 
-        m = self.cfg.model
+        m, o = self.cfg.model, self.cfg.objective
         siglip = self.name == "siglip"
         clip_cfg = clip_config(f"clip_{m.name}", siglip=siglip, vision=self.vit_cfg)
         if siglip:
-            loss = SigLipLoss(dist_impl=m.siglip_dist_impl)
+            loss = SigLipLoss(dist_impl=o.siglip_dist_impl)
         else:
-            loss = ContrastiveLoss(local_loss=m.local_loss, gather_with_grad=m.gather_with_grad)
+            loss = ContrastiveLoss(local_loss=o.local_loss, gather_with_grad=o.gather_with_grad)
         return ContrastiveModel(CLIPModel(clip_cfg, attn_impl=m.attn_impl), loss)
 
     def prepare(self, batch: dict) -> dict:
@@ -191,9 +195,9 @@ class Finetune(Objective):
     """Fine-tuning on a class pack: the whole ViT and a new classifier over its C classes.
 
     The loss follows the pack's dataset.json ``multi_label``: sigmoid BCE over the classes (COCO,
-    YOLO sets; corenet's batch_mean), else softmax cross-entropy with ``model.label_smoothing``
-    (ImageFolder sets). The tower starts from ``model.init_from`` (engine/pretrained.py), the
-    classifier from ``model.classifier_init``: random (truncated normal, std 0.02, as corenet's
+    YOLO sets; corenet's batch_mean), else softmax cross-entropy with ``objective.label_smoothing``
+    (ImageFolder sets). The tower starts from ``objective.init_from`` (engine/pretrained.py), the
+    classifier from ``objective.classifier_init``: random (truncated normal, std 0.02, as corenet's
     re-initialised classifier), zero, or synset (the pre-trained head's rows of each class's
     synsets, their mean when several map to one class). Held-out metric: mAP over the classes
     (multi-label; each sample is one image) or top-1 / top-5 accuracy, each next to chance.
@@ -218,13 +222,13 @@ class Finetune(Objective):
 
         if vocab_size is None:
             raise ConfigError("the number of classes is needed to build the classifier")
-        m = self.cfg.model
+        m, o = self.cfg.model, self.cfg.objective
         self.num_classes = int(vocab_size)
         model = ImageClassifier(
             self.vit_cfg,
             self.num_classes,
             multi_label=self.multi_label,
-            label_smoothing=m.label_smoothing,
+            label_smoothing=o.label_smoothing,
             attn_impl=m.attn_impl,
             loss_impl=m.loss_impl,
             freeze_encoder=self.freeze_encoder,
@@ -235,25 +239,27 @@ class Finetune(Objective):
     def initialise(self, model: nn.Module) -> None:
         from engine.pretrained import load_backbone, load_pretrained, read_class_map, synset_classifier
 
-        m = self.cfg.model
+        m, o = self.cfg.model, self.cfg.objective
         loss = (
-            "BCE (multi-label)" if self.multi_label else f"cross-entropy, label smoothing {m.label_smoothing}"
+            "BCE (multi-label)" if self.multi_label else f"cross-entropy, label smoothing {o.label_smoothing}"
         )
         self.report = [f"{self.name}: {self.num_classes} classes, {loss}"]
         pre = None
-        if m.init_from:
-            pre = load_pretrained(m.init_from, image_size=model.encoder.cfg.pos_image_size)
+        if o.init_from:
+            pre = load_pretrained(o.init_from, image_size=model.encoder.cfg.pos_image_size)
             n = load_backbone(model, pre, m.name)
             note = f"; {pre.note}" if pre.note else ""
             self.report.append(f"{self.name}: backbone from {pre.source} ({pre.kind}, {n} tensors{note})")
         else:
-            self.report.append(f"{self.name}: no model.init_from: the backbone starts from random weights")
+            self.report.append(
+                f"{self.name}: no objective.init_from: the backbone starts from random weights"
+            )
         head = model.head
         with torch.no_grad():
-            if m.classifier_init == "zero":
+            if o.classifier_init == "zero":
                 head.weight.zero_()
                 head.bias.zero_()
-            elif m.classifier_init == "synset":
+            elif o.classifier_init == "synset":
                 path, classes = read_class_map(self.meta, self.cfg.data.train)
                 weight, bias = synset_classifier(pre, classes, path, self.num_classes)
                 head.weight.copy_(weight)
@@ -262,8 +268,8 @@ class Finetune(Objective):
                 self.report.append(
                     f"{self.name}: classifier from {rows} head rows of {path} (mean per class)"
                 )
-        if m.classifier_init != "synset":
-            self.report.append(f"{self.name}: classifier init {m.classifier_init}")
+        if o.classifier_init != "synset":
+            self.report.append(f"{self.name}: classifier init {o.classifier_init}")
 
     def inputs(self, batch: dict, device: torch.device, dtype: torch.dtype) -> tuple:
         labels = batch["labels"].to(device, non_blocking=True)
@@ -459,7 +465,7 @@ OBJECTIVES: dict[str, Callable[[TrainConfig, Any], Objective]] = {
 
 
 def make_objective(cfg: TrainConfig, vit_cfg: Any) -> Objective:
-    name = cfg.model.objective
+    name = cfg.objective.name
     if name not in OBJECTIVES:
-        raise ConfigError(f"model.objective must be one of {', '.join(OBJECTIVES)}, got {name!r}")
+        raise ConfigError(f"objective.name must be one of {', '.join(OBJECTIVES)}, got {name!r}")
     return OBJECTIVES[name](cfg, vit_cfg)

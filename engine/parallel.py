@@ -1,11 +1,12 @@
 """The "parallelize" step (torchtitan's term): what turns a plain model into a training engine.
 
 After the objective has built the model (pure PyTorch, identical on every rank), this applies, in
-order: activation checkpointing, ``torch.compile`` (``model.compile``), and DeepSpeed:
+order: activation checkpointing, ``torch.compile`` (``parallel.compile``), and DeepSpeed:
 ``deepspeed.initialize`` with ZeRO stage 0-3, precision, AdamW, gradient clipping and accumulation,
 and the warmup + cosine learning-rate schedule. Nothing here knows which objective is trained.
 ``build_model`` builds a model under ``deepspeed.zero.Init`` for ZeRO-3, partitioned as it is
-constructed (the trainer's ``run.zero_init``; perf/bench_zero3.py runs ViT-H with it).
+constructed (the trainer's ``parallel.zero_init``; perf/bench_zero3.py runs ViT-H with it). What a
+resumed run may change is engine/resume.py's.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from engine.config import ConfigError, TrainConfig
+from engine.config import TrainConfig
 from engine.distributed import cuda_available
+from engine.errors import ConfigError
 
 
 def lr_multiplier(step: int, warmup: int, total: int, min_ratio: float) -> float:
@@ -31,11 +33,11 @@ def lr_multiplier(step: int, warmup: int, total: int, min_ratio: float) -> float
 
 
 def use_bf16(cfg: TrainConfig) -> bool:
-    return cfg.run.precision == "bf16" or (cfg.run.precision == "auto" and cuda_available())
+    return cfg.parallel.precision == "bf16" or (cfg.parallel.precision == "auto" and cuda_available())
 
 
 def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict[str, Any]:
-    o, r = cfg.optim, cfg.run
+    o, r = cfg.optim, cfg.parallel
     zero: dict[str, Any] = {"stage": r.zero_stage}
     if r.zero_stage == 3:
         zero.update(
@@ -80,7 +82,7 @@ def build_model(model_fn: Callable[[], nn.Module], cfg: TrainConfig, world_size:
     Not covered: code after ``model_fn`` that reads parameter shapes (``p.ndim`` is 1 once
     partitioned; ``p.ds_shape`` is the real one) or loads a state dict into the model.
     """
-    if cfg.run.zero_stage != 3:
+    if cfg.parallel.zero_stage != 3:
         return model_fn()
     import deepspeed
 
@@ -139,8 +141,8 @@ def apply_compile(model: nn.Module, cfg: TrainConfig) -> int:
     """``torch.compile`` each transformer block in place (torchtitan's per-block compile: one
     graph reused by every layer; parameter names and checkpoints are unchanged). ZeRO-3 is
     refused: its per-module parameter gathering hooks would break every compiled graph."""
-    if cfg.run.zero_stage == 3:
-        raise ConfigError("model.compile with run.zero_stage 3 is not supported (use stage 0-2)")
+    if cfg.parallel.zero_stage == 3:
+        raise ConfigError("parallel.compile with parallel.zero_stage 3 is not supported (use stage 0-2)")
     from catlip.models import Block
 
     blocks = [m for m in model.modules() if isinstance(m, Block)]
@@ -153,9 +155,9 @@ def parallelize(model: nn.Module, cfg: TrainConfig, world_size: int, param_group
     """Checkpointing, compile and DeepSpeed applied to ``model``: returns (engine, scheduler)."""
     import deepspeed
 
-    if cfg.model.grad_checkpointing:
+    if cfg.parallel.grad_checkpointing:
         apply_activation_checkpointing(model)
-    if cfg.model.compile:
+    if cfg.parallel.compile:
         apply_compile(model, cfg)
     total, min_ratio = cfg.run.steps, cfg.optim.min_lr / cfg.optim.lr
     for group in param_groups:  # layer-wise lr decay: the schedule multiplies each group's own rate
@@ -174,54 +176,6 @@ def parallelize(model: nn.Module, cfg: TrainConfig, world_size: int, param_group
         lr_scheduler=scheduler,
     )
     return engine, sched
-
-
-# Settings a resumed run cannot change: they shape the model, the data position or the partitions.
-FIXED_ON_RESUME = (
-    "model.objective", "model.name", "model.image_size", "model.pos_interp", "data.train", "data.batch_size",
-    "data.max_labels", "optim.grad_accum", "optim.layer_decay", "run.zero_stage", "run.sub_group_size",
-)  # fmt: skip
-
-
-def _flat(cfg: dict) -> dict[str, Any]:
-    return {
-        f"{s}.{k}": v for s, section in cfg.items() if isinstance(section, dict) for k, v in section.items()
-    }
-
-
-def apply_hyperparameters(engine: Any, scheduler: Any, cfg: TrainConfig, saved: dict) -> list[str]:
-    """After a resume: the optimizer and schedule settings given now replace the checkpoint's
-    (lr, min_lr, warmup, steps, betas, eps, weight decay; the schedule continues from the resumed
-    step under the new settings); a change that cannot be applied is refused. Returns what changed."""
-    now, before = _flat(cfg.to_dict()), _flat(saved)
-    changed = {
-        k: (before[k], v)
-        for k, v in now.items()
-        if k in before and k != "run.resume" and _norm(before[k]) != _norm(v)
-    }
-    fixed = [k for k in changed if k in FIXED_ON_RESUME]
-    if fixed:
-        shown = ", ".join(f"{k} {changed[k][0]!r} -> {changed[k][1]!r}" for k in fixed)
-        raise ConfigError(f"cannot resume with changed {shown}: start a new run (or restore the settings)")
-    o = cfg.optim
-    groups = engine.optimizer.param_groups  # as catlip.models.param_groups: decayed / not decayed
-    for group in groups:  # (per depth, with its lr_scale, under layer-wise lr decay)
-        group.update(betas=tuple(o.betas), eps=o.eps, initial_lr=o.lr * group.get("lr_scale", 1.0))
-        if group["weight_decay"]:  # the decayed group (norms, biases and embeddings stay at 0)
-            group["weight_decay"] = o.weight_decay
-    scheduler.base_lrs = [g["initial_lr"] for g in groups]
-    rates = [
-        base * fn(scheduler.last_epoch)
-        for base, fn in zip(scheduler.base_lrs, scheduler.lr_lambdas, strict=True)
-    ]
-    for group, lr in zip(groups, rates, strict=True):
-        group["lr"] = lr
-    scheduler._last_lr = rates  # what get_last_lr() reports for the next step
-    return [f"{k}: {a!r} -> {b!r} (applied)" for k, (a, b) in changed.items()]
-
-
-def _norm(value: Any) -> Any:
-    return list(value) if isinstance(value, (tuple, list)) else value
 
 
 def partition_report(engine: Any, zero_stage: int) -> str:

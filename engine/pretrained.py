@@ -1,4 +1,4 @@
-"""The pre-trained side of transfer: ``model.init_from`` and ``model.classifier_init: synset``.
+"""The pre-trained side of transfer: ``objective.init_from`` and ``objective.classifier_init: synset``.
 
 ``load_pretrained(path)`` reads, into our state-dict names (``encoder.*``, ``head.*``):
   * a checkpoint of this engine: a tag directory, a ``checkpoints/`` directory or a run's out_dir
@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from catlip.readers import load_json
-from engine.config import ConfigError
+from engine.errors import ConfigError
 
 
 @dataclass
@@ -51,12 +51,12 @@ def _json(text: str | None) -> dict[str, Any]:
 
 
 def load_pretrained(path: str | Path, *, image_size: int | None = None) -> Pretrained:
-    """The state of ``model.init_from``, in our names (see the module docstring). ``image_size``:
+    """The state of ``objective.init_from``, in our names (see the module docstring). ``image_size``:
     the resolution the model's position table is for (``ViTConfig.pos_image_size``), for a
     foreign state's table (corenet's own interpolation)."""
     p = Path(path)
     if not p.exists():
-        raise ConfigError(f"model.init_from: {p} does not exist")
+        raise ConfigError(f"objective.init_from: {p} does not exist")
     from engine.checkpoint import CheckpointError, read_model
 
     meta: dict[str, str] = {}
@@ -67,12 +67,12 @@ def load_pretrained(path: str | Path, *, image_size: int | None = None) -> Pretr
             with safe_open(str(p), "pt") as f:
                 meta = f.metadata() or {}
         except (SafetensorError, OSError) as err:
-            raise ConfigError(f"model.init_from: {p} is not a safetensors file: {err}") from None
+            raise ConfigError(f"objective.init_from: {p} is not a safetensors file: {err}") from None
     if p.is_dir() or ("catlip_config" in meta and "timm_model" not in meta):
         try:
             state, meta = read_model(p)
         except CheckpointError as err:
-            raise ConfigError(f"model.init_from: {err}") from None
+            raise ConfigError(f"objective.init_from: {err}") from None
         kind = "catlip checkpoint" if p.is_dir() else "catlip export"
         return Pretrained(state, str(p), kind, _json(meta.get("catlip_config")), _json(meta.get("vocab")))
     pre = _foreign(p, image_size)
@@ -87,14 +87,14 @@ def _foreign(p: Path, image_size: int | None = None) -> Pretrained:
         from catlip.interop import load_encoder_state
     except ImportError as err:
         raise ConfigError(
-            f"model.init_from: {p} is neither a checkpoint of this engine nor a catlip safetensors export, "
+            f"objective.init_from: {p} is neither a checkpoint of this engine nor a catlip safetensors export, "
             f"and catlip.interop (timm / open_clip / corenet weights) is not available: {err}"
         ) from None
     notes: list[str] = []
     try:
         state = load_encoder_state(p, image_size=image_size, log=notes.append)
     except (ValueError, KeyError, RuntimeError, OSError) as err:
-        raise ConfigError(f"model.init_from: {p}: {err}") from None
+        raise ConfigError(f"objective.init_from: {p}: {err}") from None
     note = " ".join(n.removeprefix(f"{p}: ") for n in notes)
     return Pretrained(dict(state), str(p), "foreign", note=note)
 
@@ -105,7 +105,7 @@ def load_backbone(model: nn.Module, pre: Pretrained, model_name: str) -> int:
     enc = {k[len("encoder.") :]: v for k, v in pre.state.items() if k.startswith("encoder.")}
     if not enc:
         raise ConfigError(
-            f"model.init_from: {pre.source} holds no encoder.* weights ({len(pre.state)} tensors)"
+            f"objective.init_from: {pre.source} holds no encoder.* weights ({len(pre.state)} tensors)"
         )
     was = pre.config.get("model", {})
     mine = model.encoder.state_dict()
@@ -128,7 +128,7 @@ def load_backbone(model: nn.Module, pre: Pretrained, model_name: str) -> int:
                 else "; the source has a patch embedding, model.name a corenet_vit_* (conv stem) preset"
             )
         raise ConfigError(
-            f"model.init_from: {pre.source}{trained} does not fit model.name {model_name} with "
+            f"objective.init_from: {pre.source}{trained} does not fit model.name {model_name} with "
             f"image_size {model.encoder.cfg.image_size}: {what}"
         )
     with torch.no_grad():
@@ -144,7 +144,7 @@ def _resample_pos_embed(enc: dict[str, torch.Tensor], image_size: int, source: s
         from catlip.interop import load_encoder_state
     except ImportError as err:
         raise ConfigError(
-            f"model.init_from: {source} is for another resolution and catlip.interop is missing ({err})"
+            f"objective.init_from: {source} is for another resolution and catlip.interop is missing ({err})"
         ) from None
     return load_encoder_state({f"encoder.{k}": v for k, v in enc.items()}, image_size=image_size)[
         "encoder.pos_embed"
@@ -161,7 +161,7 @@ def read_class_map(meta: dict[str, Any], train_dir: str | Path | None) -> tuple[
     rec = meta.get("classes") or {}
     if not rec.get("path"):
         raise ConfigError(
-            "model.classifier_init synset: data.train's dataset.json records no class map (classes.path); "
+            "objective.classifier_init synset: data.train's dataset.json records no class map (classes.path); "
             "pack the downstream set with `catlip pack ... --classes CLASSES.json`"
         )
     path = Path(rec["path"])
@@ -170,20 +170,20 @@ def read_class_map(meta: dict[str, Any], train_dir: str | Path | None) -> tuple[
     found = [c for c in candidates if c.is_file()]
     if not found:
         raise ConfigError(
-            f"model.classifier_init synset: the class map {rec['path']} named by data.train is missing "
+            f"objective.classifier_init synset: the class map {rec['path']} named by data.train is missing "
             f"(looked at {', '.join(map(str, candidates))})"
         )
     path = found[0]
     digest = sha256_file(path)
     if rec.get("sha256") and digest != rec["sha256"]:
         raise ConfigError(
-            f"model.classifier_init synset: {path} has sha256 {digest}, but data.train was packed with a class map "
+            f"objective.classifier_init synset: {path} has sha256 {digest}, but data.train was packed with a class map "
             f"of sha256 {rec['sha256']}: the file changed since packing (re-pack, or restore it)"
         )
     try:
         classes = load_json(path)
     except ValueError as err:
-        raise ConfigError(f"model.classifier_init synset: {err}") from None
+        raise ConfigError(f"objective.classifier_init synset: {err}") from None
     return path, classes
 
 
@@ -193,19 +193,19 @@ def synset_classifier(
     """(C, W) weight and (C,) bias: per class the mean of the pre-trained head's rows it maps to."""
     if "head.weight" not in pre.state or "head.bias" not in pre.state:
         raise ConfigError(
-            f"model.classifier_init synset: {pre.source} has no pre-trained head (head.weight, head.bias); "
+            f"objective.classifier_init synset: {pre.source} has no pre-trained head (head.weight, head.bias); "
             "synset initialisation needs a CatLIP checkpoint or its catlip export"
         )
     ckpt_sha = pre.vocab.get("vocab_sha256")
     map_sha = (classes.get("vocab") or {}).get("sha256")
     if not ckpt_sha:
         raise ConfigError(
-            f"model.classifier_init synset: {pre.source} records no vocabulary hash (vocab_sha256), so its head "
+            f"objective.classifier_init synset: {pre.source} records no vocabulary hash (vocab_sha256), so its head "
             f"rows cannot be matched to {classes_path}"
         )
     if ckpt_sha != map_sha:
         raise ConfigError(
-            f"model.classifier_init synset: {pre.source} was trained on vocabulary {pre.vocab.get('vocab', '?')} "
+            f"objective.classifier_init synset: {pre.source} was trained on vocabulary {pre.vocab.get('vocab', '?')} "
             f"(sha256 {ckpt_sha}), but {classes_path} maps classes onto vocabulary "
             f"{(classes.get('vocab') or {}).get('path', '?')} (sha256 {map_sha}): make the class map with "
             "`catlip classes --vocab` of the checkpoint's vocabulary"
@@ -213,7 +213,7 @@ def synset_classifier(
     entries = classes.get("classes") or []
     if len(entries) != num_classes:
         raise ConfigError(
-            f"model.classifier_init synset: {classes_path} has {len(entries)} classes, data.train {num_classes}"
+            f"objective.classifier_init synset: {classes_path} has {len(entries)} classes, data.train {num_classes}"
         )
     head_w, head_b = pre.state["head.weight"].float(), pre.state["head.bias"].float()  # (V, W), (V,)
     vocab_size = head_w.shape[0]
@@ -223,7 +223,7 @@ def synset_classifier(
         rows = [int(r) for r in entry.get("rows") or []]
         if not rows or min(rows) < 0 or max(rows) >= vocab_size:
             raise ConfigError(
-                f"model.classifier_init synset: class {c} ({entry.get('name')}) of {classes_path} maps to rows "
+                f"objective.classifier_init synset: class {c} ({entry.get('name')}) of {classes_path} maps to rows "
                 f"{rows}, not rows of the pre-trained head's {vocab_size}"
             )
         idx = torch.tensor(rows)

@@ -7,7 +7,7 @@
 Each optimizer step: ``grad_accum`` micro-batches of ``data.batch_size`` per rank (with
 ``data.multiscale``: a size and resolution drawn per step, the same on every rank, see
 engine/multiscale.py); AdamW with weight decay on matrices only; cosine schedule with linear
-warmup; gradient clipping; bf16 on a GPU, fp32 on the CPU. The task (``model.objective``: catlip, clip, siglip; finetune and probe on a
+warmup; gradient clipping; bf16 on a GPU, fp32 on the CPU. The task (``objective.name``: catlip, clip, siglip; finetune and probe on a
 class pack) is an object from ``engine/objectives.py``; DeepSpeed, checkpointing and compile are applied by ``engine/parallel.py``;
 checkpoints are ``engine/checkpoint.py``'s. The host synchronises with the device only at log
 steps and before checkpoints: that is where a NaN or inf loss (flagged on the device every
@@ -40,8 +40,9 @@ from engine.data import DataError
 from engine.distributed import cuda_available, init_distributed, prepare_env, shutdown
 from engine.logs import RunLog, StepLog, peak_memory_mb
 from engine.objectives import make_objective
-from engine.parallel import apply_hyperparameters, build_model, parallelize, partition_report, use_bf16
+from engine.parallel import build_model, parallelize, partition_report, use_bf16
 from engine.prefetch import Prefetcher
+from engine.resume import apply_hyperparameters
 
 
 class TrainingDiverged(RuntimeError):
@@ -99,19 +100,17 @@ class Trainer:
             self.train_loader = Prefetcher(train_loader, self.objective.prepare)
         self.vocab_size = vocab_size
         # Built whole on every rank (same seed, same weights) and partitioned by deepspeed.initialize
-        # (ViT-H: 2.5 GB fp32 per rank, host memory); with run.zero_init (ZeRO-3) partitioned as it
+        # (ViT-H: 2.5 GB fp32 per rank, host memory); with parallel.zero_init (ZeRO-3) partitioned as it
         # is built, the same weights (engine.parallel.build_model).
         self.objective.bind(self.dataset_meta)
         build = model_fn or (lambda: self.objective.build(vocab_size))
-        model = build_model(build, cfg, self.world_size) if cfg.run.zero_init else build()
+        model = build_model(build, cfg, self.world_size) if cfg.parallel.zero_init else build()
         for line in self.objective.report:
             self._log(line)
         groups = param_groups(model, cfg.optim.weight_decay, cfg.optim.layer_decay)
         self.engine, self.scheduler = parallelize(model, cfg, self.world_size, groups)
         self.train_loader = self.objective.train_batches(self.train_loader, self.engine.module, self)
-        self.checkpoints = Checkpointer(
-            self.engine, self.out_dir, keep=cfg.run.keep_checkpoints, log=self._log
-        )
+        self.checkpoints = Checkpointer(self.engine, self.out_dir, keep=cfg.checkpoint.keep, log=self._log)
         self.step = 0
         self.resumed_from: Path | None = None  # the checkpoint this run continues
         self._claimed = False
@@ -121,7 +120,7 @@ class Trainer:
         if cfg.optim.ema_decay:
             self.ema = {n: t.detach().float().clone() for n, t in self._ema_sources()}
         self.logs = RunLog(self.out_dir, self.is_main)
-        self.partition_report = partition_report(self.engine, cfg.run.zero_stage)
+        self.partition_report = partition_report(self.engine, cfg.parallel.zero_stage)
         self._log(self.partition_report)
 
     # ------------------------------------------------------------------------------------ loop
@@ -139,7 +138,7 @@ class Trainer:
         """Train until ``steps`` (default ``run.steps``) optimizer steps, from wherever we are."""
         from tqdm import tqdm
 
-        run = self.cfg.run
+        run, every = self.cfg.run, self.cfg.checkpoint.every
         self.claim_out_dir()
         last = min(steps or run.steps, run.steps)
         batches = self._batches()
@@ -167,7 +166,7 @@ class Trainer:
                 bar.update(1)
                 if self.step == 1 or self.step % run.log_every == 0 or self.step == last:
                     self._log_step(loss, lr, window, bar)
-                if run.ckpt_every and self.step % run.ckpt_every == 0 and self.step < last:
+                if every and self.step % every == 0 and self.step < last:
                     self.save()
                 if run.eval_every and self.step % run.eval_every == 0 and self.step < last:
                     self.evaluate()

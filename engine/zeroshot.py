@@ -16,11 +16,11 @@ out_dir; consolidated with engine.checkpoint.consolidate, any ZeRO stage) or a `
 safetensors file; both carry the run config (model preset and resolution) and the vocabulary's
 SHA-256, which must be the one CLASSES.json was mapped onto.
 
-Preprocessing is the trainer's evaluation transform (engine/data.py, ``train=False``): DALI decodes
-on the CPU (or nvJPEG), resizes the shorter side to the model's resolution (antialiased), center
-crops and normalises with the CLIP mean and std. ``evaluate`` reads a class pack with
-engine.data.class_pack_loader; ``predict`` runs the same DALI operators on loose files
-(:class:`ImageTransform`), after the pack's own image check (engine.packing.check_image).
+Preprocessing is the trainer's evaluation transform (engine/data/pipeline.py, ``train=False``):
+DALI decodes on the CPU (or nvJPEG), resizes the shorter side to the model's resolution
+(antialiased), center crops and normalises with the CLIP mean and std. ``evaluate`` reads a class
+pack with engine.data.class_pack_loader; ``predict`` runs the same DALI operators on loose files
+(engine.data.pipeline.ImageTransform), after the pack's own image check (engine.packing.check_image).
 """
 
 from __future__ import annotations
@@ -31,11 +31,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from catlip.classes import ClassMap, ClassMapError
 from catlip.readers import load_json
+from engine.config import with_new_keys
+from engine.data.pipeline import ImageTransform
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ def load_checkpoint(path: str | Path, *, ema: bool = False) -> tuple[dict[str, t
         raise ZeroShotError(f"--checkpoint {err}") from None
 
 
-def build_model(state: dict[str, torch.Tensor], meta: dict[str, str], source: str | Path) -> torch.nn.Module:
+def load_model(state: dict[str, torch.Tensor], meta: dict[str, str], source: str | Path) -> torch.nn.Module:
     """The CatLIPModel the run trained (preset and resolution from its config), with ``state`` loaded."""
     from catlip.models import CatLIPModel, run_vit_config
 
@@ -72,8 +73,9 @@ def build_model(state: dict[str, torch.Tensor], meta: dict[str, str], source: st
         raise ZeroShotError(
             f"--checkpoint {source}: its catlip_config metadata is not JSON ({err})"
         ) from None
+    config = with_new_keys(config)  # a run saved before the keys moved: model.objective
     model_cfg = config.get("model") or {}
-    objective = model_cfg.get("objective", "catlip")
+    objective = (config.get("objective") or {}).get("name", "catlip")
     if objective != "catlip":
         raise ZeroShotError(
             f"--checkpoint {source}: trained with objective {objective!r}; zero-shot reads the synset head of "
@@ -181,63 +183,13 @@ class ZeroShotClassifier:
         except ClassMapError as err:
             raise ZeroShotError(f"--classes {err}") from None
         state, meta = load_checkpoint(checkpoint, ema=ema)
-        model = build_model(state, meta, checkpoint)
+        model = load_model(state, meta, checkpoint)
         check_vocabulary(meta, model.head.out_features, class_map, checkpoint, classes)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         return cls(model, class_map, device)
 
 
 # ------------------------------------------------------------------------------------ images
-class ImageTransform:
-    """The trainer's eval transform (engine/data.py, ``train=False``) on encoded images in memory:
-    DALI decode, resize of the shorter side, center crop, CLIP normalisation -> (B, 3, S, S)."""
-
-    def __init__(self, image_size: int, *, batch_size: int = 16, num_threads: int = 2) -> None:
-        from engine.data import CLIP_MEAN, CLIP_STD
-
-        self.size, self.batch_size, self.num_threads = image_size, batch_size, num_threads
-        self.mean = [255.0 * m for m in CLIP_MEAN]
-        self.std = [255.0 * s for s in CLIP_STD]
-        self._pipe = None
-        self._feed: list[np.ndarray] = []
-
-    def _build(self) -> Any:
-        from nvidia.dali import fn, pipeline_def, types
-
-        @pipeline_def(batch_size=self.batch_size, num_threads=self.num_threads, device_id=None)
-        def pipe():
-            data = fn.external_source(source=lambda: self._feed, batch=True, dtype=types.UINT8)
-            image = fn.decoders.image(data, device="cpu", output_type=types.RGB)
-            image = fn.resize(image, resize_shorter=self.size, antialias=True)  # as engine/data.py's eval
-            return fn.crop_mirror_normalize(
-                image,
-                dtype=types.FLOAT,
-                output_layout="CHW",
-                crop=(self.size, self.size),
-                mean=self.mean,
-                std=self.std,
-                mirror=0,
-            )  # fmt: skip  (3, S, S) float32
-
-        p = pipe()
-        p.build()
-        return p
-
-    def __call__(self, encoded: Sequence[bytes]) -> torch.Tensor:
-        """Images DALI can decode (check them first with engine.packing.check_image) -> (B, 3, S, S)."""
-        if not 0 < len(encoded) <= self.batch_size:
-            raise ValueError(f"1 to {self.batch_size} images per call, got {len(encoded)}")
-        if self._pipe is None:
-            self._pipe = self._build()
-        self._feed = [np.frombuffer(b, dtype=np.uint8) for b in encoded]
-        try:
-            (out,) = self._pipe.run()
-        except RuntimeError:
-            self._pipe = None  # a pipeline that raised is no longer usable
-            raise
-        return torch.stack([torch.from_numpy(np.array(out[i])) for i in range(len(encoded))])
-
-
 @dataclass
 class Prediction:
     path: str
@@ -341,8 +293,8 @@ def evaluate(
     """Zero-shot mAP (and top-1/top-5 on a single-label set) over a class pack."""
     from tqdm import tqdm
 
-    from engine.config import ConfigError
     from engine.data import DataError, class_pack_loader
+    from engine.errors import ConfigError
     from engine.metrics import MultiLabelAccumulator, TopKAccumulator
 
     data = Path(data)

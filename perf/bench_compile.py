@@ -1,9 +1,9 @@
-"""``model.compile`` on and off, side by side: CPU step time of the main job's model and shards.
+"""``parallel.compile`` on and off, side by side: CPU step time of the main job's model and shards.
 
     python perf/bench_compile.py --shards runs/main/shards [--steps 60] [--world 2]
 
 Runs ``engine.train`` (``engine.launch`` over ``--world`` gloo ranks, one thread each, as the main job
-does) twice on the same shards and config, once with ``model.compile=false`` and once with
+does) twice on the same shards and config, once with ``parallel.compile=false`` and once with
 ``true``, and reports the median step time over the steps after ``--warmup`` (compilation happens
 in the first steps and is reported separately as the extra time of the first ``--warmup`` steps).
 Rows go to ``perf/results/compile_cpu.csv``.
@@ -37,7 +37,7 @@ def run(shards: Path, compile_: bool, steps: int, world: int, out: Path) -> dict
         "-m", "engine.train", "--config", str(ROOT / "configs/coco_tiny_cpu.yaml"),
         "--set", f"data.train={shards / 'train'}", "--set", "data.val=null",
         "--set", f"run.out_dir={out}", "--set", f"run.steps={steps}", "--set", "run.log_every=1",
-        "--set", "run.ckpt_every=0", "--set", f"model.compile={str(compile_).lower()}",
+        "--set", "checkpoint.every=0", "--set", f"parallel.compile={str(compile_).lower()}",
     ]  # fmt: skip
     start = time.perf_counter()
     subprocess.run(

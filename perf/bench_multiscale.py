@@ -11,7 +11,7 @@ measured model and for ViT-B/16 on a GPU (the recipe's table, batch 1024).
 
 ``dali``: the loader options for per-iteration sizes, measured on the packed COCO photos (CPU
 decoding): (a) one pipeline whose crop size comes from an external source, each batch being
-batch/chunk iterations of ``chunk`` samples (engine/data.py's choice), (b) one pipeline per
+batch/chunk iterations of ``chunk`` samples (the loader's choice, engine/multiscale.py), (b) one pipeline per
 scale, each with its own reader, and the fixed pipeline as the baseline: build time, resident
 memory added, images/s over an epoch.
 

@@ -9,11 +9,11 @@ For each (model, offload) it runs the real trainer (engine.train.Trainer: the Ca
 its 24,320-synset head, fp32, activation checkpointing, ZeRO-3 with the default persistence
 threshold, torch's AdamW) on ``--world`` gloo ranks with one thread each, on synthetic 224 px
 images and labels (the loader is not what is measured). The model is built under
-``deepspeed.zero.Init`` (run.zero_init, engine.parallel.build_model: partitioned as it is
+``deepspeed.zero.Init`` (parallel.zero_init, engine.parallel.build_model: partitioned as it is
 constructed, never whole on a rank; ``--no-zero-init`` builds it whole, the trainer's default), and ZeRO-3's working
-buffers are bounded by ``--bucket`` elements (run.reduce_bucket_size, prefetch_bucket_size,
+buffers are bounded by ``--bucket`` elements (parallel.reduce_bucket_size, prefetch_bucket_size,
 max_live_parameters, max_reuse_distance; DeepSpeed's defaults are 5e8-1e9, 2-4 GB each in fp32)
-and ``--sub-group`` (run.sub_group_size: the optimizer steps that many elements at a time). Then:
+and ``--sub-group`` (parallel.sub_group_size: the optimizer steps that many elements at a time). Then:
   * model-state bytes held by each rank, counted from the tensors ZeRO-3 keeps (the rank's
     parameter partition, the fp32 partition the optimizer steps, its gradient partition and the
     two AdamW moments), against the 16 bytes x parameters / ranks that ZeRO-3 promises in fp32;
@@ -21,7 +21,7 @@ and ``--sub-group`` (run.sub_group_size: the optimizer steps that many elements 
   * the median step time (forward, backward with recomputation, optimizer step);
   * the trainer's checkpoint save and resume time and the checkpoint's size on disk;
   * ``catlip export`` of that checkpoint (consolidating the partitions): time and peak memory.
-``--offload cpu`` sets DeepSpeed's ``offload_optimizer: {device: cpu}`` (``run.offload_optimizer``
+``--offload cpu`` sets DeepSpeed's ``offload_optimizer: {device: cpu}`` (``parallel.offload_optimizer``
 in a run config). Rows go to ``--out``. ``--depth`` cuts the model to that many blocks (the
 slow test in tests/test_zero3.py runs 2 blocks of ViT-H width). ``BENCH_ZERO3_LOG=1`` prints each
 rank's stages with its resident memory (a run killed for memory shows how far it got).
@@ -160,16 +160,17 @@ def rank_run(
     torch.set_num_threads(1)
     cfg = from_dict(
         {
-            "model": {"name": model, "grad_checkpointing": True},
+            "model": {"name": model},
             "data": {"batch_size": batch},
             "optim": {"lr": 1e-4, "warmup_steps": 1, "weight_decay": 0.05},
-            "run": {
-                "out_dir": run_dir, "steps": steps, "zero_stage": 3, "precision": "fp32",
-                "log_every": 1, "ckpt_every": 0, "offload_optimizer": offload,
+            "parallel": {
+                "zero_stage": 3, "precision": "fp32", "grad_checkpointing": True, "offload_optimizer": offload,
                 "reduce_bucket_size": bucket, "prefetch_bucket_size": bucket,
                 "max_live_parameters": bucket, "max_reuse_distance": bucket, "sub_group_size": sub_group,
                 "zero_init": zero_init,
             },
+            "checkpoint": {"every": 0},
+            "run": {"out_dir": run_dir, "steps": steps, "log_every": 1},
         }
     )  # fmt: skip
     overrides = {"depth": depth} if depth else {}
@@ -182,7 +183,7 @@ def rank_run(
     trainer = Trainer(
         cfg,
         vocab_size=VOCAB,
-        model_fn=lambda: CatLIPModel(vit, VOCAB),  # built under zero.Init with run.zero_init
+        model_fn=lambda: CatLIPModel(vit, VOCAB),  # built under zero.Init with parallel.zero_init
         train_loader=loader,
         log=lambda line: _progress(rank, line[:50]) if os.environ.get("BENCH_ZERO3_LOG") else None,
     )

@@ -8,7 +8,7 @@ Pre-training: the same image tower (``vit_tiny``: 64 px, patch 8, width 96, 4 bl
 shards (the 255 COCO photos of ``../shared/data/coco_photos`` with their 1,275 captions, packed
 once; the vocabulary is their own synsets seen in >= 5 captions), the same augmentation, seed,
 batch (32 per rank, 2 gloo ranks), optimizer and schedule (configs/coco_tiny_cpu.yaml), with
-``model.objective`` catlip, clip or siglip:
+``objective.name`` catlip, clip or siglip:
   * equal images seen: every objective runs ``--steps`` steps, with a checkpoint every
     ``--ckpt-every`` steps (the points of the mAP-against-time curve);
   * equal wall-clock: CLIP and SigLIP run again for as many steps as fit in CatLIP's pre-training
@@ -119,10 +119,10 @@ def pretrain(paths: dict, objective: str, seed: int, steps: int, ckpt_every: int
         sh(
             sys.executable, "-m", "engine.launch", "--nproc_per_node=2",
             "-m", "engine.train", "--config", str(ROOT / "configs/coco_tiny_cpu.yaml"),
-            "--set", f"model.objective={objective}", "--set", f"data.train={paths['pretrain']}",
+            "--set", f"objective.name={objective}", "--set", f"data.train={paths['pretrain']}",
             "--set", "data.val=null", "--set", f"run.out_dir={out}", "--set", f"run.steps={steps}",
-            "--set", f"run.seed={seed}", "--set", "run.log_every=1", "--set", f"run.ckpt_every={ckpt_every}",
-            "--set", "run.keep_checkpoints=1000", "--set", f"optim.warmup_steps={max(1, steps // 10)}",
+            "--set", f"run.seed={seed}", "--set", "run.log_every=1", "--set", f"checkpoint.every={ckpt_every}",
+            "--set", "checkpoint.keep=1000", "--set", f"optim.warmup_steps={max(1, steps // 10)}",
             log=out / "train.log",
         )  # fmt: skip
         logs = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]

@@ -120,7 +120,7 @@ jobs_=("$!:zeroshot")
 for task in probe finetune; do
   for init in random synset; do  # one rank each, side by side
     OMP_NUM_THREADS=1 python -m engine.train --config "configs/coco128_${task}_cpu.yaml" \
-      --set model.init_from="$RUN/train" --set model.classifier_init=$init \
+      --set objective.init_from="$RUN/train" --set objective.classifier_init=$init \
       --set data.train="$T/train" --set data.val="$T/val" --set run.out_dir="$T/${task}_$init" \
       ${CATLIP_TRANSFER_SET:-} > "$T/${task}_$init.txt" 2>&1 &
     jobs_+=("$!:${task}_$init")

@@ -119,7 +119,7 @@ def test_a_vocabulary_without_its_sense_table_is_refused(
 
 def test_training_refuses_train_and_val_of_two_labelers(small: Path, shared_data: Path) -> None:
     from engine.config import ConfigError
-    from engine.data import _check_labelers
+    from engine.data.dataset import _check_labelers
 
     class D:
         train, val = "a/train", "a/val"

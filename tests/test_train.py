@@ -317,7 +317,9 @@ def test_config_errors_are_clear(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("run:\n  steps: 7\noptim:\n  betas: [0.9, 0.95]\n")
     cfg = load_config(path, ["run.zero_stage=3", "optim.lr=2e-4"])
-    assert (cfg.run.steps, cfg.run.zero_stage, cfg.optim.lr, cfg.optim.betas) == (7, 3, 2e-4, (0.9, 0.95))
+    assert (cfg.run.steps, cfg.parallel.zero_stage, cfg.optim.lr, cfg.optim.betas) == (
+        7, 3, 2e-4, (0.9, 0.95),
+    )  # fmt: skip
 
 
 def test_shipped_configs_parse():
@@ -329,13 +331,15 @@ def test_shipped_configs_parse():
     # the transfer presets: corenet's fine-tuning recipes (projects/catlip/...), the CPU demos
     imagenet = load_config(root / "finetune_imagenet_vit_b16.yaml")
     o = imagenet.optim
-    assert (imagenet.model.objective, imagenet.model.label_smoothing, imagenet.model.image_size) == (
+    assert (imagenet.objective.name, imagenet.objective.label_smoothing, imagenet.model.image_size) == (
         "finetune", 0.1, 224,
     )  # fmt: skip
     assert (o.lr, o.min_lr, o.weight_decay, o.warmup_steps, o.ema_decay) == (3e-5, 3e-6, 0.05, 500, 0.9995)
     assert imagenet.run.steps == 10 * 2503 and imagenet.data.batch_size * 8 == 512
     coco = load_config(root / "finetune_coco_vit_b16.yaml")
-    assert (coco.model.objective, coco.model.label_smoothing, coco.model.image_size) == ("finetune", 0.0, 512)
+    assert (coco.objective.name, coco.objective.label_smoothing, coco.model.image_size) == (
+        "finetune", 0.0, 512,
+    )  # fmt: skip
     assert (coco.optim.lr, coco.optim.min_lr, coco.optim.ema_decay, coco.run.steps) == (
         1e-5,
         1e-6,
@@ -343,8 +347,8 @@ def test_shipped_configs_parse():
         9170,
     )
     probe = load_config(root / "coco128_probe_cpu.yaml")
-    assert probe.model.objective == "probe" and probe.data.cache_features
-    assert load_config(root / "coco128_finetune_cpu.yaml").model.objective == "finetune"
+    assert probe.objective.name == "probe" and probe.data.cache_features
+    assert load_config(root / "coco128_finetune_cpu.yaml").objective.name == "finetune"
 
 
 # ------------------------------------------------------------------------ real data through DALI
@@ -424,7 +428,7 @@ def _contrastive(rank: int, tmp: str) -> dict:
     out = {}
     for objective in ("clip", "siglip"):
         cfg = tiny_cfg(Path(tmp) / objective, 2, steps=4)
-        cfg.model.objective = objective
+        cfg.objective.name = objective
         trainer = Trainer(cfg, train_loader=caption_loader(rank, 2))
         out[objective] = {
             "losses": [e.loss for e in trainer.fit()],

@@ -198,7 +198,7 @@ def _through_trainer(rank: int, tmp: str) -> dict:
 
     out = {}
     cfg = tiny_cfg(Path(tmp) / "clip", 2, steps=3)
-    cfg.model.objective = "clip"
+    cfg.objective.name = "clip"
     trainer = Trainer(cfg, train_loader=caption_loader(rank, 1, 3))
     out["clip"] = [e.loss for e in trainer.fit()]
     trainer.close()

@@ -152,12 +152,12 @@ def test_a_checkpoint_from_before_pos_interp_keeps_its_table(setup, tmp_path: Pa
     (5 rows at 32 px: a 2 x 2 grid) and were resampled bicubically: they load and run as they did."""
     from engine.checkpoint import read_model
     from engine.cli import main
-    from engine.zeroshot import build_model
+    from engine.zeroshot import load_model
 
     run = write_checkpoint(
         tmp_path / "run", setup["vocab"], [0.0, 2.0, 0.5, 3.0], "corenet_vit_tiny", before_pos_interp=True
     )
-    model = build_model(*read_model(run), run)
+    model = load_model(*read_model(run), run)
     assert model.cfg.pos_interp == "bicubic" and model.encoder.pos_embed.shape == (1, 5, 96)
     img = str(solid(tmp_path / "a.png", (1, 2, 3)))
     assert main(["predict", "--checkpoint", str(run), "--classes", str(setup["classes"]), img]) == 0

@@ -1,7 +1,7 @@
 """Validation and writing: every image is checked by DALI's own CPU decoder before it goes into a
 shard, and the shard writer produces WebDataset tars with DALI's index files.
 
-DALI has no skip-on-error: one undecodable image stops a training pipeline (``engine/data.py``
+DALI has no skip-on-error: one undecodable image stops a training pipeline (``engine/data/pipeline.py``
 guards against what still gets through). So an image is kept only if DALI decodes it, and as
 cheaply as that can be known (``perf/bench_prep.py`` measures the alternatives on the same images,
 and which bad files each lets through):
