@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.linear_bce_fwd import _log1p_row_sum, _sigmoid_parts
+from kernels.linear_bce_softplus import _log1p_row_sum, _sigmoid_parts
 
 
 @triton.heuristics(
