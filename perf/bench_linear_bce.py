@@ -14,11 +14,11 @@ Providers, all on the same bf16 inputs x (B, D), W (V, D), b (V,) and padded lab
             its ratio to the bare z GEMM shows how much of the epilogue the main loop hides
   gemm3     the three bare bf16 GEMMs of the same shapes (z = x W^T, dx = dz W, dW = dz^T x):
             the ceiling. Not a loss; its row gives the time the goal is measured against.
-The designs the first GPU run settles (issue 12, point 4), each "triton" with one change:
+The variants the first GPU run settles (kernels/variants.py), each "triton" with one change:
   triton-nocheck   validate_labels=False: no label checks, no host sync in the hot path
   triton-addmm     dx accumulated by cuBLAS itself, addmm(dx, dz, W_c, out_dtype=float32, out=dx)
   triton-cublas    design E: the logits GEMM on cuBLAS, then a Triton epilogue kernel over them
-  triton-autotune  CATLIP_AUTOTUNE=1: the candidates of kernels/linear_bce_fwd.py timed, best kept
+  triton-autotune  autotune=True: the candidates of kernels/linear_bce_fwd.py timed, best kept
 At the end, the goals of issue 4 at B 8192, D 1280, V 24,320: fused forward+backward within 1.15x
 of gemm3, at least 1.5x faster than eager, extra memory at most 1/8 of eager's.
 
@@ -57,7 +57,7 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from kernels.linear_bce import AUTOTUNE_ENV, LinearBCEFunction, LinearBCEParams, linear_bce  # noqa: E402
+from kernels.linear_bce import LinearBCEFunction, LinearBCEParams, linear_bce  # noqa: E402
 from kernels.reference import dense_targets  # noqa: E402
 from perf.common import commit, cpu_name  # noqa: E402
 
@@ -153,11 +153,7 @@ def _triton_with(**changes) -> Callable:
 
 
 def triton_autotune_loss(x, w, bias, labels):
-    os.environ[AUTOTUNE_ENV] = "1"  # read at each call
-    try:
-        return triton_loss(x, w, bias, labels)
-    finally:
-        os.environ.pop(AUTOTUNE_ENV)
+    return linear_bce(x, w, bias, labels, reduction="batch_mean", impl="triton", autotune=True)
 
 
 # ---------------------------------------------------------------------------------------------
