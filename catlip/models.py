@@ -21,7 +21,7 @@ Presets (``VIT_PRESETS``):
              table (``pos_interp="corenet"``: 196 rows at any resolution, interpolated linearly
              over the sequence): vit_tiny's width and depth at 64 px, patch 16 (CPU tests), and
              the B/L/H-16 towers, the architecture of corenet's released CatLIP checkpoints
-             (catlip.interop loads them)
+             (catlip.convert loads them)
 """
 
 from __future__ import annotations
@@ -278,7 +278,7 @@ class ConvStem(nn.Sequential):
     2021): conv 4x4 stride 4 (padding 1, no bias) -> BatchNorm -> GELU, conv 2x2 stride 2 (no bias)
     -> BatchNorm -> GELU, conv 2x2 stride 2 (bias): an H x W image -> an (H/16) x (W/16) grid of
     ``width`` features, with max(32, width / 4) channels inside. Layer indices 0-6 are its
-    state-dict names (catlip.interop maps corenet's ``patch_emb.{0,1,2}.block.*`` onto them).
+    state-dict names (catlip.convert.corenet maps corenet's ``patch_emb.{0,1,2}.block.*`` onto them).
 
     The batch norms keep running statistics: in training mode (``model.train()``) each rank
     normalises with its own batch's statistics and updates its running ones; a frozen tower

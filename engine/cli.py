@@ -382,7 +382,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     try:
         if args.format == "timm":
-            from catlip.interop import InteropError, export_timm
+            from catlip.convert import InteropError, export_timm
 
             state, meta = consolidate(args.checkpoint, ema=args.ema)
             try:
