@@ -269,7 +269,8 @@ def test_loss_follows_multi_label_and_label_smoothing(tmp_path):
 
 
 def test_layer_decay_param_groups():
-    from catlip.models import ImageClassifier, layer_id, param_groups, vit_config
+    from catlip.models import ImageClassifier, vit_config
+    from catlip.param_groups import layer_id, param_groups
 
     model = ImageClassifier(vit_config("vit_tiny", image_size=SIZE), C, multi_label=True)  # depth 4
     groups = param_groups(model, 0.05, layer_decay=0.5)
