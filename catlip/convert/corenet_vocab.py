@@ -56,7 +56,7 @@ def read_corenet_pickle(path: str | Path) -> dict[str, int]:
 
 
 def _wordnet_name(offset: int) -> str:
-    from catlip.nltk_setup import wordnet
+    from catlip.nltk_resources import wordnet
 
     with warnings.catch_warnings():  # NLTK warns, then returns None, for an offset it does not know
         warnings.simplefilter("ignore")
