@@ -35,9 +35,9 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from kernels import linear_bce  # the function (kernels/linear_bce.py is its module)
 from kernels.flash_attention import ATTN_IMPLS, attention_qkv
 from kernels.linear_bce import IMPLS as LOSS_IMPLS
+from kernels.linear_bce import linear_bce
 
 STEMS = ("patch", "conv")
 POS_INTERPS = ("bicubic", "corenet")

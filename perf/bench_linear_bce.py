@@ -2,7 +2,7 @@
 
 Providers, all on the same bf16 inputs x (B, D), W (V, D), b (V,) and padded labels (B, 32) with
 ~5 positives a row, loss = corenet's batch_mean:
-  triton    kernels.linear_bce(impl="triton"): gradients in the forward, chunked over V, never a
+  triton    kernels.linear_bce.linear_bce(impl="triton"): gradients in the forward, chunked over V, never a
             (B, V) fp32 tensor nor a dense target
   eager     F.linear + F.binary_cross_entropy_with_logits on the dense fp32 target, under bf16
             autocast (the dense target is built inside the timed forward, as the official code does)

@@ -22,7 +22,6 @@ keeps the bf16 covering subset (BF16_CASES) and the GPU-only tests. CI runs ever
 
 from __future__ import annotations
 
-import importlib
 import itertools
 import math
 import os
@@ -34,13 +33,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import kernels.linear_bce as lb
 import kernels.linear_bce_fwd as lbf
 from kernels.linear_bce import LinearBCEFunction, LinearBCEParams, linear_bce
 from kernels.reference import dense_targets, linear_bce_reference
 
 ROOT = Path(__file__).resolve().parents[1]
-# the module itself (the package attribute kernels.linear_bce is the function)
-lb = importlib.import_module("kernels.linear_bce")
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
