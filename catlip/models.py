@@ -108,7 +108,6 @@ VIT_PRESETS: dict[str, ViTConfig] = {
     "vit_l16": ViTConfig(width=1024, depth=24, heads=16),
     "vit_h16": ViTConfig(width=1280, depth=32, heads=20),
     "vit_h14": ViTConfig(patch_size=14, width=1280, depth=32, heads=16),
-    # corenet's CatLIP ViTs (apple/corenet: its released checkpoints): the same towers with its stem
     # open_clip's image towers (its ViT-B-16, ViT-L-14, ViT-H-14 configs: ln_pre, LayerNorm eps 1e-5)
     "openclip_vit_b16": ViTConfig(width=768, depth=12, heads=12, pre_norm=True, norm_eps=1e-5),
     "openclip_vit_l14": ViTConfig(
@@ -117,6 +116,7 @@ VIT_PRESETS: dict[str, ViTConfig] = {
     "openclip_vit_h14": ViTConfig(
         patch_size=14, width=1280, depth=32, heads=16, pre_norm=True, norm_eps=1e-5
     ),
+    # corenet's CatLIP ViTs (apple/corenet: its released checkpoints): the same towers with its stem
     "corenet_vit_tiny": ViTConfig(
         image_size=64, width=96, depth=4, heads=3, stem="conv", pos_interp="corenet"
     ),  # CPU tests

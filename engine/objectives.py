@@ -4,7 +4,7 @@ An objective says what its task needs and nothing else:
   * ``build(vocab_size)``: the model, a plain ``nn.Module`` whose ``forward(*inputs)`` returns the
     loss (so DeepSpeed's engine calls it directly and ZeRO-3 gathers what it needs);
   * ``prepare(batch)``: host-side work on a loader batch (CLIP's caption tokenisation), run in the
-    loader's prefetch thread (:class:`engine.data_prefetch.Prefetcher`), never in the step;
+    loader's prefetch thread (:class:`engine.prefetch.Prefetcher`), never in the step;
   * ``inputs(batch, device, dtype)``: the batch as the model's forward arguments on the device;
   * ``evaluate(model, loader, device, dtype)``: held-out metrics, or None when the task has none;
     ``metrics(result)`` turns them into the logged dict, ``summary(metrics)`` into one line;

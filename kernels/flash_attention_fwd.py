@@ -173,7 +173,7 @@ FWD_CONFIGS = ConfigTable(
 
 
 def pinned(table: ConfigTable, d: int, ieee_on_gpu: bool = False, *, kind: str | None = None, arch: int = 9):
-    """table.pick, with the old switch: ieee_on_gpu selects the FMA-unit configs."""
+    """table.pick, with a boolean switch too: ieee_on_gpu selects the FMA-unit configs."""
     return table.pick(d, kind or ("ieee" if ieee_on_gpu else "16"), arch)
 
 

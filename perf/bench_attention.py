@@ -230,7 +230,7 @@ def bench_shape(
     return rows
 
 
-GOALS = {"vit_h14": 1.0, "vit_b16": 0.9}  # issue 5: fwd+bwd time ratio best SDPA / ours
+GOALS = {"vit_h14": 1.0, "vit_b16": 0.9}  # the kernel's goals: fwd+bwd time ratio best SDPA / ours
 
 
 def summarize(rows: list[dict], mine_name: str = "triton") -> None:

@@ -19,7 +19,7 @@ The variants the first GPU run settles (kernels/variants.py), each "triton" with
   triton-addmm     dx accumulated by cuBLAS itself, addmm(dx, dz, W_c, out_dtype=float32, out=dx)
   triton-cublas    design E: the logits GEMM on cuBLAS, then a Triton epilogue kernel over them
   triton-autotune  autotune=True: the candidates of kernels/linear_bce_fwd.py timed, best kept
-At the end, the goals of issue 4 at B 8192, D 1280, V 24,320: fused forward+backward within 1.15x
+At the end, the op's goals at B 8192, D 1280, V 24,320: fused forward+backward within 1.15x
 of gemm3, at least 1.5x faster than eager, extra memory at most 1/8 of eager's.
 
 For each: forward, backward and forward+backward in ms (median over --reps runs after --warmup,
@@ -312,13 +312,13 @@ def reps_for(ms_estimate: float, budget_s: float, lo: int = 5, hi: int = 100) ->
 
 
 def goal_summary(rows: list[dict]) -> None:
-    """Issue 4's goals at B 8192, D 1280, V 24,320 from this run's rows (all measured here)."""
+    """The op's goals at B 8192, D 1280, V 24,320 from this run's rows (all measured here)."""
     at = {r["provider"]: r for r in rows if (r["B"], r["D"], r["V"]) == (8192, 1280, 24320)}
     mine, gemm3, eager = at.get("triton"), at.get("gemm3"), at.get("eager")
     if not (mine and mine.get("total_ms")):
         print("goals: no triton row at B 8192, D 1280, V 24,320 in this run")
         return
-    print("goals at B 8192, D 1280, V 24,320 (issue 4):")
+    print("goals at B 8192, D 1280, V 24,320:")
     if gemm3 and gemm3.get("total_ms"):
         print(f"  fwd+bwd / three bare GEMMs: {mine['total_ms'] / gemm3['total_ms']:.2f}x (goal <= 1.15x)")
     if eager and eager.get("total_ms"):

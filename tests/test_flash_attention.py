@@ -422,7 +422,7 @@ def test_ieee_fp32_on_gpu(s: int, d: int, layout: str) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# Strides and offsets of every input, through every entry point (issue 12, point 1)
+# Strides and offsets of every input, through every entry point
 # --------------------------------------------------------------------------------------------------
 def _view(t: torch.Tensor, kind: str) -> torch.Tensor:
     """t's values in another memory layout; gaps hold values that change the result if read."""
@@ -579,7 +579,7 @@ def test_int64_offsets_for_large_strides() -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# The one-launch backward (issue 12, point 4): same oracle, same bounds
+# The one-launch backward (bwd="onepass", kernels/variants.py): same oracle, same bounds
 # --------------------------------------------------------------------------------------------------
 _slow = pytest.mark.slow
 _ONEPASS_CASES = [

@@ -1,4 +1,4 @@
-"""Kernel dispatch in one place (issue 9, point 2): the model calls the kernels' dispatchers, the
+"""Kernel dispatch in one place: the model calls the kernels' dispatchers, the
 dispatchers and references import no Triton, and there is one attention reference.
 
 The no-Triton checks run in a fresh interpreter (a child process): this one has imported Triton

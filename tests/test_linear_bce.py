@@ -9,7 +9,7 @@ run in the same dtype, plus a floor of FLOOR[dtype] x the largest |oracle| entry
 Precision: fp32 tests expect IEEE fp32 dots (TF32 off, PyTorch's default, which the kernel
 follows); fp16 runs on the CPU; bf16 only on a GPU (the interpreter's bf16 arithmetic is wrong).
 On the CPU the kernels run under TRITON_INTERPRET=1 (tests/conftest.py), with large blocks;
-CPU_CASES is a covering subset of the issue's shape grid (every B, D, V, both dtypes, each
+CPU_CASES is a covering subset of the shape grid (below: every B, D, V, both dtypes, each
 reduction, with and without bias, smoothing and sample weights) and the whole grid is marked
 `slow` (about 30 s on 2 cores); bf16 runs the grid on a GPU only (`gpu` marker). Every buffer is
 poisoned with NaN before the kernels write it (autouse fixture), so an unwritten element shows
@@ -144,7 +144,7 @@ def test_matches_fp64_oracle(b, d, v, dtype, bias, eps, reduction, weights):
 
 
 def test_many_positives_fp16():
-    """Up to 64 positives a row (the issue's rows "with many"), sample weights, smoothing."""
+    """Up to 64 positives a row (rows "with many" labels), sample weights, smoothing."""
     x, w, bb, labels, s = make_case(256, 128, 24320, bias=True, seed=3, max_pos=64, weights=True)
     check_against_oracle(x, w, bb, labels, dtype=torch.float16, reduction="batch_mean", eps=0.1, s=s)
 
@@ -396,7 +396,7 @@ def test_autotune_switch_gpu(monkeypatch: pytest.MonkeyPatch):
 
 
 # --------------------------------------------------------------------------------------------
-# Strides and offsets: every input as a transposed, sliced or offset view (issue 12, point 1)
+# Strides and offsets: every input as a transposed, sliced or offset view
 # --------------------------------------------------------------------------------------------
 
 
@@ -649,7 +649,7 @@ def test_emulated_epilogue_is_the_kernel(monkeypatch, logits):
 
 
 # --------------------------------------------------------------------------------------------
-# The designs the GPU run compares (issue 12, point 4): same oracle, same bounds
+# The variants the GPU run compares (kernels/variants.py): same oracle, same bounds
 # --------------------------------------------------------------------------------------------
 @gpu
 @needs_cuda
