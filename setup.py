@@ -21,7 +21,7 @@ setup(
     long_description=(here / "README.md").read_text(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["catlip*", "engine*", "kernels*"]),
+    packages=find_packages(include=["catlip*", "engine*", "kernels*", "provision*"]),
     install_requires=[
         "torch>=2.4",
         "triton>=3.0",

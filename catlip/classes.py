@@ -244,7 +244,7 @@ def _check_unique(items: list[str], path: Path) -> None:
 
 # ------------------------------------------------------------------------------------ WordNet
 def _wn():
-    from catlip.nltk_setup import wordnet
+    from catlip.nltk_resources import wordnet
 
     return wordnet()
 

@@ -104,7 +104,7 @@ class TextTransformer(nn.Module):
         self.cfg = cfg
         self.grad_checkpointing = grad_checkpointing
         self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.width)
-        # open_clip's name: decayed like the token embedding (models.no_weight_decay spares pos_embed).
+        # open_clip's name: decayed like the token embedding (param_groups.no_weight_decay spares pos_embed).
         self.positional_embedding = nn.Parameter(torch.zeros(cfg.context_length, cfg.width))
         self.blocks = nn.ModuleList(
             Block(

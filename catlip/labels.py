@@ -51,7 +51,7 @@ class CaptionLabeler:
     def __init__(self, *, pos_filter: bool = True, official: bool = False) -> None:
         from nltk.corpus.reader.wordnet import WordNetError
 
-        from catlip.nltk_setup import wordnet
+        from catlip.nltk_resources import wordnet
 
         self.official = official
         self.pos_filter = pos_filter and not official

@@ -21,7 +21,7 @@ Presets (``VIT_PRESETS``):
              table (``pos_interp="corenet"``: 196 rows at any resolution, interpolated linearly
              over the sequence): vit_tiny's width and depth at 64 px, patch 16 (CPU tests), and
              the B/L/H-16 towers, the architecture of corenet's released CatLIP checkpoints
-             (catlip.interop loads them)
+             (catlip.convert loads them)
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from kernels import linear_bce  # the function (kernels/linear_bce.py is its module)
 from kernels.flash_attention import ATTN_IMPLS, attention_qkv
 from kernels.linear_bce import IMPLS as LOSS_IMPLS
+from kernels.linear_bce import linear_bce
 
 STEMS = ("patch", "conv")
 POS_INTERPS = ("bicubic", "corenet")
@@ -108,7 +108,6 @@ VIT_PRESETS: dict[str, ViTConfig] = {
     "vit_l16": ViTConfig(width=1024, depth=24, heads=16),
     "vit_h16": ViTConfig(width=1280, depth=32, heads=20),
     "vit_h14": ViTConfig(patch_size=14, width=1280, depth=32, heads=16),
-    # corenet's CatLIP ViTs (apple/corenet: its released checkpoints): the same towers with its stem
     # open_clip's image towers (its ViT-B-16, ViT-L-14, ViT-H-14 configs: ln_pre, LayerNorm eps 1e-5)
     "openclip_vit_b16": ViTConfig(width=768, depth=12, heads=12, pre_norm=True, norm_eps=1e-5),
     "openclip_vit_l14": ViTConfig(
@@ -117,6 +116,7 @@ VIT_PRESETS: dict[str, ViTConfig] = {
     "openclip_vit_h14": ViTConfig(
         patch_size=14, width=1280, depth=32, heads=16, pre_norm=True, norm_eps=1e-5
     ),
+    # corenet's CatLIP ViTs (apple/corenet: its released checkpoints): the same towers with its stem
     "corenet_vit_tiny": ViTConfig(
         image_size=64, width=96, depth=4, heads=3, stem="conv", pos_interp="corenet"
     ),  # CPU tests
@@ -278,7 +278,7 @@ class ConvStem(nn.Sequential):
     2021): conv 4x4 stride 4 (padding 1, no bias) -> BatchNorm -> GELU, conv 2x2 stride 2 (no bias)
     -> BatchNorm -> GELU, conv 2x2 stride 2 (bias): an H x W image -> an (H/16) x (W/16) grid of
     ``width`` features, with max(32, width / 4) channels inside. Layer indices 0-6 are its
-    state-dict names (catlip.interop maps corenet's ``patch_emb.{0,1,2}.block.*`` onto them).
+    state-dict names (catlip.convert.corenet maps corenet's ``patch_emb.{0,1,2}.block.*`` onto them).
 
     The batch norms keep running statistics: in training mode (``model.train()``) each rank
     normalises with its own batch's statistics and updates its running ones; a frozen tower
@@ -573,51 +573,3 @@ class ImageClassifier(nn.Module):
     ) -> torch.Tensor:
         x = images if images.dim() == 2 else self.features(images)  # (B, width)
         return self.head(x, labels, sample_weight)
-
-
-def no_weight_decay(name: str, param: nn.Parameter) -> bool:
-    """Biases, norms, the class token and position embeddings are not decayed (timm, open_clip).
-    The rank is the parameter's own, also when ZeRO-3 has partitioned it (``ds_shape``)."""
-    return len(getattr(param, "ds_shape", param.shape)) < 2 or name.endswith(("cls_token", "pos_embed"))
-
-
-def layer_id(name: str, depth: int) -> int:
-    """Depth of a parameter for layer-wise lr decay (BEiT, timm): 0 for the patch and position
-    embeddings, the class token and the pre-norm, i + 1 for block i, depth + 1 for the final norm and the head."""
-    parts = name.split(".")
-    if "blocks" in parts:
-        return int(parts[parts.index("blocks") + 1]) + 1
-    if parts[-1] in ("cls_token", "pos_embed") or "patch_embed" in parts or "norm_pre" in parts:
-        return 0
-    return depth + 1
-
-
-def param_groups(model: nn.Module, weight_decay: float, layer_decay: float = 1.0) -> list[dict]:
-    """AdamW groups: [decayed, not decayed] (trainable parameters only). With ``layer_decay`` < 1
-    (BEiT's layer-wise lr decay), one pair per depth instead, each with ``lr_scale`` =
-    layer_decay ** (depth + 1 - layer_id): the head at the full rate, block i at
-    layer_decay ** (depth - i), the embeddings at layer_decay ** (depth + 1). The trainer
-    multiplies each group's rate by its ``lr_scale``, under the schedule."""
-    if layer_decay == 1.0:
-        decay, no_decay = [], []
-        for name, p in model.named_parameters():
-            if p.requires_grad:
-                (no_decay if no_weight_decay(name, p) else decay).append(p)
-        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    depth = len(model.encoder.blocks)
-    groups: dict[tuple[int, bool], dict] = {}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        layer, decayed = layer_id(name, depth), not no_weight_decay(name, p)
-        group = groups.setdefault(
-            (layer, decayed),
-            {
-                "params": [],
-                "weight_decay": weight_decay if decayed else 0.0,
-                "lr_scale": layer_decay ** (depth + 1 - layer),
-                "layer": layer,
-            },
-        )
-        group["params"].append(p)
-    return [groups[k] for k in sorted(groups, key=lambda k: (k[0], not k[1]))]

@@ -425,7 +425,7 @@ class SenseLabeler:
 @lru_cache(maxsize=1)
 def _shared() -> WordNetNouns:
     """This process's WordNet nouns (a forked worker inherits them, read-only)."""
-    from catlip.nltk_setup import wordnet
+    from catlip.nltk_resources import wordnet
 
     wn = wordnet()
     wn.ensure_loaded()

@@ -90,7 +90,7 @@ def worker_labeler(settings: LabelSettings) -> Any:
     """This process's labeler for ``settings``, made once per process (and again after a fork)."""
     key = (settings, os.getpid())
     if key not in _labelers:
-        from catlip.nltk_setup import add_to_nltk_path, wordnet
+        from catlip.nltk_resources import add_to_nltk_path, wordnet
 
         for directory in settings.nltk_data:
             add_to_nltk_path(directory)

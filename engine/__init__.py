@@ -15,5 +15,5 @@ distributed.py  process groups (nccl, gloo); launch.py: ``python -m engine.launc
 zeroshot.py     ``catlip predict`` and ``catlip evaluate`` with the synset head
 packing/        ``catlip pack``: captions or class-labelled images -> WebDataset shards
 executor.py     where data preparation runs: this process, worker processes, or Ray
-cli.py          ``catlip`` (cli_common.py: what several commands share); sample_data.py: demo photos
+cli.py          ``catlip`` (cli_common.py: what several commands share)
 """

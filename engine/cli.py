@@ -247,12 +247,12 @@ def _add_train_parsers(sub: argparse._SubParsersAction) -> None:
 def cmd_setup_nltk(args: argparse.Namespace) -> int:
     import nltk.data
 
-    from catlip.nltk_setup import default_data_dir, ensure_nltk_data
+    from provision.nltk_data import default_data_dir, ensure_nltk_data
 
     searched = {str(Path(p).expanduser().resolve()) for p in nltk.data.path}  # before we add ours
     target = (args.dir or default_data_dir()).expanduser().resolve()
     status = ensure_nltk_data(target, download=not args.no_download)
-    from catlip.nltk_setup import wordnet
+    from catlip.nltk_resources import wordnet
 
     wn = wordnet()
     print(
@@ -382,7 +382,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     try:
         if args.format == "timm":
-            from catlip.interop import InteropError, export_timm
+            from catlip.convert import InteropError, export_timm
 
             state, meta = consolidate(args.checkpoint, ema=args.ema)
             try:

@@ -83,7 +83,7 @@ def vocab_labeler_for(args: argparse.Namespace, vocab: Path):
 
 
 def require_nltk(args: argparse.Namespace) -> None:
-    from catlip.nltk_setup import NltkDataError, add_to_nltk_path, check_nltk_data
+    from catlip.nltk_resources import NltkDataError, add_to_nltk_path, check_nltk_data
 
     if getattr(args, "nltk_data", None):
         add_to_nltk_path(args.nltk_data)

@@ -5,7 +5,7 @@
     (:func:`engine.checkpoint.consolidate`: the whole fp32 state, ZeRO partitions put together);
   * a ``catlip export`` safetensors file (the same state, its metadata the checkpoint's);
   * anything else (a timm or open_clip visual tower, a corenet ViT checkpoint, a timm export):
-    through :func:`catlip.interop.load_encoder_state`, imported only then.
+    through :func:`catlip.convert.load_encoder_state`, imported only then.
 The vocabulary identity (``vocab_sha256``) comes with our checkpoints and exports (``--format timm``
 included: its metadata keeps ours); a foreign state has none, so it gives a backbone but no synset
 classifier.
@@ -84,11 +84,11 @@ def load_pretrained(path: str | Path, *, image_size: int | None = None) -> Pretr
 
 def _foreign(p: Path, image_size: int | None = None) -> Pretrained:
     try:
-        from catlip.interop import load_encoder_state
+        from catlip.convert import load_encoder_state
     except ImportError as err:
         raise ConfigError(
             f"objective.init_from: {p} is neither a checkpoint of this engine nor a catlip safetensors export, "
-            f"and catlip.interop (timm / open_clip / corenet weights) is not available: {err}"
+            f"and catlip.convert (timm / open_clip / corenet weights) is not available: {err}"
         ) from None
     notes: list[str] = []
     try:
@@ -139,12 +139,12 @@ def load_backbone(model: nn.Module, pre: Pretrained, model_name: str) -> int:
 
 def _resample_pos_embed(enc: dict[str, torch.Tensor], image_size: int, source: str) -> torch.Tensor:
     """The position embedding for ``image_size``: bicubic over the patch grid, the class token's
-    row kept (catlip.interop's resampling, as timm's ``resample_abs_pos_embed``)."""
+    row kept (catlip.convert's resampling, as timm's ``resample_abs_pos_embed``)."""
     try:
-        from catlip.interop import load_encoder_state
+        from catlip.convert import load_encoder_state
     except ImportError as err:
         raise ConfigError(
-            f"objective.init_from: {source} is for another resolution and catlip.interop is missing ({err})"
+            f"objective.init_from: {source} is for another resolution and catlip.convert is missing ({err})"
         ) from None
     return load_encoder_state({f"encoder.{k}": v for k, v in enc.items()}, image_size=image_size)[
         "encoder.pos_embed"

@@ -42,7 +42,7 @@ def apply_hyperparameters(engine: Any, scheduler: Any, cfg: TrainConfig, saved: 
         shown = ", ".join(f"{k} {changed[k][0]!r} -> {changed[k][1]!r}" for k in fixed)
         raise ConfigError(f"cannot resume with changed {shown}: start a new run (or restore the settings)")
     o = cfg.optim
-    groups = engine.optimizer.param_groups  # as catlip.models.param_groups: decayed / not decayed
+    groups = engine.optimizer.param_groups  # as catlip.param_groups.param_groups: decayed / not decayed
     for group in groups:  # (per depth, with its lr_scale, under layer-wise lr decay)
         group.update(betas=tuple(o.betas), eps=o.eps, initial_lr=o.lr * group.get("lr_scale", 1.0))
         if group["weight_decay"]:  # the decayed group (norms, biases and embeddings stay at 0)

@@ -69,7 +69,8 @@ class Trainer:
         dataset_meta: dict[str, Any] | None = None,
         log: Callable[[str], None] | None = None,
     ) -> None:
-        from catlip.models import param_groups, run_vit_config
+        from catlip.models import run_vit_config
+        from catlip.param_groups import param_groups
 
         self.cfg = cfg
         self.dataset_meta: dict[str, Any] = dict(dataset_meta or {})  # the train shards' dataset.json

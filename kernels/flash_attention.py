@@ -36,13 +36,14 @@ import torch
 import torch.nn.functional as F
 
 from kernels.reference import attention_reference, resolve_scale
+from kernels.variants import autotune_on, check, variant
 
 ATTN_IMPLS = ("triton", "sdpa", "math")
 # Which Triton backward: "split" (two launches, kernels/flash_attention_bwd.py) or "onepass" (one
 # program per (batch, head), kernels/flash_attention_bwd_onepass.py, S_q <= 512 and D <= 64; other
-# shapes fall back to "split"). Read at each call; the GPU benchmark compares both.
-BWD_ENV = "CATLIP_ATTN_BWD"
-BWD_VARIANTS = ("split", "onepass")
+# shapes fall back to "split"). The keyword `bwd` of flash_attention / flash_attention_qkv; the GPU
+# benchmark compares both (kernels/variants.py).
+BWD_VARIANTS = variant("flash_attention", "bwd").choices  # ("split", "onepass")
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # 129-256 (two 128-wide parts) spilled registers in the dK/dV kernel in every tile compiled for sm_90a
 # and sm_80, Triton 3.6 and 3.8 (perf/results/compiled_kernels.csv): not offered. ViTs use 64 or 80.
@@ -53,18 +54,20 @@ MAX_HEAD_DIM = 128
 class AttentionParams:
     """Non-tensor arguments of the autograd Functions.
 
-    scale: multiplies Q K^T (1 / sqrt(D) by default). bwd: one of BWD_VARIANTS.
+    scale: multiplies Q K^T (1 / sqrt(D) by default). bwd: one of BWD_VARIANTS (kernels/variants.py).
+    autotune: search the launch configs on a GPU (None: the CATLIP_AUTOTUNE=1 switch).
     """
 
     scale: float
     bwd: str = "split"
+    autotune: bool | None = None
+
+    def __post_init__(self) -> None:
+        check("flash_attention", "bwd", self.bwd)
 
 
-def _params(scale: float | None, head_dim: int) -> AttentionParams:
-    bwd = os.environ.get(BWD_ENV, "split")
-    if bwd not in BWD_VARIANTS:
-        raise ValueError(f"{BWD_ENV} must be one of {BWD_VARIANTS}, got {bwd!r}")
-    return AttentionParams(resolve_scale(scale, head_dim), bwd)
+def _params(scale: float | None, head_dim: int, bwd: str, autotune: bool | None) -> AttentionParams:
+    return AttentionParams(resolve_scale(scale, head_dim), bwd, autotune_on(autotune))
 
 
 def _onepass(params: AttentionParams, s_q: int, d: int) -> bool:
@@ -107,7 +110,7 @@ class FlashAttention(torch.autograd.Function):
     ) -> torch.Tensor:
         from kernels.flash_attention_fwd import attention_fwd  # Triton, on first use
 
-        o, lse = attention_fwd(q, k, v, params.scale)
+        o, lse = attention_fwd(q, k, v, params.scale, autotune=params.autotune)
         ctx.save_for_backward(q, k, v, o, lse)
         ctx.params = params
         return o
@@ -123,7 +126,10 @@ class FlashAttention(torch.autograd.Function):
         dq = empty_bshd(b, h, s_q, d, q)
         dk = empty_bshd(b, h, s_k, d, k)
         dv = empty_bshd(b, h, s_k, d, v)
-        attention_bwd(do, q, k, v, o, lse, ctx.params.scale, dq, dk, dv, onepass=_onepass(ctx.params, s_q, d))
+        p = ctx.params
+        attention_bwd(
+            do, q, k, v, o, lse, p.scale, dq, dk, dv, onepass=_onepass(p, s_q, d), autotune=p.autotune
+        )
         return dq, dk, dv, None
 
 
@@ -143,7 +149,7 @@ class FlashAttentionQKV(torch.autograd.Function):
         b, s, _, h, d = qkv.shape
         out = torch.empty(b, s, h, d, dtype=qkv.dtype, device=qkv.device)  # (B, S, H, D)
         q, k, v = _unpack(qkv)
-        _, lse = attention_fwd(q, k, v, params.scale, out=out.transpose(1, 2))
+        _, lse = attention_fwd(q, k, v, params.scale, out=out.transpose(1, 2), autotune=params.autotune)
         ctx.save_for_backward(qkv, out, lse)
         ctx.params = params
         return out
@@ -159,25 +165,36 @@ class FlashAttentionQKV(torch.autograd.Function):
         p = ctx.params
         attention_bwd(
             dout.transpose(1, 2), q, k, v, out.transpose(1, 2), lse, p.scale, dq, dk, dv,
-            onepass=_onepass(p, qkv.shape[1], qkv.shape[-1]),
+            onepass=_onepass(p, qkv.shape[1], qkv.shape[-1]), autotune=p.autotune,
         )  # fmt: skip
         return dqkv, None
 
 
 def flash_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    scale: float | None = None,
+    *,
+    bwd: str = "split",
+    autotune: bool | None = None,
 ) -> torch.Tensor:
-    """softmax(scale * q k^T) v with the Triton kernels; q (B, H, S_q, D), k, v (B, H, S_k, D)."""
+    """softmax(scale * q k^T) v with the Triton kernels; q (B, H, S_q, D), k, v (B, H, S_k, D).
+    bwd: "split" | "onepass", the backward's variant (kernels/variants.py); autotune: search the
+    launch configs on a GPU (None: the CATLIP_AUTOTUNE=1 switch, read at this call)."""
     _check(q, k, v)
-    return FlashAttention.apply(q, k, v, _params(scale, q.shape[-1]))
+    return FlashAttention.apply(q, k, v, _params(scale, q.shape[-1], bwd, autotune))
 
 
-def flash_attention_qkv(qkv: torch.Tensor, scale: float | None = None) -> torch.Tensor:
-    """Packed self-attention: qkv (B, S, 3, H, D) -> (B, S, H, D), Triton kernels."""
+def flash_attention_qkv(
+    qkv: torch.Tensor, scale: float | None = None, *, bwd: str = "split", autotune: bool | None = None
+) -> torch.Tensor:
+    """Packed self-attention: qkv (B, S, 3, H, D) -> (B, S, H, D), Triton kernels; bwd and
+    autotune as flash_attention's."""
     if qkv.dim() != 5 or qkv.shape[2] != 3:
         raise ValueError(f"qkv must be (B, S, 3, H, D), got shape {tuple(qkv.shape)}")
     _check(*_unpack(qkv))
-    return FlashAttentionQKV.apply(qkv, _params(scale, qkv.shape[-1]))
+    return FlashAttentionQKV.apply(qkv, _params(scale, qkv.shape[-1], bwd, autotune))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -37,7 +37,6 @@ import triton
 import triton.language as tl
 
 from kernels.flash_attention_fwd import (
-    AUTOTUNE,
     HEAD_DIM_HEURISTICS,
     LOG2E,
     BlockConfig,
@@ -53,6 +52,7 @@ from kernels.flash_attention_fwd import (
     needs_int64_rows,
     tail_block,
 )
+from kernels.variants import autotune_on
 
 # Pinned by padded head width (BLOCK_D0 + BLOCK_D1). BLOCK_M is the held dimension of _bwd_dq
 # and the streamed one of _bwd_dkdv (BLOCK_N the other way round). Registers as compiled for
@@ -356,10 +356,12 @@ def attention_bwd(
     dv: torch.Tensor,
     *,
     onepass: bool = False,
+    autotune: bool | None = None,
 ) -> None:
     """Write dq (B, H, S_q, D), dk and dv (B, H, S_k, D) through their strides (each with a
     contiguous last dim); every element is written. lse is the forward's (B, H, S_q) fp32.
-    onepass: the one-launch backward of kernels/flash_attention_bwd_onepass.py (S_q <= 512)."""
+    onepass: the one-launch backward of kernels/flash_attention_bwd_onepass.py (S_q <= 512).
+    autotune: search the configs (kernels.variants.autotune_on: None is CATLIP_AUTOTUNE=1, read now)."""
     do, q, k, v, o = _rows(do), _rows(q), _rows(k), _rows(v), _rows(o)
     for name, g in (("dq", dq), ("dk", dk), ("dv", dv)):
         if g.stride(-1) != 1:
@@ -403,7 +405,7 @@ def attention_bwd(
     precision = dot_precision(q.dtype)
     meta = {"HEAD_DIM": d, "PRECISION": precision, "INT64_ROWS": needs_int64_rows(do, q, k, v, o, dq, dk, dv)}
     # dq first: it writes Delta, which every dK/dV program reads.
-    if AUTOTUNE and autotune_checked(d):
+    if autotune_on(autotune) and autotune_checked(d):
         _bwd_dq_tuned[lambda m: (triton.cdiv(s_q, m["BLOCK_M"]), b * h)](*dq_args, **meta)
         _bwd_dkdv_tuned[lambda m: (triton.cdiv(s_k, m["BLOCK_N"]), b * h)](*dkdv_args, **meta)
         return

@@ -1,7 +1,7 @@
 """Fused attention, backward stage, one launch: a whole (batch, head) per program, for S <= 512.
 
 The alternative to kernels/flash_attention_bwd.py's two launches that the first GPU run settles
-(issue 12, point 4; perf/notes_attention.md). Same math (S = scale Q K^T, P = exp(S - lse),
+(kernels/variants.py; perf/notes_attention.md). Same math (S = scale Q K^T, P = exp(S - lse),
 dV = P^T dO, dP = dO V^T, dS = P (dP - Delta), dQ = scale dS K, dK = scale dS^T Q), scheduled so
 that one program owns a (batch, head):
 
@@ -25,8 +25,8 @@ through different register layouts, so a barrier closes each step that stores it
 Work and traffic per (batch, head): FLOPs 10 * S_q * S_k * D (+ 2 * S_q * S_k exp2); HBM q, k, v,
 dO read once (dO and O twice: the Delta pass, then the key loop), o once, dq, dk, dv written
 once, the fp32 accumulator S_q * D * 8 bytes per key block (L2). Selected by
-CATLIP_ATTN_BWD=onepass (kernels/flash_attention.py), or by the benchmark's "triton-bwd1"
-provider; the default stays the two-launch backward until a GPU has timed both.
+flash_attention(..., bwd="onepass") (AttentionParams.bwd, kernels/flash_attention.py), or by the
+benchmark's "triton-bwd1" provider; the default stays the two-launch backward until a GPU has timed both.
 """
 
 from __future__ import annotations

@@ -44,15 +44,15 @@ interpreter's bf16 arithmetic), so bf16 is checked on a GPU only.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 
 import torch
 import triton
 import triton.language as tl
 
+from kernels.variants import autotune_on
+
 LOG2E = math.log2(math.e)
-AUTOTUNE = os.environ.get("CATLIP_AUTOTUNE", "0") == "1"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -173,7 +173,7 @@ FWD_CONFIGS = ConfigTable(
 
 
 def pinned(table: ConfigTable, d: int, ieee_on_gpu: bool = False, *, kind: str | None = None, arch: int = 9):
-    """table.pick, with the old switch: ieee_on_gpu selects the FMA-unit configs."""
+    """table.pick, with a boolean switch too: ieee_on_gpu selects the FMA-unit configs."""
     return table.pick(d, kind or ("ieee" if ieee_on_gpu else "16"), arch)
 
 
@@ -410,10 +410,17 @@ def empty_bshd(b: int, h: int, s: int, d: int, like: torch.Tensor) -> torch.Tens
 
 
 def attention_fwd(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, out: torch.Tensor | None = None
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    scale: float,
+    out: torch.Tensor | None = None,
+    *,
+    autotune: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """o (B, H, S_q, D) and lse (B, H, S_q) fp32; o is written into `out` when given (any strides
-    with a contiguous last dim, e.g. a view of a (B, S, H, D) buffer)."""
+    with a contiguous last dim, e.g. a view of a (B, S, H, D) buffer). autotune: search the
+    configs (kernels.variants.autotune_on: None is the CATLIP_AUTOTUNE=1 switch, read now)."""
     q, k, v = _check_rows(q, "q"), _check_rows(k, "k"), _check_rows(v, "v")
     b, h, s_q, d = q.shape
     s_k = k.shape[2]
@@ -435,7 +442,7 @@ def attention_fwd(
     )  # fmt: skip
     precision = dot_precision(q.dtype)
     meta = {"HEAD_DIM": d, "PRECISION": precision, "INT64_ROWS": needs_int64_rows(q, k, v, out)}
-    if AUTOTUNE and autotune_checked(d):
+    if autotune_on(autotune) and autotune_checked(d):
         grid = lambda meta: (triton.cdiv(s_q, meta["BLOCK_M"]), b * h)  # noqa: E731
         _attn_fwd_tuned[grid](*args, **meta)
     else:

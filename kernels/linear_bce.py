@@ -29,12 +29,12 @@ Vc columns:
 
 The backward only multiplies the stored gradients by the incoming scalar (skipped when it is 1).
 Recomputing z in the backward instead (Cut Cross-Entropy's plan) costs a fourth GEMM: 8BVD FLOPs
-against 6BVD, 1.33x the three GEMMs the op must do, over the issue's 1.15x budget; see
+against 6BVD, 1.33x the three GEMMs the op must do, over the op's 1.15x budget; see
 perf/notes_linear_bce.md for the arithmetic.
 
 Work (bf16, with gradients): 6 B V D FLOPs in three GEMMs, plus ~25 ALU and 2 MUFU ops per logit
 in the first one's epilogue; HBM traffic 6 V D + 6 B V bytes; memory besides the gradients about
-CATLIP_LINEAR_BCE_CHUNK_MB (default 256) of dz per chunk. kernels/linear_bce_fwd.py itemises it.
+chunk_mb (default 256) of dz per chunk. kernels/linear_bce_fwd.py itemises it.
 
 Limits: x, weight and bias share one dtype (fp32, fp16, bf16, or fp64 for gradchecks); fp32 dots
 use TF32 iff torch.backends.cuda.matmul.allow_tf32 (PyTorch's own switch; off by default); the
@@ -45,55 +45,13 @@ torch.no_grad() for evaluation. Runs on CUDA, or on the CPU under TRITON_INTERPR
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
-
 import torch
 
+from kernels.linear_bce_params import DEFAULT_CHUNK_MB, DESIGNS, DX_MODES, LinearBCEParams, interpreting
 from kernels.reference import REDUCTIONS, check_labels, linear_bce_reference
+from kernels.variants import AUTOTUNE_ENV, autotune_on
 
 IMPLS = ("triton", "torch")
-CHUNK_MB_ENV = "CATLIP_LINEAR_BCE_CHUNK_MB"
-AUTOTUNE_ENV = "CATLIP_AUTOTUNE"
-DEFAULT_CHUNK_MB = 256
-# Designs the first GPU run compares (issue 12, point 4; read at each call):
-#   CATLIP_LINEAR_BCE_DESIGN  fused (default: GEMM + epilogue in one Triton kernel) | cublas (design
-#                             E: cuBLAS logits, then a Triton epilogue kernel, kernels/linear_bce_split.py)
-#   CATLIP_LINEAR_BCE_DX      mm (default: dz W_c into an fp32 product, added to dx) | addmm (cuBLAS
-#                             accumulates into dx itself: addmm(dx, dz, W_c, out_dtype=float32, out=dx))
-DESIGN_ENV = "CATLIP_LINEAR_BCE_DESIGN"
-DESIGNS = ("fused", "cublas")
-DX_ENV = "CATLIP_LINEAR_BCE_DX"
-DX_MODES = ("mm", "addmm")
-
-
-@dataclass(frozen=True)
-class LinearBCEParams:
-    """Everything about a linear_bce call that is not a tensor."""
-
-    reduction: str = "batch_mean"
-    label_smoothing: float = 0.0
-    chunk_cols: int | None = None  # columns of V per chunk; None: from CATLIP_LINEAR_BCE_CHUNK_MB
-    # Grad mode at the call: inside forward it is always off, and ctx.needs_input_grad still says
-    # True under torch.no_grad(), so the caller records it (linear_bce does).
-    grad_enabled: bool = True
-    # check_labels' range and duplicate checks (one host sync a call); off where the caller has
-    # validated the labels already (the packer and the loader do). Malformed labels are then a
-    # silently wrong loss, or an out-of-bounds read.
-    validate_labels: bool = True
-    design: str = "fused"  # one of DESIGNS
-    dx_accumulate: str = "mm"  # one of DX_MODES
-
-
-def _env_choice(name: str, choices: tuple[str, ...]) -> str:
-    value = os.environ.get(name, choices[0])
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
-    return value
-
-
-def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def _check_inputs(x, weight, bias, labels, sample_weight, params: LinearBCEParams) -> None:
@@ -179,6 +137,10 @@ def linear_bce(
     impl: str = "triton",
     sample_weight: torch.Tensor | None = None,
     validate_labels: bool = True,
+    design: str = "fused",
+    dx_accumulate: str = "mm",
+    chunk_mb: float = DEFAULT_CHUNK_MB,
+    autotune: bool | None = None,
 ) -> torch.Tensor:
     """Sigmoid BCE of x @ weight^T + bias against padded (B, L) labels (-1 = padding).
 
@@ -187,6 +149,10 @@ def linear_bce(
     kernels.reference.linear_bce_reference (Triton is never imported); impl="triton" the fused
     kernels of kernels/linear_bce_fwd.py. Under autocast the inputs are cast to the autocast dtype,
     as F.linear would be. validate_labels=False skips the label checks (see LinearBCEParams).
+    impl="triton" only: `design` ("fused" | "cublas") and `dx_accumulate` ("mm" | "addmm") pick
+    the variant (kernels/variants.py: the defaults, and what a GPU run must settle); `chunk_mb`
+    bounds the dz buffer per chunk of V; `autotune` searches the launch configs on a GPU (None:
+    the CATLIP_AUTOTUNE=1 switch, read at this call).
     """
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
@@ -209,17 +175,18 @@ def linear_bce(
         label_smoothing=float(label_smoothing),
         grad_enabled=torch.is_grad_enabled(),
         validate_labels=validate_labels,
-        design=_env_choice(DESIGN_ENV, DESIGNS),
-        dx_accumulate=_env_choice(DX_ENV, DX_MODES),
+        design=design,
+        dx_accumulate=dx_accumulate,
+        chunk_mb=chunk_mb,
+        autotune=autotune_on(autotune),
     )
     return LinearBCEFunction.apply(x, weight, bias, labels, sample_weight, params)
 
 
 __all__ = [
     "AUTOTUNE_ENV",
-    "CHUNK_MB_ENV",
-    "DESIGN_ENV",
-    "DX_ENV",
+    "DESIGNS",
+    "DX_MODES",
     "IMPLS",
     "LinearBCEFunction",
     "LinearBCEParams",

@@ -17,7 +17,7 @@ Work and traffic (bf16, forward with gradients; under no_grad only the GEMM + ro
   bytes  W read twice (4 V D), dW written once (2 V D), dz written once and read twice (6 B V),
          x read once per chunk (2 B D V / Vc); everything else O(B L D + B D + V). No (B, V) logits.
   memory besides the gradients: dz (B, Vc) in the input dtype, Vc chosen so it stays near
-         CATLIP_LINEAR_BCE_CHUNK_MB (default 256 MB, at least 1024 columns); dx in fp32 (B, D) plus
+         LinearBCEParams.chunk_mb (default 256 MB, at least 1024 columns); dx in fp32 (B, D) plus
          one (B, D) fp32 product per chunk; O(V) for db; per-tile partials (Vc / BLOCK_N) x B and
          (B / BLOCK_M) x Vc in fp32 (4 + 8 MB at B = 8192, Vc = 16384).
   The tensor-core work is a bare GEMM's; the epilogue must hide under the main loop (two CTAs per
@@ -32,7 +32,6 @@ rounded once to the input dtype before the two gradient GEMMs (as eager's bf16 l
 from __future__ import annotations
 
 import functools
-import os
 import warnings
 from dataclasses import dataclass
 
@@ -40,7 +39,9 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.linear_bce import AUTOTUNE_ENV, CHUNK_MB_ENV, DEFAULT_CHUNK_MB, LinearBCEParams, interpreting
+from kernels.linear_bce_params import LinearBCEParams, interpreting
+from kernels.linear_bce_softplus import _log1p_row_sum, _sigmoid_parts
+from kernels.variants import autotune_on
 
 # Tests set this to fill every buffer with NaN (ids with -2**31) before a kernel writes it.
 _POISON = False
@@ -49,53 +50,6 @@ _POISON = False
 # ---------------------------------------------------------------------------------------------
 # Kernels
 # ---------------------------------------------------------------------------------------------
-
-
-@triton.jit
-def _sigmoid_parts(z):
-    """e = exp(-|z|) in (0, 1], u = 1 + e (rounded), r = 1 / u and sigmoid(z): one exp, one division."""
-    e = tl.exp(-tl.abs(z))
-    u = 1.0 + e
-    r = 1.0 / u
-    return e, u, r, tl.where(z >= 0, r, e * r)
-
-
-@triton.jit
-def _excess_product(a, b):
-    """(1 + a)(1 + b) - 1: a product of factors 1 + e, carried as its excess over 1."""
-    return a + b + a * b
-
-
-@triton.jit
-def _log1p_row_sum(e, u, r, col_ok, BLOCK_N: tl.constexpr, LOG_PRODUCT: tl.constexpr):
-    """sum_j log1p(e_ij) over the valid columns of the tile, for e = exp(-|z|) in [0, 1].
-
-    softplus(z) = max(z, 0) + log1p(e), and libdevice's accurate logf is ~30 instructions (the
-    rest of the epilogue is ~20). With LOG_PRODUCT the factors 1 + e of a row are multiplied first
-    (a reduction, like the sum) and one log is taken per row of the tile. The product is carried
-    as its excess over 1, c = prod(1 + e) - 1 (combine a + b + ab), so every rounding is relative
-    to c itself and the result is as exact as a sum of per-element log1p (perf/notes_linear_bce.md,
-    "Loss epilogue", has the error analysis). Two ways that lose precision, measured there: a
-    product of the rounded factors 1 + e (drops e's low bits: ~4e-7 of random error per tile,
-    30-300x torch's fp32 error at the bias prior), and scaling the factors by a rounded constant
-    such as 1/sqrt(2) (a fixed error per column, growing with V). The factors stay in [1, 2], so
-    the product leaves fp32's range only when all BLOCK_N <= 128 columns have |z| < ~1e-7
-    (all-zero logits): c is inf, and the sum is BLOCK_N log 2 to within 6e-8. log1p(c) is
-    log(1 + c) corrected by the rounding error of 1 + c (tl has no log1p that the interpreter
-    runs). The interpreter reduces a custom combine one element at a time in Python, so it takes
-    the per-element path unless a test asks.
-    """
-    if LOG_PRODUCT:
-        c = tl.reduce(tl.where(col_ok[None, :], e, 0.0), 1, _excess_product)  # (BLOCK_M,)
-        full = c == float("inf")
-        c = tl.where(full, 0.0, c)
-        uc = 1.0 + c
-        return tl.where(full, BLOCK_N * 0.6931471805599453, tl.log(uc) + (c - (uc - 1.0)) / uc)
-    else:
-        # log1p(e) = log(u) + (e - (u - 1)) / u to first order: e - (u - 1) is exactly the
-        # rounding error of u = 1 + e (Sterbenz), all of e once e < 6e-8 (z < -16.6)
-        per = tl.log(u) + (e - (u - 1.0)) * r
-        return tl.sum(tl.where(col_ok[None, :], per, 0.0), axis=1)
 
 
 @triton.heuristics(
@@ -336,7 +290,8 @@ class _FwdConfig:
 # selects: ~25 ALU and 2 MUFU ops per logit) can run under the other's tensor-core main loop.
 # 128 x 128 on 8 warps needs 255 registers (one CTA per SM, epilogue exposed: ~+30% on the
 # forward GEMM at D = 1280 by the issue-slot count); capped at 128 registers it spills 744 bytes.
-# Autotune (CATLIP_AUTOTUNE=1, GPU only) measures these against each other.
+# Autotune (autotune=True or CATLIP_AUTOTUNE=1, GPU only: kernels/variants.py) measures these against
+# each other.
 _PINNED_16 = _FwdConfig(64, 128, 64, num_warps=4, num_stages=4)
 _TUNE_CONFIGS_16 = [
     _PINNED_16,
@@ -389,8 +344,8 @@ def _autotuned_fwd(dtype: torch.dtype) -> triton.runtime.Autotuner:
     return triton.autotune([c.triton_config() for c in configs], key=["B", "N", "D"])(_fwd_kernel)
 
 
-def _use_autotune(x: torch.Tensor) -> bool:
-    return os.environ.get(AUTOTUNE_ENV, "0") == "1" and x.is_cuda and x.dtype != torch.float64
+def _use_autotune(x: torch.Tensor, params: LinearBCEParams) -> bool:
+    return autotune_on(params.autotune) and x.is_cuda and x.dtype != torch.float64
 
 
 def _empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -403,7 +358,7 @@ def _empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> 
 def _chunk_cols(b: int, v: int, elem_size: int, params: LinearBCEParams) -> int:
     if params.chunk_cols is not None:
         return max(1, min(v, params.chunk_cols))
-    budget = float(os.environ.get(CHUNK_MB_ENV, DEFAULT_CHUNK_MB)) * 2**20
+    budget = float(params.chunk_mb) * 2**20
     cols = int(budget // (b * elem_size)) // 256 * 256  # whole 256-column tiles
     return max(1, min(v, max(cols, 1024)))
 
@@ -524,7 +479,9 @@ def linear_bce_forward(
     cfg = _pinned_config(b, d, dtype, torch.cuda.get_device_capability(dev)[0] if x.is_cuda else 9)
     # autotune: on Hopper, where the candidates were compiled, and never with masked K loads
     autotune = (
-        _use_autotune(x) and d % 64 == 0 and (not x.is_cuda or torch.cuda.get_device_capability(dev)[0] >= 9)
+        _use_autotune(x, params)
+        and d % 64 == 0
+        and (not x.is_cuda or torch.cuda.get_device_capability(dev)[0] >= 9)
     )
     tuned = _autotuned_fwd(dtype) if autotune else None
     configs = (_TUNE_CONFIGS_32 if dtype == torch.float32 else _TUNE_CONFIGS_16) if autotune else [cfg]

@@ -1,7 +1,7 @@
 """linear_bce, design E: the logits GEMM on cuBLAS, then a Triton epilogue kernel over them.
 
 The alternative to kernels/linear_bce_fwd.py's fused GEMM + epilogue that the first GPU run
-settles (issue 12, point 4; perf/notes_linear_bce.md, "Designs considered", row E). Per chunk
+settles (kernels/variants.py; perf/notes_linear_bce.md, "Designs considered", row E). Per chunk
 of Vc columns:
 
   1. cuBLAS: z = b_c + x W_c^T into the chunk's (B, Vc) buffer, in the input dtype (torch.addmm);
@@ -16,7 +16,7 @@ read back (4 B V bytes in bf16, ~8% of the three GEMMs' time at B 8192, D 1280, 
 notes' model), and no epilogue hidden under a GEMM main loop. Numerics: the loss comes from z
 rounded to the input dtype (bf16: about 3 significant digits a logit, as eager PyTorch), where
 the fused kernel keeps fp32 logits; the gradients see the same bf16 dz in both. Selected by
-LinearBCEParams.design = "cublas" (CATLIP_LINEAR_BCE_DESIGN=cublas) or the benchmark's
+linear_bce(..., design="cublas") (LinearBCEParams.design) or the benchmark's
 "triton-cublas" provider.
 """
 
@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.linear_bce_fwd import _log1p_row_sum, _sigmoid_parts
+from kernels.linear_bce_softplus import _log1p_row_sum, _sigmoid_parts
 
 
 @triton.heuristics(

@@ -3,7 +3,7 @@
 Providers (bf16 by default; every provider gets the ViT's packed (B, S, 3, H, D) qkv buffer and
 returns (B, S, H, D), as the model would call it, copies included):
   triton          kernels.flash_attention.flash_attention_qkv (ours; d(qkv) written in place)
-  triton-bwd1     ours with the one-launch backward (CATLIP_ATTN_BWD=onepass: one program per
+  triton-bwd1     ours with the one-launch backward (bwd="onepass": one program per
                   (batch, head), 5 products instead of 7; kernels/flash_attention_bwd_onepass.py)
   triton-pad      ours with the head dim padded to a power of two (80 -> 128: the tutorial's
                   way), to measure what the 64 + 16 split saves (same as triton for D = 64)
@@ -24,7 +24,7 @@ $OUT when set, else in perf/results/, with the device, commit and date; a bar ch
 per shape and provider) is written next to the CSV.
 
     python perf/bench_attention.py [--quick] [--shapes vit_b16 vit_h14] [--providers ...]
-    CATLIP_AUTOTUNE=1 python perf/bench_attention.py --autotune   # search configs, print winners
+    python perf/bench_attention.py --autotune   # CATLIP_AUTOTUNE=1: search configs, print winners
     python perf/bench_attention.py --compile-report               # no GPU needed: sm_90a build
     TRITON_INTERPRET=1 python perf/bench_attention.py --device cpu --dtype fp16   # dry run
 
@@ -88,18 +88,14 @@ def make_provider(name: str) -> Callable:
     import torch.nn.functional as F
 
     from kernels import flash_attention_fwd
-    from kernels.flash_attention import BWD_ENV, flash_attention_qkv
+    from kernels.flash_attention import flash_attention_qkv
 
     if name == "triton":
         return flash_attention_qkv
     if name == "triton-bwd1":
 
         def onepass(qkv):
-            os.environ[BWD_ENV] = "onepass"  # read by the forward, kept for its backward
-            try:
-                return flash_attention_qkv(qkv)
-            finally:
-                os.environ.pop(BWD_ENV)
+            return flash_attention_qkv(qkv, bwd="onepass")  # kept in the params for its backward
 
         return onepass
     if name == "triton-pad":
@@ -234,7 +230,7 @@ def bench_shape(
     return rows
 
 
-GOALS = {"vit_h14": 1.0, "vit_b16": 0.9}  # issue 5: fwd+bwd time ratio best SDPA / ours
+GOALS = {"vit_h14": 1.0, "vit_b16": 0.9}  # the kernel's goals: fwd+bwd time ratio best SDPA / ours
 
 
 def summarize(rows: list[dict], mine_name: str = "triton") -> None:
@@ -330,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     shapes = args.shapes or list(QUICK_SHAPES if args.quick else SHAPES)
     providers = args.providers or list(QUICK_PROVIDERS if args.quick else PROVIDERS)
     if args.autotune:
-        os.environ["CATLIP_AUTOTUNE"] = "1"  # read when kernels/ is imported, below
+        os.environ["CATLIP_AUTOTUNE"] = "1"  # kernels/variants.py's switch, read at each call
 
     if args.compile_report:
         from perf import compile_kernels

@@ -215,7 +215,7 @@ class Taxonomy:
     """Memoised WordNet lookups the scoring needs: synsets by wnid, ancestor closures."""
 
     def __init__(self) -> None:
-        from catlip.nltk_setup import wordnet
+        from catlip.nltk_resources import wordnet
 
         self.wn = wordnet()
         self._synsets: dict[str, object] = {}

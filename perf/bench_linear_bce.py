@@ -2,7 +2,7 @@
 
 Providers, all on the same bf16 inputs x (B, D), W (V, D), b (V,) and padded labels (B, 32) with
 ~5 positives a row, loss = corenet's batch_mean:
-  triton    kernels.linear_bce(impl="triton"): gradients in the forward, chunked over V, never a
+  triton    kernels.linear_bce.linear_bce(impl="triton"): gradients in the forward, chunked over V, never a
             (B, V) fp32 tensor nor a dense target
   eager     F.linear + F.binary_cross_entropy_with_logits on the dense fp32 target, under bf16
             autocast (the dense target is built inside the timed forward, as the official code does)
@@ -14,12 +14,12 @@ Providers, all on the same bf16 inputs x (B, D), W (V, D), b (V,) and padded lab
             its ratio to the bare z GEMM shows how much of the epilogue the main loop hides
   gemm3     the three bare bf16 GEMMs of the same shapes (z = x W^T, dx = dz W, dW = dz^T x):
             the ceiling. Not a loss; its row gives the time the goal is measured against.
-The designs the first GPU run settles (issue 12, point 4), each "triton" with one change:
+The variants the first GPU run settles (kernels/variants.py), each "triton" with one change:
   triton-nocheck   validate_labels=False: no label checks, no host sync in the hot path
   triton-addmm     dx accumulated by cuBLAS itself, addmm(dx, dz, W_c, out_dtype=float32, out=dx)
   triton-cublas    design E: the logits GEMM on cuBLAS, then a Triton epilogue kernel over them
-  triton-autotune  CATLIP_AUTOTUNE=1: the candidates of kernels/linear_bce_fwd.py timed, best kept
-At the end, the goals of issue 4 at B 8192, D 1280, V 24,320: fused forward+backward within 1.15x
+  triton-autotune  autotune=True: the candidates of kernels/linear_bce_fwd.py timed, best kept
+At the end, the op's goals at B 8192, D 1280, V 24,320: fused forward+backward within 1.15x
 of gemm3, at least 1.5x faster than eager, extra memory at most 1/8 of eager's.
 
 For each: forward, backward and forward+backward in ms (median over --reps runs after --warmup,
@@ -57,7 +57,7 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from kernels.linear_bce import AUTOTUNE_ENV, LinearBCEFunction, LinearBCEParams, linear_bce  # noqa: E402
+from kernels.linear_bce import LinearBCEFunction, LinearBCEParams, linear_bce  # noqa: E402
 from kernels.reference import dense_targets  # noqa: E402
 from perf.common import commit, cpu_name  # noqa: E402
 
@@ -153,11 +153,7 @@ def _triton_with(**changes) -> Callable:
 
 
 def triton_autotune_loss(x, w, bias, labels):
-    os.environ[AUTOTUNE_ENV] = "1"  # read at each call
-    try:
-        return triton_loss(x, w, bias, labels)
-    finally:
-        os.environ.pop(AUTOTUNE_ENV)
+    return linear_bce(x, w, bias, labels, reduction="batch_mean", impl="triton", autotune=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -316,13 +312,13 @@ def reps_for(ms_estimate: float, budget_s: float, lo: int = 5, hi: int = 100) ->
 
 
 def goal_summary(rows: list[dict]) -> None:
-    """Issue 4's goals at B 8192, D 1280, V 24,320 from this run's rows (all measured here)."""
+    """The op's goals at B 8192, D 1280, V 24,320 from this run's rows (all measured here)."""
     at = {r["provider"]: r for r in rows if (r["B"], r["D"], r["V"]) == (8192, 1280, 24320)}
     mine, gemm3, eager = at.get("triton"), at.get("gemm3"), at.get("eager")
     if not (mine and mine.get("total_ms")):
         print("goals: no triton row at B 8192, D 1280, V 24,320 in this run")
         return
-    print("goals at B 8192, D 1280, V 24,320 (issue 4):")
+    print("goals at B 8192, D 1280, V 24,320:")
     if gemm3 and gemm3.get("total_ms"):
         print(f"  fwd+bwd / three bare GEMMs: {mine['total_ms'] / gemm3['total_ms']:.2f}x (goal <= 1.15x)")
     if eager and eager.get("total_ms"):

@@ -81,7 +81,8 @@ def predicted_ratio(table, draws, width: int, depth: int, patch: int, base: int,
 def part_train(args) -> list[dict]:
     import torch
 
-    from catlip.models import CatLIPModel, param_groups, vit_config
+    from catlip.models import CatLIPModel, vit_config
+    from catlip.param_groups import param_groups
     from engine.multiscale import MultiScale, MultiScaleConfig
 
     torch.set_num_threads(args.threads)

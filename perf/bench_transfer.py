@@ -7,7 +7,7 @@ torch threads:
     same small gather for both), ours ``CatLIPModel(images)``, timm's ``model(images)``;
   * probe_features: a linear probe's feature extraction (the frozen tower, no head), ours
     ``model.encoder(images)``, timm's ``forward_head(forward_features(x), pre_logits=True)``.
-The weights are ours (random, perturbed), written by ``catlip.interop.export_timm`` and read by
+The weights are ours (random, perturbed), written by ``catlip.convert.export_timm`` and read by
 ``timm.create_model(...).load_state_dict(strict=True)``, as a user would; the largest logit
 difference is recorded as a check. fp32, ``torch.inference_mode``, attention through SDPA on
 both sides (ours: ``attn_impl="sdpa"``; timm's fused attention).
@@ -59,7 +59,7 @@ def build(name: str, vocab: int, tmp: Path, seed: int = 0):
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    from catlip.interop import export_timm
+    from catlip.convert import export_timm
     from catlip.models import CatLIPModel
 
     torch.manual_seed(seed)

@@ -20,7 +20,7 @@
 #      equal steps, one CPU rank each, side by side; every mAP next to chance, and a summary block
 #      (with the mAP along the way of each pair) closes the run.
 # Where ../shared is absent, steps 1-2 use scikit-image's 19 documented photos from PyPI instead
-# (engine/sample_data.py) and steps 4-6 are skipped (coco128 is part of ../shared). Each
+# (provision/sample_data.py) and steps 4-6 are skipped (coco128 is part of ../shared). Each
 # invocation writes a new folder runs/main/<date-time>/ (vocabulary, shards, training, transfer/)
 # and points runs/main/latest at it; nothing earlier is deleted. With `--set run.resume=auto` it
 # continues the newest run in that run's folder instead (its shards are reused; transfer/ is
@@ -82,7 +82,7 @@ elif [ -f "$DATA/coco_captions_val2017.json" ]; then
   IMAGES=$DATA/coco_photos
 else
   echo "[catlip] $DATA is absent: using scikit-image's documented photos from PyPI instead"
-  python -m engine.sample_data --out "$RUN/sample_data"
+  python -m provision.sample_data --out "$RUN/sample_data"
   TSV=$RUN/sample_data/captions.tsv
   IMAGES=$RUN/sample_data/images
   echo "[catlip] 1/6 vocabulary of their captions"

@@ -31,7 +31,7 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def nltk_ready() -> None:
     """WordNet 3.0 and the tagger must be installed (`catlip setup-nltk`); fail loudly if not."""
-    from catlip.nltk_setup import NltkDataError, check_nltk_data
+    from catlip.nltk_resources import NltkDataError, check_nltk_data
 
     try:
         check_nltk_data()

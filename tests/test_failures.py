@@ -1,4 +1,4 @@
-"""Failures a user can trust (issue 11): no code from checkpoint files, a failing rank ends the job
+"""Failures a user can trust: no code from checkpoint files, a failing rank ends the job
 at once, checkpoints complete before anything points at them, vocabularies checked, new
 hyperparameters applied on resume, overflow-skipped steps counted, clear messages for bad input."""
 
@@ -220,7 +220,7 @@ def _two_ranks(rank: int, tmp: str) -> dict:
     t.fit()
     t.close()
     out["seen"] = seen
-    # the crash the issue saw: step 4's tag without rank 1's optimizer file and no marker, while
+    # a crash mid-save: step 4's tag without rank 1's optimizer file and no marker, while
     # `latest` (as DeepSpeed would have written it) names it
     if rank == 0:
         tag4 = ckpts / "step_00000004"

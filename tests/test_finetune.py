@@ -123,7 +123,7 @@ def test_synset_init_copies_head_rows_and_init_from_loads_the_backbone(tmp_path)
 
 
 def test_init_from_a_timm_export_and_a_foreign_state(tmp_path):
-    interop = pytest.importorskip("catlip.interop")
+    interop = pytest.importorskip("catlip.convert")
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
@@ -179,10 +179,10 @@ def test_init_from_another_resolution_resamples_the_position_embedding(tmp_path)
 
 @pytest.mark.filterwarnings("ignore:.*weights_only")
 def test_init_from_a_corenet_checkpoint_needs_and_fills_the_conv_stem(tmp_path):
-    pytest.importorskip("catlip.interop")
+    pytest.importorskip("catlip.convert")
     from corenet_state import corenet_vit
 
-    from catlip.interop import corenet_pos_embed
+    from catlip.convert import corenet_pos_embed
 
     src = corenet_vit(depth=4)
     path = tmp_path / "checkpoint_ema_best.pt"
@@ -207,7 +207,7 @@ def test_init_from_a_corenet_checkpoint_needs_and_fills_the_conv_stem(tmp_path):
 
 @pytest.mark.filterwarnings("ignore:.*weights_only")
 def test_init_from_a_corenet_training_checkpoint_takes_the_ema_weights(tmp_path):
-    pytest.importorskip("catlip.interop")
+    pytest.importorskip("catlip.convert")
     from corenet_state import corenet_vit
 
     weights, ema = corenet_vit(depth=4, seed=0), corenet_vit(depth=4, seed=1)
@@ -269,7 +269,8 @@ def test_loss_follows_multi_label_and_label_smoothing(tmp_path):
 
 
 def test_layer_decay_param_groups():
-    from catlip.models import ImageClassifier, layer_id, param_groups, vit_config
+    from catlip.models import ImageClassifier, vit_config
+    from catlip.param_groups import layer_id, param_groups
 
     model = ImageClassifier(vit_config("vit_tiny", image_size=SIZE), C, multi_label=True)  # depth 4
     groups = param_groups(model, 0.05, layer_decay=0.5)

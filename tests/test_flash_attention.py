@@ -250,8 +250,7 @@ def test_autotune_path(monkeypatch: pytest.MonkeyPatch) -> None:
     GPU to time them)."""
     from kernels import flash_attention_bwd, flash_attention_fwd
 
-    for module in (flash_attention_fwd, flash_attention_bwd):
-        monkeypatch.setattr(module, "AUTOTUNE", True)
+    monkeypatch.setenv("CATLIP_AUTOTUNE", "1")
     for tuned in (
         flash_attention_fwd._attn_fwd_tuned,
         flash_attention_bwd._bwd_dq_tuned,
@@ -423,7 +422,7 @@ def test_ieee_fp32_on_gpu(s: int, d: int, layout: str) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# Strides and offsets of every input, through every entry point (issue 12, point 1)
+# Strides and offsets of every input, through every entry point
 # --------------------------------------------------------------------------------------------------
 def _view(t: torch.Tensor, kind: str) -> torch.Tensor:
     """t's values in another memory layout; gaps hold values that change the result if read."""
@@ -580,7 +579,7 @@ def test_int64_offsets_for_large_strides() -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# The one-launch backward (issue 12, point 4): same oracle, same bounds
+# The one-launch backward (bwd="onepass", kernels/variants.py): same oracle, same bounds
 # --------------------------------------------------------------------------------------------------
 _slow = pytest.mark.slow
 _ONEPASS_CASES = [
@@ -620,30 +619,28 @@ def test_onepass_very_negative_scores_and_determinism() -> None:
 
 
 def test_onepass_switch(monkeypatch: pytest.MonkeyPatch) -> None:
-    """CATLIP_ATTN_BWD=onepass routes the autograd Functions to it (S <= 512; longer: split)."""
+    """bwd="onepass" routes the autograd Functions to it (S <= 512; longer: split)."""
     from kernels import flash_attention_bwd_onepass as onepass
 
     calls = []
     real = onepass.attention_bwd_onepass
     monkeypatch.setattr(onepass, "attention_bwd_onepass", lambda *a: calls.append(1) or real(*a))
-    monkeypatch.setenv("CATLIP_ATTN_BWD", "onepass")
     _seed("onepass-switch")
     qkv = torch.randn(1, 33, 3, 2, 32, device=DEVICE).to(F32).requires_grad_()
-    flash_attention_qkv(qkv).sum().backward()
+    flash_attention_qkv(qkv, bwd="onepass").sum().backward()
     q, k, v = (t.detach().requires_grad_() for t in qkv.detach().permute(2, 0, 3, 1, 4).unbind(0))
-    flash_attention(q, k, v).sum().backward()
+    flash_attention(q, k, v, bwd="onepass").sum().backward()
     assert len(calls) == 2
     monkeypatch.setattr(onepass, "DQ_ONEPASS_MAX_S", 16)  # too long now: the split backward
-    flash_attention(q, k, v).sum().backward()
+    flash_attention(q, k, v, bwd="onepass").sum().backward()
     assert len(calls) == 2
     monkeypatch.setattr(onepass, "DQ_ONEPASS_MAX_S", 512)
     for d in (80, 40):  # a split head dim: the two-launch backward
         qkv_d = torch.randn(1, 17, 3, 1, d, device=DEVICE).to(F32).requires_grad_()
-        flash_attention_qkv(qkv_d).sum().backward()
+        flash_attention_qkv(qkv_d, bwd="onepass").sum().backward()
         assert len(calls) == 2 and torch.isfinite(qkv_d.grad).all()
     with pytest.raises(ValueError, match="D <= 64"):
         onepass.attention_bwd_onepass(*(torch.zeros(1, 1, 4, 80, device=DEVICE),) * 5, torch.zeros(1, 1, 4),
                                       1.0, *(torch.zeros(1, 1, 4, 80, device=DEVICE),) * 3)  # fmt: skip
-    monkeypatch.setenv("CATLIP_ATTN_BWD", "fused")
-    with pytest.raises(ValueError, match="CATLIP_ATTN_BWD"):
-        flash_attention(q, k, v)
+    with pytest.raises(ValueError, match="bwd"):
+        flash_attention(q, k, v, bwd="fused")

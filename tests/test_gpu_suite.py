@@ -1,4 +1,4 @@
-"""perf/gpu_suite.sh, the one GPU run, checked where there is no GPU (issue 12, point 3).
+"""perf/gpu_suite.sh, the one GPU run, checked where there is no GPU.
 
 * Nothing on the suite's path imports a package the GPU machine lacks (ftfy, NLTK, DeepSpeed,
   DALI): a fresh interpreter imports the benchmarks and models and runs a CatLIP step of the step

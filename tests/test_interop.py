@@ -1,4 +1,4 @@
-"""catlip.interop: exports that real timm loads with our logits, timm / open_clip / corenet towers into
+"""catlip.convert: exports that real timm loads with our logits, timm / open_clip / corenet towers into
 our ViT, corenet's vocabulary pickle read without running code.
 
 The checks against real timm and open_clip run tests/interop_check.py in scripts/env_interop.sh's
@@ -22,7 +22,7 @@ from corenet_state import corenet_vit as _corenet_vit
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from catlip.interop import (
+from catlip.convert import (
     InteropError,
     check_vit_state,
     export_timm,

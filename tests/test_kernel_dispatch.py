@@ -1,4 +1,4 @@
-"""Kernel dispatch in one place (issue 9, point 2): the model calls the kernels' dispatchers, the
+"""Kernel dispatch in one place: the model calls the kernels' dispatchers, the
 dispatchers and references import no Triton, and there is one attention reference.
 
 The no-Triton checks run in a fresh interpreter (a child process): this one has imported Triton
@@ -47,7 +47,7 @@ NO_TRITON_STEPS = {
     ),
     "the dispatchers with their PyTorch impls": (
         "import torch\n"
-        "from kernels import linear_bce\n"
+        "from kernels.linear_bce import linear_bce\n"
         "from kernels.flash_attention import attention\n"
         "q = torch.randn(1, 2, 5, 8)\n"
         "attention(q, q, q, impl='sdpa', causal=True); attention(q, q, q, impl='math')\n"
@@ -77,7 +77,7 @@ def test_triton_impl_imports_triton() -> None:
     code = (
         "import os, sys, torch\n"
         "os.environ['TRITON_INTERPRET'] = '1'\n"
-        "from kernels import linear_bce\n"
+        "from kernels.linear_bce import linear_bce\n"
         "assert 'triton' not in sys.modules\n"
         "linear_bce(torch.randn(2, 16), torch.randn(6, 16), None, torch.tensor([[0], [5]]), impl='triton')\n"
         "assert 'kernels.linear_bce_fwd' in sys.modules and 'triton' in sys.modules\n"

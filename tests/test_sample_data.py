@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from engine.sample_data import captions_from_fetchers, write_sample_data
+from provision.sample_data import captions_from_fetchers, write_sample_data
 
 SOURCE = '''
 def chelsea():

@@ -76,7 +76,7 @@ def rank_loader(rank: int, world: int, n: int = STEPS, accum: int = 1) -> Tensor
 
 def plain_pytorch_losses(world: int, accum: int = 1) -> list[float]:
     """The same model, data, AdamW, schedule and clipping, in one process without DeepSpeed."""
-    from catlip.models import param_groups
+    from catlip.param_groups import param_groups
 
     model = tiny_model()
     opt = torch.optim.AdamW(param_groups(model, 0.2), lr=LR, betas=(0.9, 0.999), eps=1e-8)

@@ -170,7 +170,8 @@ def _direct_clip_losses(steps: int, lr: float) -> list[float]:
     """CLIPModel + ContrastiveLoss + AdamW in plain PyTorch, one process."""
     from catlip.clip import CLIPModel, clip_config
     from catlip.contrastive import ContrastiveLoss
-    from catlip.models import param_groups, vit_config
+    from catlip.models import vit_config
+    from catlip.param_groups import param_groups
     from catlip.tokenizer import tokenize
     from engine.parallel import lr_multiplier
 

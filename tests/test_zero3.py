@@ -65,7 +65,7 @@ def _built_under_zero_init(rank: int) -> dict:
     with deepspeed.zero.GatheredParameters(list(model.parameters())):
         differ = [n for n, p in model.named_parameters() if not torch.equal(p, plain[n])]
     fc2 = plain["encoder.blocks.0.mlp.2.weight"]
-    from catlip.models import param_groups
+    from catlip.param_groups import param_groups
 
     def decayed(m) -> list[int]:  # each group's parameter count: decayed, not decayed
         return [len(g["params"]) for g in param_groups(m, 0.05)]

@@ -170,7 +170,7 @@ def test_weights_not_floating_point_or_not_finite_are_refused(setup, tmp_path: P
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
-    from catlip.interop import InteropError, load_encoder_state
+    from catlip.convert import InteropError, load_encoder_state
     from engine.checkpoint import export_fp32
     from engine.cli import main
     from engine.config import ConfigError
@@ -221,7 +221,7 @@ def test_weights_not_floating_point_or_not_finite_are_refused(setup, tmp_path: P
         "mp_rank_00_model_states.pt: refused: tensor head.bias has 1 NaN" in err and "Traceback" not in err
     ), err
     assert not (tmp_path / "x.safetensors").exists()
-    # foreign weights (catlip.interop): refused before any cast
+    # foreign weights (catlip.convert): refused before any cast
     with pytest.raises(InteropError, match=cases[0][1]):
         load_encoder_state(int8)
 

@@ -8,7 +8,7 @@ docstrings' descriptive paragraphs are the captions. The wheel is fetched with p
 hash, for one platform tag, so the same file everywhere) and never installed: the images and the
 docstrings are read straight out of the zip.
 
-    python -m engine.sample_data --out runs/sample_data    # writes captions.tsv + images/
+    python -m provision.sample_data --out runs/sample_data    # writes captions.tsv + images/
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def write_sample_data(out: Path, wheel: Path | None = None) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m engine.sample_data", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m provision.sample_data", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--out", type=Path, required=True, help="folder for captions.tsv and images/")
     args = parser.parse_args(argv)
