@@ -19,6 +19,7 @@ EPILOG = """examples:
   catlip pack --tsv photos/captions.tsv --images photos --vocab vocab.tsv --out shards
   catlip train --config configs/coco_tiny_cpu.yaml --set run.steps=100
   catlip export runs/main/latest/train/checkpoints --out model.safetensors [--ema]
+  catlip config list                                  # the shipped run configs (show NAME prints one)
   catlip classes --vocab vocab.tsv --names ../shared/data/coco128/names.yaml --out coco_classes.json
   catlip predict --checkpoint model.safetensors --classes coco_classes.json photo1.jpg photo2.jpg --top 3
   catlip evaluate --checkpoint runs/main/latest/train --classes coco_classes.json --data coco128_val
@@ -242,6 +243,48 @@ def _add_train_parsers(sub: argparse._SubParsersAction) -> None:
         "with timm_model and timm_kwargs in the safetensors metadata (default catlip)",
     )
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser(
+        "config",
+        help="list the run configs that ship with the engine, or print one",
+        description="The run configs shipped with the engine (configs/ in a checkout, inside the "
+        "installed package otherwise): the paper's pre-training recipes, the fine-tuning recipes and "
+        "the CPU demos. Print one to start a run from it: "
+        "`catlip config show catlip_vit_b16 > b16.yaml`, then `--config b16.yaml`.",
+    )
+    actions = p.add_subparsers(dest="config_command", required=True, metavar="action")
+    q = actions.add_parser("list", help="every shipped config: its name and what it is")
+    q.set_defaults(func=cmd_config_list)
+    q = actions.add_parser("show", help="print a shipped config's YAML")
+    q.add_argument("name", help="a name from `catlip config list`, e.g. catlip_vit_b16")
+    q.add_argument("--path", action="store_true", help="print the file's path instead of its text")
+    q.set_defaults(func=cmd_config_show)
+
+
+def cmd_config_list(args: argparse.Namespace) -> int:
+    from engine.config_files import list_configs
+
+    configs = list_configs()
+    width = max(len(c.name) for c in configs)
+    for c in configs:
+        print(f"{c.name:<{width}}  {c.summary}")
+    print(f"({len(configs)} configs in {configs[0].path.parent}; `catlip config show NAME` prints one)")
+    return 0
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    from engine.config_files import ConfigFileError, find_config
+
+    try:
+        config = find_config(args.name)
+    except ConfigFileError as err:
+        print(f"catlip config: error: {err}", file=sys.stderr)
+        return 2
+    if args.path:
+        print(config.path)
+    else:
+        sys.stdout.write(config.path.read_text())
+    return 0
 
 
 def cmd_setup_nltk(args: argparse.Namespace) -> int:
