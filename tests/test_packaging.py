@@ -23,7 +23,8 @@ import yaml
 from catlip import __version__
 
 ROOT = Path(__file__).resolve().parents[1]
-FIRST_PARTY = {"catlip", "engine", "kernels"}
+# the packages a wheel ships: every top-level package of the checkout but the tests and benchmarks
+FIRST_PARTY = {p.parent.name for p in ROOT.glob("*/__init__.py")} - {"tests", "perf"}
 # import name -> distribution, where the two differ and importlib.metadata cannot tell (nvidia is a
 # namespace many wheels share)
 DISTRIBUTION_OF = {"nvidia": "nvidia-dali-cuda130", "PIL": "pillow", "yaml": "pyyaml"}
