@@ -33,7 +33,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "safetensors file that loads into catlip.models.CatLIPModel with load_state_dict.",
     )
     p.add_argument(
-        "checkpoint", type=Path, help="a checkpoint tag directory, or the checkpoints/ dir (latest)"
+        "checkpoint",
+        type=Path,
+        help="a checkpoint tag directory, the checkpoints/ dir or a run's out_dir (its newest complete one)",
     )
     p.add_argument("--out", type=Path, required=True, help="the .safetensors file to write")
     p.add_argument(
