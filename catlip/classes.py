@@ -51,6 +51,7 @@ import hashlib
 import json
 import re
 import warnings
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -89,6 +90,14 @@ class ClassEntry:
     how: str
     row_synsets: list[str] = field(default_factory=list)  # for the table; not in the JSON
 
+    @property
+    def placement(self) -> str:
+        """Where the class reads the head: "own row" (its synset's), "word row" (the row its word
+        got in the captions) or "nearest" (synsets hypernym/hyponym links away)."""
+        if self.distance == 0 and self.row_wnids == [self.wnid]:
+            return "own row"
+        return "word row" if self.distance == 0 else "nearest"
+
 
 @dataclass
 class ClassMap:
@@ -102,6 +111,11 @@ class ClassMap:
     @property
     def names(self) -> list[str]:
         return [c.name for c in self.classes]
+
+    def summary(self) -> str:
+        """How many classes, and how many read the head where: ``80 classes (79 own row, 1 word row)``."""
+        counts = Counter(c.placement for c in self.classes)  # in the order each first occurs
+        return f"{len(self.classes)} classes ({', '.join(f'{n} {k}' for k, n in counts.items())})"
 
     def to_json(self) -> dict[str, Any]:
         classes = []

@@ -10,7 +10,8 @@ The catlip-2 labeler is fitted on the captions first (:func:`fit_task` on the sa
 pass: its corpus sense table, :class:`catlip.senses.SenseTable`), then labels them with the table;
 :func:`write_vocabulary` saves the table beside the vocabulary and names it in ``vocab.tsv.json``.
 With ``labels_out``, each caption's synsets are written once (:class:`LabelsFile`) for
-``catlip pack --labels``.
+``catlip pack --labels``. :func:`make_vocabulary` is what ``catlip vocab`` runs: build, check that
+the vocabulary is not empty, write.
 
 For the summary, each caption's synsets are kept as compact ids (about 13 bytes a caption) for
 the first :data:`RECORD_LIMIT` captions, so the share of captions left without a label after
@@ -483,3 +484,57 @@ def write_vocabulary(
     tmp = vocab_meta_path(out).with_name(vocab_meta_path(out).name + ".tmp")
     tmp.write_text(json.dumps(record, indent=2) + "\n")
     tmp.replace(vocab_meta_path(out))
+
+
+class EmptyVocabulary(ValueError):
+    """Captions that give no synset frequent enough: no vocabulary is written."""
+
+
+def make_vocabulary(
+    files: Iterable[Path],
+    out: Path | str,
+    *,
+    min_count: int = 1,
+    top_k: int | None = None,
+    executor: Any = None,
+    labeler: LabelerSpec | str = DEFAULT_LABELER,
+    labels_out: Path | str | None = None,
+    nltk_data: tuple[str, ...] = (),
+    progress: bool = True,
+) -> tuple[Vocabulary, VocabStats]:
+    """What ``catlip vocab`` does: :func:`build_vocabulary` over caption ``files``, then
+    :func:`write_vocabulary` to ``out`` with the sources and settings in its sidecar.
+
+    catlip-2's sense table is fitted into ``<out>.senses.json.partial`` (removed whatever happens;
+    the table is saved under its own name with the vocabulary). :class:`EmptyVocabulary` when no
+    synset is in ``min_count`` captions; :class:`TaskError` (or the executor's error) when a task
+    failed. Either way nothing is written but ``labels_out``."""
+    files = [Path(f) for f in files]
+    out = Path(out)
+    spec = LabelerSpec.parse(labeler) if isinstance(labeler, str) else labeler
+    partial = senses_path(out).with_name(senses_path(out).name + ".partial")
+    try:
+        vocab, stats = build_vocabulary(
+            files=files,
+            min_count=min_count,
+            top_k=top_k,
+            executor=executor,
+            labeler=spec,
+            senses_out=partial if spec.name == "catlip-2" else None,
+            labels_out=labels_out,
+            nltk_data=nltk_data,
+            progress=progress,
+        )
+    finally:
+        partial.unlink(missing_ok=True)
+    if len(vocab) == 0:
+        why = "no captions in them" if stats.captions == 0 else f"no synset in >= {min_count} captions"
+        raise EmptyVocabulary(f"{', '.join(map(str, files))}: {why}, so the vocabulary would be empty")
+    meta = {
+        "sources": [str(p) for p in files],
+        "min_count": min_count,
+        "top_k": top_k,
+        "captions_cut": stats.cut,
+    }
+    write_vocabulary(out, vocab, stats, meta)
+    return vocab, stats

@@ -5,11 +5,12 @@ model/optimizer/scheduler states (partitioned by ZeRO) and, per rank, ``extra_ra
 states, the loader position) and ``extra_rank<R>.safetensors`` (the torch RNG state, EMA weights).
 
 Complete before anything points at it: every rank writes and fsyncs its files, then (after a
-barrier) rank 0 writes ``complete.json`` listing every file of the tag with its size, and only then
-``latest`` (atomically). DeepSpeed's own ``latest``, written by rank 0 without waiting for the
-others, is not used. ``resume: auto`` takes the newest complete checkpoint and falls back to older
-complete ones, saying why ("newest": saved last, which is the highest step unless a run went on
-from an older checkpoint); pruning never removes the newest complete one. A write that fails on
+barrier) rank 0 writes ``complete.json`` listing every file of the tag with its size (and the
+catlip version that saved it, also in the client state), and only then ``latest`` (atomically).
+DeepSpeed's own ``latest``, written by rank 0 without waiting for the others, is not used.
+``resume: auto`` takes the newest complete checkpoint and falls back to older complete ones, saying
+why ("newest": saved last, which is the highest step unless a run went on from an older
+checkpoint); pruning never removes the newest complete one. A write that fails on
 any rank (a full disk: ENOSPC, or torch's short-write errors) stops every rank together with one
 message, ``disk full at PATH; checkpoint step_N is intact``; the unfinished tag is removed.
 
@@ -40,6 +41,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from catlip import __version__
 from catlip.readers import load_json
 from engine.distributed import cuda_available
 
@@ -268,7 +270,13 @@ class Checkpointer:
         with the earlier checkpoints untouched and the unfinished tag removed."""
         tag = f"step_{step:08d}"
         path = self.dir / tag
-        client = {"step": step, "world_size": self.world_size, "config": config, "vocab": vocab or {}}
+        client = {
+            "step": step,
+            "world_size": self.world_size,
+            "config": config,
+            "vocab": vocab or {},
+            "catlip_version": __version__,
+        }
         self._agree(_attempt(lambda: self._write_extras(path, loader, ema, ema_layout), path), path)
         writer = self.engine.checkpoint_engine
         writer.failure = None
@@ -310,7 +318,7 @@ class Checkpointer:
         files = {
             p.name: p.stat().st_size for p in sorted(path.iterdir()) if p.is_file() and p.name != COMPLETE
         }
-        marker = {"step": step, "saved": time.time(), "files": files}
+        marker = {"step": step, "saved": time.time(), "catlip_version": __version__, "files": files}
         _write_atomic(path / COMPLETE, json.dumps(marker, indent=1) + "\n")
         _write_atomic(self.dir / "latest", path.name)
         self._prune()
@@ -478,7 +486,9 @@ def consolidate(
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """The whole fp32 state dict of a (ZeRO-partitioned) checkpoint, and its metadata as strings:
     ``catlip_config`` (the run config, JSON), ``vocab`` (the vocabulary's path, size and SHA-256,
-    JSON), ``step``, ``weights`` ("trained" or "ema"). ``ema``: the EMA of the weights."""
+    JSON), ``step``, ``weights`` ("trained" or "ema"), ``catlip_version`` (this code's version, the
+    export's writer) and ``checkpoint_catlip_version`` (the version that saved the checkpoint; empty
+    for checkpoints that predate the record). ``ema``: the EMA of the weights."""
     checkpoint = resolve_tag(checkpoint)
     # ZeRO-3 names the model-states file per rank; stages 0-2 write one.
     files = [
@@ -510,6 +520,8 @@ def consolidate(
         "vocab": json.dumps(states.get("vocab") or {}),
         "step": str(states.get("step")),
         "weights": "ema" if ema else "trained",
+        "catlip_version": __version__,
+        "checkpoint_catlip_version": str(states.get("catlip_version") or ""),
     }
     return state, meta
 

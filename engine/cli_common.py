@@ -5,12 +5,19 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from catlip.labels import (
+    DEFAULT_LABELER,
+    LABELER_HELP,
+    LABELER_NAMES,
+    LabelerSpec,
+    VocabularyError,
+    vocab_labeler,
+)
+
 
 def add_labeler_options(p: argparse.ArgumentParser, *, from_vocab: bool = False) -> None:
     """--labeler, --official, --no-pos-filter, --nltk-data. ``from_vocab``: the command labels with
     its vocabulary's labeler, and these only state which one is expected (a mismatch is refused)."""
-    from catlip.labels import DEFAULT_LABELER, LABELER_HELP, LABELER_NAMES
-
     g = p.add_argument_group(
         "labeling",
         "the vocabulary's own labeler is used (vocab.tsv.json); naming one here checks it"
@@ -50,8 +57,6 @@ def add_labeler_options(p: argparse.ArgumentParser, *, from_vocab: bool = False)
 def labeler_from_args(args: argparse.Namespace):
     """The LabelerSpec the options name, or None when they name none (--labeler, --official and
     --no-pos-filter all left out)."""
-    from catlip.labels import DEFAULT_LABELER, LabelerSpec
-
     name = args.labeler
     if args.official:
         if name not in (None, "corenet"):
@@ -65,8 +70,6 @@ def labeler_from_args(args: argparse.Namespace):
 def vocab_labeler_for(args: argparse.Namespace, vocab: Path):
     """The labeler of ``vocab`` (its sidecar), checked against the one the options name; a
     vocabulary without a sidecar takes the named one. SystemExit with both named on a mismatch."""
-    from catlip.labels import VocabularyError, vocab_labeler
-
     named = labeler_from_args(args)
     try:
         spec = vocab_labeler(vocab)

@@ -133,44 +133,4 @@ for job in "${jobs_[@]}"; do
   }
 done
 tail -1 "$T/zeroshot.txt"
-python - "$T" "$pretrain" "$SECONDS" <<'PY'
-import json, re, sys
-
-folder, pretrain, seconds = sys.argv[1:]
-zeroshot = open(f"{folder}/zeroshot.txt").read().strip().splitlines()[-1]
-pct = lambda text, word: float(re.search(word + r" ([0-9.]+)%", text).group(1))  # noqa: E731
-excluded = json.load(open(f"{folder}/val/dataset.json"))["source"].get("excluded", {}).get("images", "?")
-images = re.search(r"\((\d+) images", zeroshot)
-rows = [f"  {'zero-shot synset readout (no training)':<48} mAP {pct(zeroshot, 'mAP'):6.2f}%   chance {pct(zeroshot, 'chance'):.2f}%"]
-verdicts, curves = [], []
-for task, what in (("probe", "linear probe"), ("finetune", "fine-tune")):
-    final, curve = {}, {}
-    for init in ("random", "synset"):
-        run = f"{folder}/{task}_{init}"
-        steps = json.load(open(f"{run}/config.json"))["run"]["steps"]
-        evals = [json.loads(line) for line in open(f"{run}/eval.jsonl")]
-        final[init] = evals[-1]
-        curve[init] = {e["step"]: 100 * e["val_mAP"] for e in evals}
-        e = evals[-1]
-        label = f"{what}, classifier_init {init}, {steps} steps"
-        rows.append(f"  {label:<48} mAP {100 * e['val_mAP']:6.2f}%   chance {100 * e['chance_mAP']:.2f}%")
-    diff = 100 * (final["synset"]["val_mAP"] - final["random"]["val_mAP"])
-    # about 1 point of mAP separates seeds on these 119 images (perf/claim.py): a smaller gap is a tie
-    verdict = "tied with" if abs(diff) < 1 else ("beat" if diff > 0 else "fell behind")
-    verdicts.append(f"{what}: synset initialisation {verdict} random ({diff:+.2f} points)")
-    curves.append(f"{what} (step: random / synset): " + ", ".join(
-        f"{s}: {curve['random'][s]:.1f} / {curve['synset'][s]:.1f}" for s in sorted(curve["random"])))
-nl = "\n"
-print(f"""
-================================ main job summary ================================
-pre-training (coco_photos, vocabulary): {pretrain or 'no held-out line'}
-transfer to COCO's 80 classes, scored on coco128 val2017 less the {excluded} pre-training photos
-({images.group(1) if images else '?'} images), mAP over the classes with a positive; trained on train2017 (128 images):
-{nl.join(rows)}
-{nl.join(verdicts)}
-held-out mAP along the way:
-{nl.join('  ' + c for c in curves)}
-(details in {folder})
-main job: {int(seconds)} s after set-up
-==================================================================================""")
-PY
+python -m engine.main_job "$T" "$pretrain" "$SECONDS"

@@ -1,4 +1,5 @@
-"""``catlip pack``: its arguments (:func:`add_pack_parser`) and the command (:func:`cmd_pack`)."""
+"""``catlip pack``: its arguments (:func:`add_pack_parser`), the source they name
+(:func:`source_from_args`) and the command (:func:`cmd_pack`); the work is :func:`engine.packing.pack`."""
 
 from __future__ import annotations
 
@@ -6,6 +7,20 @@ import argparse
 from pathlib import Path
 
 from engine.cli_common import add_labeler_options, labeler_from_args, require_nltk
+from engine.executor import WorkerDied, add_executor_arguments, executor_from_args
+from engine.packing import (
+    ClassSet,
+    ClassSetError,
+    CocoInstancesSource,
+    CocoSource,
+    ImageExclusion,
+    ImageFolderSource,
+    Img2DatasetSource,
+    PackError,
+    TsvSource,
+    YoloSource,
+    pack,
+)
 
 PACK_EPILOG = """examples:
   catlip pack --coco captions_val2017.json --images val2017/ --vocab vocab.tsv --out shards/coco
@@ -20,28 +35,15 @@ class sets (downstream shards: no captions, no --vocab, no NLTK):
   catlip pack --yolo ../shared/data/coco128 --split val2017 --classes coco.json \\
       --exclude ../shared/data/coco_photos --out shards/coco128-val
 
-Each sample is KEY.jpg|png|webp (original bytes), KEY.txt (caption) and KEY.lbl (sorted label
-indices, int32 little-endian); a class set's samples are KEY.jpg|png|webp and KEY.cls (its sorted
-class indices into CLASSES.json, int32 little-endian; empty for an image with no class, which is
-kept unless --drop-empty). Each shard-NNNNNN.tar has a DALI index shard-NNNNNN.idx. Every
-image is checked with DALI's own CPU decoder; bad ones are skipped with a message, counted by
-reason in dataset.json, and listed in rejects.tsv (so is a COCO caption that is not text). A
-caption longer than 4,096 characters is stored and labelled cut to them (captions_cut).
-
-The pack is built in OUT.partial and moved to OUT when complete; an existing OUT is replaced only
-with --overwrite, only then, and only if it is an earlier pack (nothing in it but what `catlip pack`
-writes) or empty. OUT may not be, hold or sit inside an input (--images, --tsv, --coco, a tar, the
-vocabulary, the class set, a class source's root): that is refused before anything is written. Each finished shard is marked done: after an interruption (a
-killed worker, a corrupt input tar), the same command packs only the missing shards. Shard k
-holds the samples of input slice k (--coco/--tsv and class sources: --shard-size samples;
---img2dataset: input tar k), so the output is the same, byte for byte, on 1 or N workers or on Ray.
-
-Class sources, in short: a class folder, COCO category or YOLO name is matched to a class of
-CLASSES.json by name (a folder also by wnid); one that is no class is an error naming it, unless
-CLASSES.json lists it as unmapped (its labels are then dropped, and counted). A bad YOLO line, an
-id outside names.yaml or an empty class folder is an error naming the file (and line); a file
-that is not an image is a counted reject. dataset.json adds label_member "cls", num_classes,
-multi_label, classes {path, sha256, names} and the class map's vocab_sha256.
+Writes shard-NNNNNN.tar (KEY.jpg|png|webp, and KEY.txt + KEY.lbl, the caption's sorted label
+indices, or KEY.cls, the image's class indices into CLASSES.json; int32 little-endian) with a DALI
+index shard-NNNNNN.idx, dataset.json and rejects.tsv (images DALI cannot decode, captions that are
+not text, each counted by reason; a caption over 4,096 characters is stored and labelled cut to
+them, counted as captions_cut). It builds in OUT.partial and moves it to OUT when complete; run
+again, the same command packs only the shards an interruption left undone, and 1 or N workers or
+Ray give the same bytes. OUT may not be, hold or sit inside an input, and an existing OUT is
+replaced only with --overwrite and only if it is an earlier pack. Everything it writes and checks:
+docs/data.md (and engine/packing/pack.py's docstring).
 """
 
 
@@ -58,6 +60,18 @@ def add_pack_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
         epilog=PACK_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    _add_caption_sources(p)
+    _add_class_sources(p)
+    _add_output_options(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_executor_arguments(p)
+    add_labeler_options(p, from_vocab=True)
+    p.set_defaults(func=cmd_pack)
+    return p
+
+
+def _add_caption_sources(p: argparse.ArgumentParser) -> None:
+    """--coco, --tsv, --images, --img2dataset, --keep-order."""
     src = p.add_argument_group(
         "caption source (one of --coco, --tsv, --img2dataset, or a class source below)"
     )
@@ -82,6 +96,11 @@ def add_pack_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
         "fixed seed, so the captions of one image, or the images of one class, do not sit together "
         "in a shard)",
     )
+
+
+def _add_class_sources(p: argparse.ArgumentParser) -> None:
+    """--imagefolder, --coco-instances, --yolo with --split and --classes; --exclude, --drop-empty,
+    --allow-empty-classes."""
     cls = p.add_argument_group(
         "class source (one of --imagefolder, --coco-instances, --yolo; KEY.cls members, no NLTK)"
     )
@@ -137,6 +156,10 @@ def add_pack_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
         action="store_true",
         help="--imagefolder: pack even if a class folder has no files (default: an error naming it)",
     )
+
+
+def _add_output_options(p: argparse.ArgumentParser) -> None:
+    """--vocab, --labels, --out, --shard-size, --overwrite, --holdout-fraction, --resize-shorter."""
     p.add_argument(
         "--vocab",
         type=Path,
@@ -187,13 +210,6 @@ def add_pack_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
         "192 -> 20 MB). The holdout split hashes the original bytes, so N does not move images "
         "between train and val (default 0: every image as it is)",
     )
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    from engine.executor import add_executor_arguments
-
-    add_executor_arguments(p)
-    add_labeler_options(p, from_vocab=True)
-    p.set_defaults(func=cmd_pack)
-    return p
 
 
 def _non_negative(text: str) -> int:
@@ -213,8 +229,6 @@ def _option(name: str) -> str:
 
 def source_from_args(args: argparse.Namespace):
     """The source the ``pack`` arguments name; SystemExit with what to do when they do not."""
-    from engine.packing import CocoSource, Img2DatasetSource, TsvSource
-
     given = [name for name in CAPTION_SOURCES + CLASS_SOURCES if getattr(args, name, None)]
     if len(given) != 1:
         raise SystemExit(
@@ -252,15 +266,6 @@ def source_from_args(args: argparse.Namespace):
 
 def class_source_from_args(args: argparse.Namespace, kind: str):
     """The class source (``--imagefolder``, ``--coco-instances``, ``--yolo``) of the arguments."""
-    from engine.packing.classsets import (
-        ClassSet,
-        ClassSetError,
-        CocoInstancesSource,
-        ImageExclusion,
-        ImageFolderSource,
-        YoloSource,
-    )
-
     option = _option(kind)
     if args.vocab is not None:
         raise SystemExit(
@@ -304,8 +309,6 @@ def class_source_from_args(args: argparse.Namespace, kind: str):
 
 def cmd_pack(args: argparse.Namespace) -> int:
     """``catlip pack``: build the source, pack it, print the summary."""
-    from engine.executor import WorkerDied, executor_from_args
-    from engine.packing import PackError, pack
 
     source = source_from_args(args)
     vocab = None
