@@ -278,7 +278,7 @@ def test_a_failing_rank_ends_the_job_within_seconds(tmp_path, shared_data):
     cmd = [
         sys.executable, "-m", "engine.launch", "--nproc_per_node=2",
         "-m", "engine.train", "--set", "model.image_size=32", "--set", f"data.train={shards}",
-        "--set", "data.batch_size=4", "--set", "data.num_threads=1", "--set", "run.precision=fp32",
+        "--set", "data.batch_size=4", "--set", "data.num_threads=1", "--set", "parallel.precision=fp32",
         "--set", f"run.out_dir={tmp_path / 'run'}", "--set", "run.steps=20", "--set", "run.resume=never",
     ]  # fmt: skip
     start = time.monotonic()

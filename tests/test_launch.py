@@ -107,7 +107,7 @@ def test_a_two_rank_run_listens_on_loopback_only(tmp_path: Path, shared_data: Pa
     shards = _shards(tmp_path / "shards", shared_data / "coco_photos")
     cmd = [
         *LAUNCHERS[launcher], "--set", "model.image_size=32", "--set", f"data.train={shards}",
-        "--set", "data.batch_size=4", "--set", "data.num_threads=1", "--set", "run.precision=fp32",
+        "--set", "data.batch_size=4", "--set", "data.num_threads=1", "--set", "parallel.precision=fp32",
         "--set", f"run.out_dir={tmp_path / 'run'}", "--set", "run.steps=6", "--set", "run.resume=never",
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -211,7 +211,7 @@ def _run_cfg(tmp: Path, shards: str, steps: int):
             f"run.out_dir={tmp}",
             f"run.steps={steps}",
             "run.log_every=1",
-            "run.ckpt_every=0",
+            "checkpoint.every=0",
             "optim.warmup_steps=2",
         ],
     )

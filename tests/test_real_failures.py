@@ -41,7 +41,7 @@ def _shards(root: Path, photos: Path, n: int = 16) -> Path:
 def _train_args(shards: Path, out: Path, *more: str) -> list[str]:
     sets = [
         "model.image_size=32", f"data.train={shards}", "data.batch_size=4", "data.num_threads=1",
-        "run.precision=fp32", f"run.out_dir={out}", "run.log_every=1",
+        "parallel.precision=fp32", f"run.out_dir={out}", "run.log_every=1",
     ]  # fmt: skip
     return [a for s in [*sets, *more] for a in ("--set", s)]
 
@@ -110,7 +110,7 @@ def test_a_full_disk_while_saving_stops_every_rank_with_one_line(
     shards = _shards(tmp_path, shared_data / "coco_photos")
     out = small_disk / "run"
     ranks = _finish(
-        _start_ranks(_train_args(shards, out, "run.steps=4", "run.ckpt_every=2", "run.resume=never"))
+        _start_ranks(_train_args(shards, out, "run.steps=4", "checkpoint.every=2", "run.resume=never"))
     )
     tag = out / "checkpoints" / "step_00000004"
     assert [r[0] for r in ranks] == [2, 2], [r[2][-3000:] for r in ranks]
@@ -131,7 +131,7 @@ def test_ctrl_c_stops_every_rank_with_one_line_and_status_130(tmp_path: Path, sh
     checkpoint is written and training is past it."""
     shards = _shards(tmp_path, shared_data / "coco_photos")
     out = tmp_path / "run"
-    args = _train_args(shards, out, "run.steps=10000", "run.ckpt_every=3", "run.resume=never")
+    args = _train_args(shards, out, "run.steps=10000", "checkpoint.every=3", "run.resume=never")
     logs = [(tmp_path / f"rank{r}.out", tmp_path / f"rank{r}.err") for r in range(2)]
     procs = _start_ranks(args, files=logs)
     deadline = time.monotonic() + 300
@@ -160,7 +160,7 @@ def test_ctrl_c_to_the_documented_launcher_is_one_line_and_status_130(
     """The README's launch (python -m engine.launch), its process group sent SIGINT as a terminal
     does: torchrun's agent raised SignalException (a 30-line traceback) and exited 1."""
     shards = _shards(tmp_path, shared_data / "coco_photos")
-    args = _train_args(shards, tmp_path / "run", "run.steps=10000", "run.ckpt_every=3", "run.resume=never")
+    args = _train_args(shards, tmp_path / "run", "run.steps=10000", "checkpoint.every=3", "run.resume=never")
     out, err = tmp_path / "launch.out", tmp_path / "launch.err"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "engine.launch", "--nproc_per_node", "2", "-m", "engine.train", *args]
@@ -189,7 +189,7 @@ def test_a_run_folder_belongs_to_one_run(tmp_path: Path, shared_data: Path) -> N
     shards = _shards(tmp_path, shared_data / "coco_photos")
     first = tmp_path / "first"
     code, _, err = _one_rank(
-        _train_args(shards, first, "run.steps=4", "run.ckpt_every=2", "run.resume=never")
+        _train_args(shards, first, "run.steps=4", "checkpoint.every=2", "run.resume=never")
     )
     assert code == 0, err[-3000:]
     log, boards = (first / "log.jsonl").read_bytes(), sorted((first / "tb").iterdir())
