@@ -228,9 +228,16 @@ class _ThrottledReport:
         if time.monotonic() - self.last >= POLL_S:
             self.flush()
 
-    def flush(self) -> None:
+    def flush(self, wait: bool = False) -> None:
+        """Send the sum; ``wait``: until the actor has added it (calls from different processes
+        reach an actor in no set order, so a task's last report could otherwise arrive after the
+        driver's final ``take``)."""
         if self.n:
-            self.counter.add.remote(self.n)
+            ref = self.counter.add.remote(self.n)
+            if wait:
+                import ray
+
+                ray.get(ref)
         self.n, self.last = 0, time.monotonic()
 
 
@@ -239,7 +246,7 @@ def _run_ray(fn: TaskFn, task: Any, counter: Any) -> Any:
     try:
         return fn(task, report)
     finally:
-        report.flush()
+        report.flush(wait=True)  # counted before the task's result is seen
 
 
 def make_executor(workers: int | None = None, ray_address: str | None = None) -> LocalExecutor | RayExecutor:
