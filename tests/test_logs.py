@@ -158,7 +158,7 @@ def run_into_a_file(tmp_path_factory: pytest.TempPathFactory, shared_data: Path)
         proc = subprocess.run(
             _train_command(shards, out), cwd=ROOT, env=_env(), stdout=f, stderr=f, timeout=300
         )
-    text = log.read_text()
+    text = log.read_bytes().decode()  # read_text would turn each \r into \n
     assert proc.returncode == 0, text[-3000:]
     return out, text
 
@@ -225,7 +225,7 @@ def test_catlip_vocab_prints_plain_lines_into_a_file_and_a_bar_on_a_terminal(tmp
         subprocess.run(
             [*command, str(tmp_path / "a.tsv")], env=_env(), stdout=f, stderr=f, timeout=300, check=True
         )
-    text = (tmp_path / "vocab.log").read_text()
+    text = (tmp_path / "vocab.log").read_bytes().decode()
     assert "\r" not in text
     for stage in ("fitting senses", "labelling"):  # each stage's closing line
         assert (
