@@ -50,10 +50,12 @@ def progress(
 
 
 def say(line: str) -> None:
-    """``line`` on stdout: above a terminal's bar (``tqdm.write``), as a plain print elsewhere."""
+    """``line`` on stdout: above a terminal's bar (``tqdm.write``), as a plain print elsewhere;
+    flushed, so that a log file (stdout block-buffered) has it at once, not at exit."""
     from tqdm import tqdm
 
     tqdm.write(line)
+    sys.stdout.flush()
 
 
 def is_terminal(stream: Any) -> bool:

@@ -21,7 +21,7 @@ import pytest
 import torch
 from dist_utils import run_ranks
 
-from catlip.progress import Lines, clock, progress
+from catlip.progress import Lines, clock, progress, say
 from engine.config import TrainConfig, from_dict
 from engine.data import TensorLoader
 from engine.parallel import lr_multiplier
@@ -309,3 +309,11 @@ def test_plain_lines_one_per_interval_and_one_at_the_end():
 
 def test_clock_is_h_mm_ss():
     assert [clock(s) for s in (0, 59.6, 61, 3600 * 27 + 189)] == ["0:00:00", "0:01:00", "0:01:01", "27:03:09"]
+
+
+def test_a_line_reaches_a_log_file_at_once(tmp_path, monkeypatch):
+    log = tmp_path / "out.log"
+    with open(log, "w") as f:  # block-buffered, as stdout redirected to a file
+        monkeypatch.setattr(sys, "stdout", f)
+        say("step 1 | loss 1.0")
+        assert log.read_bytes() == b"step 1 | loss 1.0\n"
