@@ -374,7 +374,7 @@ def build_vocabulary(
     the workers read it. ``labels_out``: write each caption's synsets there (:class:`LabelsFile`).
     A task that fails (a corrupt tar) does not stop the others; then :class:`TaskError` names every
     failed file, and no vocabulary is returned."""
-    from tqdm import tqdm
+    from catlip.progress import progress as progress_bar
 
     if min_count < 1:
         raise ValueError(f"min_count must be >= 1, got {min_count}")
@@ -395,9 +395,7 @@ def build_vocabulary(
             from catlip.senses import FitCounts
 
             fitted = FitCounts()
-            bar = tqdm(
-                total=total, unit="caption", disable=not progress, desc="fitting senses", smoothing=0.1
-            )
+            bar = progress_bar(total, unit="caption", enabled=progress, desc="fitting senses", smoothing=0.1)
             try:
                 _run_tasks(
                     fit_task,
@@ -429,7 +427,7 @@ def build_vocabulary(
                 writer.add(chunk)
 
         start = time.perf_counter()
-        bar = tqdm(total=total, unit="caption", disable=not progress, desc="labelling", smoothing=0.1)
+        bar = progress_bar(total, unit="caption", enabled=progress, desc="labelling", smoothing=0.1)
         ok = False
         try:
             _run_tasks(

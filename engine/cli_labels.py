@@ -11,10 +11,9 @@ import json
 import sys
 from pathlib import Path
 
-from tqdm import tqdm
-
 from catlip.captions import MAX_CAPTION_CHARS, caption_format, cut_caption, iter_captions
 from catlip.labels import DEFAULT_LABELER, LabelEncoder, LabelerSpec, Vocabulary, senses_path
+from catlip.progress import progress
 from catlip.vocab import EmptyVocabulary, TaskError, make_vocabulary
 from engine.cli_common import add_labeler_options, labeler_from_args, require_nltk, vocab_labeler_for
 from engine.executor import WorkerDied, add_executor_arguments, executor_from_args
@@ -178,15 +177,15 @@ def _write_label_lines(encoder: LabelEncoder, files: list[Path], out_path: Path 
     n = empty = cut = 0
     try:
         for path in files:
-            for key, caption in tqdm(
-                iter_captions(path), unit="caption", desc=path.name, disable=out is sys.stdout
-            ):
-                caption, was_cut = cut_caption(caption)
-                cut += was_cut
-                labels = encoder(caption)
-                n, empty = n + 1, empty + (not labels)
-                row = {"key": key, "caption": caption, "labels": labels}
-                out.write(json.dumps({**row, "cut": True} if was_cut else row) + "\n")
+            with progress(unit="caption", desc=path.name, enabled=out is not sys.stdout) as bar:
+                for key, caption in iter_captions(path):
+                    bar.update()
+                    caption, was_cut = cut_caption(caption)
+                    cut += was_cut
+                    labels = encoder(caption)
+                    n, empty = n + 1, empty + (not labels)
+                    row = {"key": key, "caption": caption, "labels": labels}
+                    out.write(json.dumps({**row, "cut": True} if was_cut else row) + "\n")
     finally:
         if out is not sys.stdout:
             out.close()

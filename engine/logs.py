@@ -1,5 +1,6 @@
-"""What a run reports: step lines on the console (under the progress bar), ``log.jsonl``,
-``eval.jsonl`` and TensorBoard (``<out_dir>/tb``). Only rank 0 writes."""
+"""What a run reports: step lines on the console (under the progress bar on a terminal; in a file
+or a pipe, the step lines alone), ``log.jsonl``, ``eval.jsonl`` and TensorBoard (``<out_dir>/tb``).
+The step line, ``log.jsonl`` and TensorBoard carry the same numbers. Only rank 0 writes."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from catlip.progress import clock, progress
 from engine.distributed import cuda_available
+
+__all__ = ["RunLog", "StepLog", "clock", "peak_memory_mb", "progress"]
 
 
 @dataclass
@@ -23,6 +27,8 @@ class StepLog:
     data_time: float  # seconds per step waiting for batches, same window
     peak_mem_mb: float
     skipped_steps: int = 0  # optimizer steps DeepSpeed skipped so far (gradient overflow)
+    grad_norm: float = 0.0  # this step's global gradient 2-norm before clipping, over every rank's shard
+    eta_s: float = 0.0  # seconds left: this window's mean step time x the steps still to run
 
 
 def peak_memory_mb() -> float:
@@ -51,7 +57,8 @@ class RunLog:
         line = (
             f"step {e.step:>6} | loss {e.loss:.5f} | lr {e.lr:.3e} | {e.images_per_s:,.1f} img/s"
             + (f" ({e.tokens_per_s:,.0f} tokens/s)" if e.tokens_per_s else "")
-            + f" | step {e.step_time * 1e3:.0f} ms (data {e.data_time * 1e3:.0f} ms) | peak mem {e.peak_mem_mb:,.0f} MB"
+            + f" | grad norm {e.grad_norm:.4g} | step {e.step_time * 1e3:.0f} ms (data {e.data_time * 1e3:.0f} ms)"
+            + f" | peak mem {e.peak_mem_mb:,.0f} MB | eta {clock(e.eta_s)}"
         )
         if e.skipped_steps:
             line += f" | skipped steps {e.skipped_steps}"
@@ -59,11 +66,13 @@ class RunLog:
         if skipped:  # samples not trained on as packed (bad images, failed batches, cut labels)
             line += " | rank-0 data: " + ", ".join(f"{k} {v}" for k, v in skipped.items())
         bar.write(line)
+        record = {**asdict(e), **counters}
         with open(self.out_dir / "log.jsonl", "a") as f:
-            f.write(json.dumps({**asdict(e), **counters}) + "\n")
+            f.write(json.dumps(record) + "\n")
         tb = self._board()
-        for key in ("loss", "lr", "images_per_s", "tokens_per_s", "step_time", "data_time", "peak_mem_mb"):
-            tb.add_scalar(f"train/{key}", getattr(e, key), e.step)
+        for key, value in record.items():  # the same numbers as log.jsonl, as train/<key>
+            if key != "step":
+                tb.add_scalar(f"train/{key}", value, e.step)
         tb.flush()
 
     def eval(self, step: int, result: dict[str, Any], line: str) -> None:

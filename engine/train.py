@@ -38,7 +38,7 @@ from engine.checkpoint import CKPT_DIR, Checkpointer, CheckpointError
 from engine.config import ConfigError, TrainConfig, add_train_arguments, load_config
 from engine.data import DataError
 from engine.distributed import cuda_available, init_distributed, prepare_env, shutdown
-from engine.logs import RunLog, StepLog, peak_memory_mb
+from engine.logs import RunLog, StepLog, peak_memory_mb, progress
 from engine.objectives import make_objective
 from engine.parallel import build_model, parallelize, partition_report, use_bf16
 from engine.prefetch import Prefetcher
@@ -137,13 +137,13 @@ class Trainer:
 
     def fit(self, steps: int | None = None) -> list[StepLog]:
         """Train until ``steps`` (default ``run.steps``) optimizer steps, from wherever we are."""
-        from tqdm import tqdm
-
         run, every = self.cfg.run, self.cfg.checkpoint.every
         self.claim_out_dir()
         last = min(steps or run.steps, run.steps)
         batches = self._batches()
-        bar = tqdm(total=last, initial=self.step, disable=not self.is_main, unit="step", dynamic_ncols=True)
+        # a bar on a terminal; in a file the step lines alone, one per run.log_every steps
+        bar = progress(last, initial=self.step, enabled=self.is_main, unit="step", desc="train", every_s=None)
+        self._last, self._grad_norm = last, torch.zeros(())
         self._health = _Health(self.device)
         start = self.step
         window = _Window(self.step)
@@ -183,6 +183,8 @@ class Trainer:
         accum = self.cfg.optim.grad_accum
         skipped = self.engine.skipped_steps
         total = torch.zeros((), device=self.device)
+        # DeepSpeed's ZeRO and bf16 optimizers measure the global norm; fp32 without ZeRO does not
+        own_norm = not hasattr(self.engine.optimizer, "_global_grad_norm")
         for _ in range(accum):
             t0 = time.perf_counter()
             batch = next(batches)
@@ -193,6 +195,9 @@ class Trainer:
             loss = self.engine(*inputs)
             self._health.observe(loss.detach(), self.step + 1)  # no host sync
             self.engine.backward(loss)
+            if own_norm and self.engine.is_gradient_accumulation_boundary():  # reduced, not yet clipped
+                grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
+                self._grad_norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
             self.engine.step()
             total += loss.detach().float()
         return total / accum, self.engine.skipped_steps == skipped
@@ -204,6 +209,7 @@ class Trainer:
         steps, seconds = window.close(self.step)
         images = window.images * self.world_size  # every rank draws the same batch sizes
         tokens = window.tokens * self.world_size
+        norm = self.engine.get_global_grad_norm()  # DeepSpeed's, before clipping; None: fp32 without ZeRO
         window.images = window.tokens = 0
         entry = StepLog(
             step=self.step,
@@ -215,10 +221,12 @@ class Trainer:
             data_time=window.data_time / steps,
             peak_mem_mb=peak_memory_mb(),
             skipped_steps=self.engine.skipped_steps,
+            grad_norm=float(norm if norm is not None else self._grad_norm),
+            eta_s=seconds / steps * (self._last - self.step),  # this window's mean step time x steps left
         )
         window.data_time = 0.0
         self.history.append(entry)
-        bar.set_postfix(loss=f"{entry.loss:.4f}", lr=f"{entry.lr:.2e}")
+        bar.set_postfix(loss=f"{entry.loss:.4f}", lr=f"{entry.lr:.2e}", grad_norm=f"{entry.grad_norm:.3g}")
         counters = self.train_loader.counters() if hasattr(self.train_loader, "counters") else {}
         self.logs.step(entry, bar, counters)
 

@@ -34,6 +34,7 @@ from typing import Any
 import torch
 
 from catlip.classes import ClassMap, ClassMapError
+from catlip.progress import progress as progress_bar
 from catlip.readers import load_json
 from engine.config import with_new_keys
 from engine.data.pipeline import ImageTransform
@@ -291,8 +292,6 @@ def evaluate(
     progress: bool = True,
 ) -> ZeroShotResult:
     """Zero-shot mAP (and top-1/top-5 on a single-label set) over a class pack."""
-    from tqdm import tqdm
-
     from engine.data import DataError, class_pack_loader
     from engine.errors import ConfigError
     from engine.metrics import MultiLabelAccumulator, TopKAccumulator
@@ -328,7 +327,7 @@ def evaluate(
     multi = bool(meta.get("multi_label", True))
     acc = MultiLabelAccumulator(len(classifier.names))
     topk = None if multi else TopKAccumulator((1, 5))
-    bar = tqdm(total=meta.get("samples"), unit="image", desc="evaluate", disable=not progress)
+    bar = progress_bar(meta.get("samples"), unit="image", desc="evaluate", enabled=progress)
     try:
         for batch in loader:
             valid = batch["valid"]  # (B,) False: padding or an image that failed to decode

@@ -60,6 +60,8 @@ from catlip.labels import (
     senses_path,
     vocab_labeler,
 )
+from catlip.progress import progress as progress_bar
+from catlip.progress import say as _say
 from catlip.vocab import LabelSettings, worker_labeler
 from engine.packing.sources import RawSample, chunk_tasks
 from engine.packing.target import PACK_FORMAT, check_target, source_inputs
@@ -259,8 +261,6 @@ class _Merge:
         self._named: set[str] = set()  # images already named in a message
 
     def add(self, result: ShardResult, *, quiet: bool = False) -> None:
-        from tqdm import tqdm
-
         self.results[result.index] = result
         for _key, image, reason, first in result.rejects if not quiet else ():
             if first and image not in self._named and self._shown[reason] < MAX_MESSAGES:
@@ -271,7 +271,7 @@ class _Merge:
                     if self._shown[reason] == MAX_MESSAGES
                     else ""
                 )
-                tqdm.write(f"skipped {image}: {reason}{more}")
+                _say(f"skipped {image}: {reason}{more}")
 
     def write(self, root: Path, out: Path, settings: dict) -> tuple[dict[str, SplitStats], Counter[str]]:
         """``rejects.tsv`` and each split's ``dataset.json`` under ``root`` (to be moved to ``out``);
@@ -428,8 +428,6 @@ def pack(
     ``labels`` (``catlip vocab --labels-out`` of the same vocabulary); a class source (``classsets.py``) brings its classes and takes no ``vocab``. ``executor`` runs
     the tasks (default: this process). Rejected samples are reported and counted, never silently
     dropped. Raises :class:`PackError` when ``out`` exists (without ``overwrite``) or a task failed."""
-    from tqdm import tqdm
-
     if not 0.0 <= holdout_fraction < 1.0:
         raise ValueError(f"holdout_fraction must be in [0, 1), got {holdout_fraction}")
     if shard_size < 1:
@@ -511,7 +509,7 @@ def pack(
     tasks = _tasks(source, shard_size, settings)
     if getattr(executor, "forks", False) and classes is None:  # made once, inherited by the workers
         worker_labeler(LabelSettings(settings.labeler, settings.senses, tuple(nltk_data)))
-    staging = _Staging(out, _plan(source, tasks, meta), splits, log=tqdm.write)
+    staging = _Staging(out, _plan(source, tasks, meta), splits, log=_say)
     try:
         merge = _Merge(splits, len(classes) if classes is not None else None)
         done = staging.done(tasks)
@@ -519,12 +517,12 @@ def pack(
             merge.add(result, quiet=True)
         todo = [t for t in tasks if t.index not in done]
         if done:
-            tqdm.write(
+            _say(
                 f"resuming {staging.path}: {len(done):,} of {len(tasks):,} shard(s) done before, packing {len(todo):,}"
             )
         total = sum(len(t.samples) for t in todo) if all(t.tar is None for t in todo) else None
         start = time.perf_counter()
-        bar = tqdm(total=total, unit="sample", desc="packing", disable=not progress, smoothing=0.1)
+        bar = progress_bar(total, unit="sample", desc="packing", enabled=progress, smoothing=0.1)
         try:
             failed = _run(executor, todo, merge, bar)
         finally:
