@@ -3,7 +3,7 @@
     model       the network: preset, resolution, op implementations     ModelConfig
     objective   the task (engine/objectives.py) and its task-only keys   ObjectiveConfig
     data        packed shards, batch, loader, multi-scale                DataConfig
-    optim       AdamW, schedule, accumulation, EMA                       OptimConfig
+    optim       AdamW, schedule, accumulation, EMA, batch scaling        OptimConfig
     parallel    ZeRO, precision, recompute, compile (engine/parallel.py) ParallelConfig
     checkpoint  how often checkpoints are written, how many are kept     CheckpointConfig
     run         output folder, steps, seed, logging, evaluation, resume  RunConfig

@@ -1,6 +1,6 @@
 """optim.reference_batch and optim.lr_scaling (engine/scaling.py): the arithmetic of each mode, the
 line a run prints, the warning for a far global batch with the rule unset, the config checks, and a
-real DeepSpeed run on 2 gloo ranks whose optimizer uses the scaled rates."""
+real DeepSpeed run on 2 gloo ranks whose optimizer uses the scaled rates, also after a resume."""
 
 from __future__ import annotations
 
@@ -143,17 +143,23 @@ def _scaled_run(rank: int, tmp: str) -> dict:
         for _ in range(STEPS)
     ]
     lines: list[str] = []
-    trainer = Trainer(cfg, model_fn=model, train_loader=TensorLoader(batches), log=lines.append)
-    adamw = getattr(trainer.engine.optimizer, "optimizer", trainer.engine.optimizer)  # under ZeRO's wrapper
     stepped: list[list[float]] = []  # each group's rate as torch's AdamW steps with it
-    adamw.register_step_pre_hook(
-        lambda opt, args, kwargs: stepped.append([g["lr"] for g in opt.param_groups])
-    )
-    history = trainer.fit()
-    out = {"lines": lines, "logged": [(e.step, e.lr) for e in history], "stepped": stepped}
-    out["optim"] = trainer.cfg.optim
-    trainer.close()
-    return out
+    logged: list[tuple[int, float]] = []
+
+    def trainer() -> Trainer:
+        t = Trainer(cfg, model_fn=model, train_loader=TensorLoader(batches), log=lines.append)
+        adamw = getattr(t.engine.optimizer, "optimizer", t.engine.optimizer)  # under ZeRO's wrapper
+        adamw.register_step_pre_hook(lambda opt, a, k: stepped.append([g["lr"] for g in opt.param_groups]))
+        return t
+
+    first = trainer()  # 3 steps, saved; then a new trainer resumes from that checkpoint and ends the run
+    logged += [(e.step, e.lr) for e in first.fit(steps=3)]
+    first.close()
+    resumed = trainer()
+    assert resumed.resume() and resumed.step == 3
+    logged += [(e.step, e.lr) for e in resumed.fit()]
+    resumed.close()
+    return {"lines": lines, "logged": logged, "stepped": stepped, "optim": resumed.cfg.optim}
 
 
 @pytest.mark.distributed
@@ -164,7 +170,9 @@ def test_a_real_run_steps_at_the_scaled_rate(tmp_path):
         "lr scaling (linear, optim.lr_scaling): global batch 8 (per-GPU 4 x 2 GPUs x grad_accum 1) "
         "against optim.reference_batch 32: lr 0.004 -> 0.001, min_lr 4e-05 -> 1e-05, warmup 1 -> 4 steps"
     )
-    o = result["optim"]
+    assert sum(line.startswith("lr scaling") for line in result["lines"]) == 2  # each trainer's
+    assert not [line for line in result["lines"] if line.startswith(("resume:", "warning:"))]
+    o = result["optim"]  # the recorded config: scaled, and its own global batch as the reference
     assert (o.lr, o.min_lr, o.warmup_steps, o.reference_batch) == (lr, min_lr, warmup, 8)
     # the rate each step used (the schedule over the scaled peak and warmup), as the log has it
     expected = [lr * lr_multiplier(s, warmup, STEPS, min_lr / lr) for s in range(STEPS)]
