@@ -4,7 +4,12 @@ real DeepSpeed run on 2 gloo ranks whose optimizer uses the scaled rates, also a
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +18,8 @@ from dist_utils import run_ranks
 from engine.config import ConfigError, from_dict
 from engine.parallel import lr_multiplier
 from engine.scaling import global_batch, scale_for_batch
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def cfg_for(batch: int = 256, accum: int = 1, steps: int = 200_000, **optim):
@@ -182,3 +189,36 @@ def test_a_real_run_steps_at_the_scaled_rate(tmp_path):
     # steps them one at a time)
     stepped = [r for rates in result["stepped"] for r in rates]
     assert stepped == pytest.approx([r for r in expected for _ in range(2)], rel=1e-9)
+
+
+@pytest.mark.distributed
+def test_the_command_line_run_prints_the_line_and_records_the_scaled_rates(tmp_path, packed_photos):
+    """`python -m engine.train` on real shards (DALI, one CPU rank): the line and the warning on
+    stdout, the rates in config.json and log.jsonl."""
+    out = tmp_path / "run"
+    sets = [
+        f"data.train={packed_photos}", "data.val=null", "data.batch_size=16", f"run.out_dir={out}",
+        "run.steps=2", "run.log_every=1", "checkpoint.every=0", "optim.reference_batch=128",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
+    cmd = [sys.executable, "-m", "engine.train", "--config", "configs/coco_tiny_cpu.yaml"]
+    proc = subprocess.run(
+        [*cmd, *(a for s in sets for a in ("--set", s))],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lr = 2e-3 * math.sqrt(16 / 128)  # the config's 2e-3 for 128, at 16 x 1 x 1, by sqrt
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(("lr scaling", "warning:"))]
+    assert lines[0].startswith("lr scaling (sqrt, the default: optim.lr_scaling unset): global batch 16 ")
+    assert f"lr 0.002 -> {lr:.4g}, min_lr 1e-05 -> {1e-5 * lr / 2e-3:.4g}, warmup 30 -> 240 steps" in lines[0]
+    assert lines[1].startswith("warning: global batch 16 is 8x smaller than optim.reference_batch 128")
+    used = json.loads((out / "config.json").read_text())["optim"]
+    assert (used["lr"], used["warmup_steps"], used["reference_batch"]) == (pytest.approx(lr), 240, 16)
+    steps = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [s["lr"] for s in steps] == pytest.approx(
+        [lr * lr_multiplier(s, 240, 2, 1e-5 / 2e-3) for s in (0, 1)]
+    )
