@@ -1,6 +1,7 @@
 """optim.reference_batch and optim.lr_scaling (engine/scaling.py): the arithmetic of each mode, the
 line a run prints, the warning for a far global batch with the rule unset, the config checks, and a
-real DeepSpeed run on 2 gloo ranks whose optimizer uses the scaled rates, also after a resume."""
+real DeepSpeed run on 2 gloo ranks whose optimizer uses the scaled rates, also after a resume, and
+the command-line run on real shards."""
 
 from __future__ import annotations
 
