@@ -3,7 +3,7 @@
     model       the network: preset, resolution, op implementations     ModelConfig
     objective   the task (engine/objectives.py) and its task-only keys   ObjectiveConfig
     data        packed shards, batch, loader, multi-scale                DataConfig
-    optim       AdamW, schedule, accumulation, EMA                       OptimConfig
+    optim       AdamW, schedule, accumulation, EMA, batch scaling        OptimConfig
     parallel    ZeRO, precision, recompute, compile (engine/parallel.py) ParallelConfig
     checkpoint  how often checkpoints are written, how many are kept     CheckpointConfig
     run         output folder, steps, seed, logging, evaluation, resume  RunConfig
@@ -92,6 +92,12 @@ class OptimConfig:
     grad_accum: int = 1
     ema_decay: float = 0.0  # 0 disables the EMA of weights
     layer_decay: float = 1.0  # layer-wise lr decay (BEiT): block i's lr x layer_decay ** (depth - i); 1: off
+    # the global batch (data.batch_size x GPUs x grad_accum) that lr, min_lr and warmup_steps are for;
+    # a run at another global batch scales them (engine/scaling.py). None: nothing is scaled
+    reference_batch: int | None = None
+    # how: "linear" | "sqrt" | "none"; None (unset): sqrt, with a warning when the run's global batch
+    # is more than 2x away from reference_batch (docs/training.md, "Learning rate and batch")
+    lr_scaling: str | None = None
 
 
 @dataclass(slots=True)
@@ -150,6 +156,7 @@ class TrainConfig:
 
 
 CLASSIFIER_INITS = ("random", "zero", "synset")
+LR_SCALINGS = ("linear", "sqrt", "none")  # optim.lr_scaling (engine/scaling.py)
 
 
 def _coerce(section: str, key: str, typ: Any, value: Any) -> Any:
@@ -346,6 +353,18 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.optim.grad_accum >= 1, "optim.grad_accum must be >= 1"),
         (0 <= cfg.optim.ema_decay < 1, "optim.ema_decay must be in [0, 1)"),
         (0 < cfg.optim.layer_decay <= 1, f"optim.layer_decay must be in (0, 1], got {cfg.optim.layer_decay}"),
+        (
+            cfg.optim.reference_batch is None or cfg.optim.reference_batch >= 1,
+            f"optim.reference_batch must be >= 1 (or unset), got {cfg.optim.reference_batch}",
+        ),
+        (
+            cfg.optim.lr_scaling in (None, *LR_SCALINGS),
+            f"optim.lr_scaling must be one of {LR_SCALINGS} (or unset), got {shown(cfg.optim.lr_scaling)}",
+        ),
+        (
+            cfg.optim.lr_scaling in (None, "none") or cfg.optim.reference_batch is not None,
+            f"optim.lr_scaling {cfg.optim.lr_scaling} needs optim.reference_batch (the global batch optim.lr is for)",
+        ),
         (
             cfg.objective.classifier_init in CLASSIFIER_INITS,
             f"objective.classifier_init must be one of {CLASSIFIER_INITS}, got {cfg.objective.classifier_init!r}",

@@ -43,6 +43,7 @@ from engine.objectives import make_objective
 from engine.parallel import build_model, parallelize, partition_report, use_bf16
 from engine.prefetch import Prefetcher
 from engine.resume import apply_hyperparameters
+from engine.scaling import scale_for_batch
 
 
 class TrainingDiverged(RuntimeError):
@@ -79,6 +80,11 @@ class Trainer:
         self.out_dir = Path(cfg.run.out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self._log = log or (print if self.is_main else (lambda _: None))
+        # lr, min_lr and warmup for the run's global batch (optim.reference_batch): the rates used
+        self.cfg, scaling = scale_for_batch(cfg, self.world_size)
+        cfg = self.cfg
+        for line in scaling:
+            self._log(line)
         torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
         random.seed(cfg.run.seed + self.rank)
         self.device = torch.device(f"cuda:{self.local_rank}" if cuda_available() else "cpu")
@@ -472,7 +478,7 @@ def run(args: argparse.Namespace) -> int:
         trainer.resume(cfg.run.resume)
     trainer.claim_out_dir()
     if trainer.is_main:  # what this run uses (a resumed run: the settings given now, applied)
-        used = {**cfg.to_dict(), "resumed_at_step": trainer.step or None}
+        used = {**trainer.cfg.to_dict(), "resumed_at_step": trainer.step or None}  # lr as scaled
         (Path(cfg.run.out_dir) / "config.json").write_text(json.dumps(used, indent=2) + "\n")
     try:
         history = trainer.fit()
