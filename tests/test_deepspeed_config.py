@@ -159,6 +159,7 @@ def _run_with_user_file(rank: int, tmp: str, ds_file: str) -> dict:
 
 
 @pytest.mark.distributed
+@pytest.mark.slow
 def test_a_users_file_reaches_deepspeed_in_a_real_run(tmp_path: Path) -> None:
     ds_file = tmp_path / "ds.json"
     ds_file.write_text(

@@ -2,7 +2,9 @@
 each) meeting at a c10d rendezvous train, checkpoint, and resume from that checkpoint with the same
 two-agent launch, the resumed losses equal to an uninterrupted run's; and the SLURM script
 (scripts/slurm/catlip_pretrain.sbatch) run under stand-ins for srun, scontrol and torchrun that
-record what each node would start, parsed by torchrun's and engine.train's own parsers."""
+record what each node would start, parsed by torchrun's and engine.train's own parsers; and
+DeepSpeed's hostfile launcher for real with a stand-in for pdsh (its ssh fan-out) that runs each
+host's command here."""
 
 from __future__ import annotations
 
@@ -96,6 +98,66 @@ def test_two_agents_train_checkpoint_and_resume_like_one_uninterrupted_run(
     assert losses == expected, (losses, expected)
     assert losses[6] < losses[1]  # and it learns
     assert (run / "checkpoints" / "latest").read_text() == "step_00000006"
+
+
+# ------------------------------------------------------------------------------ DeepSpeed's hostfile launcher
+# pdsh's part: run the command on every host of -w (here, on this one), %n its index in the list
+PDSH = """#!/bin/bash
+printf "%s\\0" "$@" > "$RECORD/pdsh.argv"
+while [[ $1 == -* ]]; do
+    case $1 in -w) hosts=$2; shift 2;; -f) shift 2;; *) shift;; esac
+done
+IFS=, read -ra names <<< "$hosts"
+for i in "${!names[@]}"; do
+    bash -c "${*//%n/$i}" > "$RECORD/${names[$i]}.log" 2>&1 &
+    pids+=($!)
+done
+status=0
+for pid in "${pids[@]}"; do wait "$pid" || { code=$?; (( code > status )) && status=$code; }; done
+exit $status
+"""
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_deepspeeds_hostfile_launcher_trains_on_two_hosts(tmp_path: Path, shared_data: Path) -> None:
+    """docs/cluster.md's `deepspeed --hostfile` launch: DeepSpeed's pdsh runner builds each host's
+    command (deepspeed.launcher.launch with that host's --node_rank); a stand-in for pdsh runs both
+    here instead of over ssh, and the two hosts' ranks train as one world of 2."""
+    shards = _shards(tmp_path / "shards", shared_data / "coco_photos")
+    bin_dir, out = tmp_path / "bin", tmp_path / "run"
+    bin_dir.mkdir()
+    (bin_dir / "pdsh").write_text(PDSH)
+    (bin_dir / "pdsh").chmod(0o755)
+    (tmp_path / "hostfile").write_text("node-a slots=1\nnode-b slots=1\n")
+    cmd = [
+        str(Path(sys.executable).parent / "deepspeed"), "--hostfile", str(tmp_path / "hostfile"),
+        "--num_nodes", "2", "--num_gpus", "1", "--no_ssh_check", "--master_addr", "127.0.0.1",
+        "--master_port", str(free_port()), "--module", "engine.train",
+        "--set", "model.image_size=32", "--set", f"data.train={shards}", "--set", "data.batch_size=4",
+        "--set", "data.num_threads=1", "--set", "parallel.precision=fp32", "--set", f"run.out_dir={out}",
+        "--set", "run.steps=3", "--set", "run.log_every=1",
+    ]  # fmt: skip
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "RECORD": str(tmp_path),
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+    }
+    env.pop("GLOO_SOCKET_IFNAME", None)
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    hosts = {
+        h: (tmp_path / f"{h}.log").read_text()
+        for h in ("node-a", "node-b")
+        if (tmp_path / f"{h}.log").exists()
+    }
+    assert proc.returncode == 0, (proc.stderr[-2000:], {h: t[-2000:] for h, t in hosts.items()})
+    pdsh = _argv(tmp_path / "pdsh.argv")
+    assert pdsh[pdsh.index("-w") + 1] == "node-a,node-b" and "--node_rank=%n" in pdsh, pdsh
+    assert "nnodes=2, num_local_procs=1, node_rank=1" in hosts["node-b"], hosts["node-b"][-2000:]
+    assert "held per rank: rank 0: 472,658, rank 1: 472,658" in hosts["node-a"], hosts["node-a"][-2000:]
+    assert "loss: step 1 " in hosts["node-a"] and " -> step 3 " in hosts["node-a"]
+    assert (out / "checkpoints" / "latest").read_text() == "step_00000003"
 
 
 # ------------------------------------------------------------------------------ the SLURM script
