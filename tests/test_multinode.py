@@ -30,11 +30,11 @@ TORCHRUN = str(Path(sys.executable).parent / "torchrun")
 
 
 # ------------------------------------------------------------------------------ two agents, for real
-def _two_nodes(tmp: Path, name: str, *sets: str) -> str:
-    """The documented torchrun command on two agents (``--nnodes 2``, one rank each, a c10d
+def _two_nodes(tmp: Path, name: str, *sets: str) -> list[tuple[subprocess.Popen, Path]]:
+    """Starts the documented torchrun command on two agents (``--nnodes 2``, one rank each, a c10d
     rendezvous at 127.0.0.1:PORT that the first agent to bind hosts), as two nodes would run it;
     ``--local_addr 127.0.0.1`` keeps the workers' store and gloo on the loopback interface. Returns
-    both agents' output; fails if either agent fails."""
+    each agent with its output file (for :func:`_finish`)."""
     port, run_id = free_port(), uuid.uuid4().hex
     cmd = [
         TORCHRUN, "--nnodes", "2", "--nproc_per_node", "1", "--rdzv_backend", "c10d",
@@ -43,24 +43,32 @@ def _two_nodes(tmp: Path, name: str, *sets: str) -> str:
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     env.pop("GLOO_SOCKET_IFNAME", None)
-    logs = [tmp / f"{name}.node{n}.log" for n in range(2)]
     agents = []
-    for log in logs:
+    for node in range(2):
+        log = tmp / f"{name}.node{node}.log"
         with open(log, "w") as out:  # each agent a session of its own, as on its own node
-            agents.append(
-                subprocess.Popen(
-                    cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-                )
+            agent = subprocess.Popen(
+                cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
             )
+        agents.append((agent, log))
+    return agents
+
+
+def _finish(agents: list[tuple[subprocess.Popen, Path]], timeout: float = 240) -> str:
+    """Both agents' output once they end; fails if either fails (or runs past ``timeout``)."""
     try:
-        codes = [a.wait(timeout=240) for a in agents]
+        codes = [agent.wait(timeout=timeout) for agent, _ in agents]
     finally:
-        for a in agents:
-            if a.poll() is None:
-                os.killpg(a.pid, signal.SIGKILL)  # this agent's own session: it and its worker
-    text = "\n".join(f"--- node {n}\n{log.read_text()}" for n, log in enumerate(logs))
+        _stop(agents)
+    text = "\n".join(f"--- node {n}\n{log.read_text()}" for n, (_, log) in enumerate(agents))
     assert codes == [0, 0], text[-4000:]
     return text
+
+
+def _stop(agents: list[tuple[subprocess.Popen, Path]]) -> None:
+    for agent, _ in agents:
+        if agent.poll() is None:
+            os.killpg(agent.pid, signal.SIGKILL)  # this agent's own session: it and its worker
 
 
 def _losses(out: Path) -> dict[int, float]:
@@ -84,13 +92,20 @@ def test_two_agents_train_checkpoint_and_resume_like_one_uninterrupted_run(
     ]  # fmt: skip
     run, ref = tmp_path / "run", tmp_path / "ref"
 
-    first = _two_nodes(tmp_path, "first", *sets, f"run.out_dir={run}", "run.steps=3")
+    # the uninterrupted run beside the first (each is mostly waiting on its start and rendezvous)
+    reference = _two_nodes(tmp_path, "uninterrupted", *sets, f"run.out_dir={ref}", "run.steps=6")
+    try:
+        first = _finish(_two_nodes(tmp_path, "first", *sets, f"run.out_dir={run}", "run.steps=3"))
+        _finish(reference)
+    finally:
+        _stop(reference)
     assert "held per rank: rank 0: 472,658, rank 1: 472,658" in first, first[-3000:]  # one world of 2
     assert (run / "checkpoints" / "latest").read_text() == "step_00000003"
-    resumed = _two_nodes(tmp_path, "resumed", *sets, f"run.out_dir={run}", "run.steps=6", "run.resume=auto")
+    resumed = _finish(
+        _two_nodes(tmp_path, "resumed", *sets, f"run.out_dir={run}", "run.steps=6", "run.resume=auto")
+    )
     assert f"resumed from {run}/checkpoints/step_00000003 at step 3" in resumed, resumed[-3000:]
     assert json.loads((run / "config.json").read_text())["resumed_at_step"] == 3
-    _two_nodes(tmp_path, "uninterrupted", *sets, f"run.out_dir={ref}", "run.steps=6")
 
     losses, expected = _losses(run), _losses(ref)
     assert sorted(losses) == sorted(expected) == [1, 2, 3, 4, 5, 6]
