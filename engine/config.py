@@ -120,6 +120,9 @@ class ParallelConfig:
     max_live_parameters: int = 1_000_000_000  # gathered parameters kept before releasing any
     max_reuse_distance: int = 1_000_000_000  # keep a gathered parameter reused within this many
     sub_group_size: int = 1_000_000_000  # optimizer step per sub-group (bounds its temporaries)
+    # a DeepSpeed config file (JSON; YAML for .yaml/.yml) merged under the engine's settings: keys the
+    # engine does not set are added, one it sets to another value is an error (engine/ds_config.py)
+    deepspeed_config: str | None = None
 
 
 @dataclass(slots=True)
@@ -401,6 +404,7 @@ def validate(cfg: TrainConfig) -> None:
             and cfg.parallel.max_reuse_distance >= 0,
             "parallel.reduce_bucket_size and parallel.sub_group_size must be >= 1, the other ZeRO-3 bounds >= 0",
         ),
+        (cfg.parallel.deepspeed_config != "", "parallel.deepspeed_config: a file path, or unset"),
         (
             not cfg.parallel.zero_init or cfg.parallel.zero_stage == 3,
             "parallel.zero_init needs parallel.zero_stage 3",

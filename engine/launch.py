@@ -19,7 +19,7 @@ So this runs torchrun's own ``run`` (every torchrun option but the rendezvous on
 Ctrl-C ends the job with status 130 and no report of its own (rank 0 prints where it stopped), and
 ranks that stopped on an error they named in one line (status 2) end it with 2; anything else gets
 torchrun's failure report. For several machines, run torchrun (or the deepspeed launcher) itself:
-docs/training.md says what to open.
+docs/cluster.md.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(
             f"{' '.join(given) or '--nnodes ' + args.nnodes}: this launcher runs one machine and sets the "
             "rendezvous itself (on 127.0.0.1); for several machines use torchrun or the deepspeed launcher "
-            "(docs/training.md: several machines)"
+            "(docs/cluster.md)"
         )
     store, port = _store()  # noqa: F841 - the rendezvous reuses this server (multi-tenant, same port)
     os.environ["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = "1"

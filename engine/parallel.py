@@ -3,7 +3,8 @@
 After the objective has built the model (pure PyTorch, identical on every rank), this applies, in
 order: activation checkpointing, ``torch.compile`` (``parallel.compile``), and DeepSpeed:
 ``deepspeed.initialize`` with ZeRO stage 0-3, precision, AdamW, gradient clipping and accumulation,
-and the warmup + cosine learning-rate schedule. Nothing here knows which objective is trained.
+and the warmup + cosine learning-rate schedule (the DeepSpeed config, with a user's own file merged
+under it: engine/ds_config.py). Nothing here knows which objective is trained.
 ``build_model`` builds a model under ``deepspeed.zero.Init`` for ZeRO-3, partitioned as it is
 constructed (the trainer's ``parallel.zero_init``; perf/bench_zero3.py runs ViT-H with it). What a
 resumed run may change is engine/resume.py's.
@@ -20,7 +21,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from engine.config import TrainConfig
-from engine.distributed import cuda_available
+from engine.ds_config import deepspeed_config, use_bf16  # noqa: F401 - use_bf16: the trainer's
 from engine.errors import ConfigError
 
 
@@ -30,44 +31,6 @@ def lr_multiplier(step: int, warmup: int, total: int, min_ratio: float) -> float
         return (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def use_bf16(cfg: TrainConfig) -> bool:
-    return cfg.parallel.precision == "bf16" or (cfg.parallel.precision == "auto" and cuda_available())
-
-
-def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict[str, Any]:
-    o, r = cfg.optim, cfg.parallel
-    zero: dict[str, Any] = {"stage": r.zero_stage}
-    if r.zero_stage == 3:
-        zero.update(
-            stage3_param_persistence_threshold=r.persistence_threshold,
-            model_persistence_threshold=r.persistence_threshold,
-            reduce_bucket_size=r.reduce_bucket_size,
-            stage3_prefetch_bucket_size=r.prefetch_bucket_size,
-            stage3_max_live_parameters=r.max_live_parameters,
-            stage3_max_reuse_distance=r.max_reuse_distance,
-            sub_group_size=r.sub_group_size,
-        )
-    if r.offload_optimizer != "none":
-        # optimizer states and step in host memory; torch's AdamW steps them (no compiled CPU Adam)
-        zero["offload_optimizer"] = {"device": r.offload_optimizer}
-    return {
-        "train_micro_batch_size_per_gpu": cfg.data.batch_size,
-        "gradient_accumulation_steps": o.grad_accum,
-        "train_batch_size": cfg.data.batch_size * o.grad_accum * world_size,
-        "gradient_clipping": o.grad_clip,  # DeepSpeed's default is 1.0: always set it
-        "optimizer": {
-            "type": "AdamW",
-            # torch_adam: torch's AdamW instead of DeepSpeed's compiled op (no build on CPU hosts)
-            "params": {"lr": o.lr, "betas": list(o.betas), "eps": o.eps, "torch_adam": True},
-        },
-        "zero_optimization": zero,
-        "zero_force_ds_cpu_optimizer": False,  # offload with torch's AdamW, as without it
-        "bf16": {"enabled": use_bf16(cfg)},
-        "steps_per_print": 10**9,  # logging is ours
-        "wall_clock_breakdown": False,
-    }
 
 
 def build_model(model_fn: Callable[[], nn.Module], cfg: TrainConfig, world_size: int) -> nn.Module:
