@@ -172,6 +172,8 @@ class ZeroShotClassifier:
         logits = self.model(images.to(self.device, torch.float32)).float()  # (B, V)
         return self.class_scores(logits)
 
+    __call__ = scores  # catlip.zero_shot_classifier's classifier(images)
+
     @classmethod
     def from_files(
         cls, checkpoint: str | Path, classes: str | Path, *, device: str | None = None, ema: bool = False
