@@ -71,8 +71,14 @@ def label_descriptions(synsets: list[str]) -> dict[str, str]:
     """Each synset's WordNet definition ("dog.n.01" -> "a member of the genus Canis ...")."""
     from catlip.nltk_resources import wordnet
 
-    wn = wordnet()
-    return {name: wn.synset(name).definition() for name in synsets}
+    try:
+        wn = wordnet()
+        return {name: wn.synset(name).definition() for name in synsets}
+    except LookupError:  # NLTK's "Resource wordnet not found", a page long
+        raise CheckpointError(
+            "the label descriptions are WordNet's definitions, and NLTK's WordNet data is not installed: run "
+            "`catlip setup-nltk`"
+        ) from None
 
 
 def export_folder(
@@ -92,7 +98,16 @@ def write_folder(
     """:func:`export_folder` from a consolidated state and its metadata."""
     from catlip.convert import config_from_meta, export_timm_folder
     from catlip.labels import Vocabulary, senses_path, vocab_meta_path
+    from engine.config import with_new_keys
 
+    run = with_new_keys(json.loads(meta.get("catlip_config") or "{}"))
+    objective = (run.get("objective") or {}).get("name", "catlip")
+    if objective != "catlip":
+        raise CheckpointError(
+            f"trained with objective {objective!r}: an export folder labels the rows of a CatLIP (objective "
+            "catlip) head with the vocabulary's synsets; write this one as a file (--out F.safetensors, "
+            "--format timm for timm's names)"
+        )
     vocab_path = run_vocabulary(meta, vocab)
     synsets = Vocabulary.load(vocab_path).synsets
     _, cfg = config_from_meta(meta)

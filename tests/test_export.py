@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -119,8 +120,16 @@ def test_export_errors_name_what_to_give(run, tmp_path: Path, capsys) -> None:
     assert f"--vocab {other} has SHA-256" in capsys.readouterr().err and not out.exists()
     assert main(["export", str(run_copy), "--out", str(out), "--vocab", str(moved)]) == 0
     assert json.loads((out / "config.json").read_text())["label_names"] == SYNSETS
+    # a fine-tuned run's head is no vocabulary's: a file, not a folder
+    tuned = tmp_path / "tuned"
+    write_checkpoint(tuned, moved, objective="finetune")
+    assert main(["export", str(tuned), "--out", str(tmp_path / "tuned_out")]) == 2
+    err = capsys.readouterr().err
+    assert "trained with objective 'finetune'" in err and "--out F.safetensors" in err
+    assert not (tmp_path / "tuned_out").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not coco128_images(1), reason="needs ../shared/data/coco128 (the coco128 images)")
 def test_real_timm_builds_the_folder_and_predicts_as_catlip_predict(
     run, folder: Path, tmp_path: Path
@@ -182,3 +191,17 @@ def test_real_timm_builds_the_folder_and_predicts_as_catlip_predict(
         api = model(torch.stack([transform(p) for p in images]))  # (N, V)
     assert labels == SYNSETS
     torch.testing.assert_close(api, theirs, atol=1e-4, rtol=1e-4)
+
+
+def test_without_wordnet_the_folder_export_says_how_to_get_it(run, tmp_path: Path) -> None:
+    code = (
+        "import sys, nltk\n"
+        "nltk.data.path[:] = ['/nonexistent']\n"
+        "from engine.cli import main\n"
+        f"sys.exit(main(['export', {str(run['run'])!r}, '--out', {str(tmp_path / 'out')!r}]))\n"
+    )
+    env = {**os.environ, "NLTK_DATA": "/nonexistent"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "NLTK's WordNet data is not installed: run `catlip setup-nltk`" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()

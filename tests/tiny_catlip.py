@@ -28,8 +28,9 @@ def write_vocab(path: Path) -> Path:
     return path
 
 
-def write_checkpoint(run: Path, vocab: Path, *, seed: int = 0) -> Path:
-    """``run``/checkpoints/step_00000007 with the module state, run config and vocabulary record."""
+def write_checkpoint(run: Path, vocab: Path, *, seed: int = 0, objective: str = "catlip") -> Path:
+    """``run``/checkpoints/step_00000007 with the module state, run config (``objective``) and
+    vocabulary record."""
     from catlip.classes import vocab_sha256
     from catlip.models import CatLIPModel, vit_config
 
@@ -51,7 +52,10 @@ def write_checkpoint(run: Path, vocab: Path, *, seed: int = 0) -> Path:
     states = {
         "module": model.state_dict(),
         "ds_config": {"zero_optimization": {"stage": 0}},
-        "config": {"model": {"name": "vit_tiny", "image_size": SIZE, "pos_interp": None}},
+        "config": {
+            "model": {"name": "vit_tiny", "image_size": SIZE, "pos_interp": None},
+            "objective": {"name": objective},
+        },
         "vocab": vocab_meta,
         "step": 7,
     }
