@@ -142,8 +142,7 @@ def create_model_and_transforms(
 
 
 def _from_folder(folder: Path) -> tuple[torch.nn.Module, ModelInfo]:
-    from catlip.convert import HF_WEIGHTS, InteropError, load_encoder_state
-    from engine.zeroshot import ZeroShotError, load_model
+    from engine.zeroshot import ZeroShotError, load_checkpoint, load_model
 
     try:
         config = json.loads((folder / "config.json").read_text())
@@ -154,9 +153,8 @@ def _from_folder(folder: Path) -> tuple[torch.nn.Module, ModelInfo]:
             f"{folder / 'config.json'}: no catlip_config and label_names (not a `catlip export --out DIR` folder)"
         )
     try:
-        state = load_encoder_state(folder / HF_WEIGHTS, log=lambda _: None)
-        model = load_model(state, {"catlip_config": json.dumps(config["catlip_config"])}, folder)
-    except (InteropError, ZeroShotError, FileNotFoundError) as err:
+        model = load_model(*load_checkpoint(folder), folder)
+    except ZeroShotError as err:
         raise ApiError(str(err)) from None
     cfg = config.get("pretrained_cfg") or {}
     transform = EvalTransform(

@@ -122,7 +122,7 @@ def test_api_predictions_equal_catlip_predicts(sources, tmp_path: Path, capsys) 
     assert main(["classes", "--vocab", str(sources["vocab"]), "--names", str(tmp_path / "names.txt"), "--out", str(tmp_path / "c.json")]) == 0  # fmt: skip
     images = [*coco128_images(24), *noise_images(tmp_path, ODD_SIZES)]
     capsys.readouterr()
-    argv = ["predict", "--checkpoint", str(sources["folder"].parent / "m.safetensors")]
+    argv = ["predict", "--checkpoint", str(sources["folder"])]  # predict reads the export folder too
     assert main([*argv, "--classes", str(tmp_path / "c.json"), "--top", "3", *map(str, images)]) == 0
     lines = [ln for ln in capsys.readouterr().out.splitlines() if not ln.startswith("[20")]
     printed = {}  # path -> [(name, logit)] as `catlip predict` prints them
@@ -160,13 +160,29 @@ def test_tag_gives_the_top_synsets_and_their_probabilities(sources, tmp_path: Pa
         catlip.tag(model, path, top_k=0)
 
 
-def test_bad_sources_are_errors_naming_them(sources, tmp_path: Path) -> None:
+def test_bad_sources_are_errors_naming_them(sources, tmp_path: Path, capsys) -> None:
     with pytest.raises(ApiError, match="nope: no such file or directory"):
         catlip.create_model_and_transforms(tmp_path / "nope")
     (tmp_path / "dir").mkdir()
     (tmp_path / "dir" / "config.json").write_text(json.dumps({"architecture": "resnet50"}))
     with pytest.raises(ApiError, match="not a `catlip export --out DIR` folder"):
         catlip.create_model_and_transforms(tmp_path / "dir")
+    (tmp_path / "dir" / "model.safetensors").write_bytes(
+        (sources["folder"] / "model.safetensors").read_bytes()
+    )
+    (tmp_path / "names.txt").write_text("dog\n")
+    assert main(["classes", "--vocab", str(sources["vocab"]), "--names", str(tmp_path / "names.txt"), "--out", str(tmp_path / "c.json")]) == 0  # fmt: skip
+    image = noise_images(tmp_path, [(70, 50)])[0]
+    argv = [
+        "predict",
+        "--checkpoint",
+        str(tmp_path / "dir"),
+        "--classes",
+        str(tmp_path / "c.json"),
+        str(image),
+    ]
+    assert main(argv) == 2
+    assert "has no catlip_config (not a `catlip export` folder)" in capsys.readouterr().err
     with pytest.raises(ApiError, match="no catlip_info"):
         catlip.tag(torch.nn.Linear(2, 2), tmp_path / "x.png")
     # the recorded vocabulary gone: an error saying to give vocab=; vocab= with the file works
