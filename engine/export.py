@@ -97,7 +97,7 @@ def write_folder(
 ) -> Path:
     """:func:`export_folder` from a consolidated state and its metadata."""
     from catlip.convert import config_from_meta, export_timm_folder
-    from catlip.labels import Vocabulary, senses_path, vocab_meta_path
+    from catlip.labels import Vocabulary, senses_path, vocab_labeler, vocab_meta_path
     from engine.config import with_new_keys
 
     run = with_new_keys(json.loads(meta.get("catlip_config") or "{}"))
@@ -110,6 +110,12 @@ def write_folder(
         )
     vocab_path = run_vocabulary(meta, vocab)
     synsets = Vocabulary.load(vocab_path).synsets
+    record = json.loads(meta.get("vocab") or "{}")
+    if (
+        "labeler" not in record and vocab_meta_path(vocab_path).is_file()
+    ):  # a checkpoint from before the record
+        record["labeler"] = vocab_labeler(vocab_path).record()
+        meta = {**meta, "vocab": json.dumps(record)}
     _, cfg = config_from_meta(meta)
     out = Path(out)
     export_timm_folder(

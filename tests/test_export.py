@@ -118,8 +118,21 @@ def test_export_errors_name_what_to_give(run, tmp_path: Path, capsys) -> None:
     other.write_text(moved.read_text().replace("\t100\n", "\t101\n"))
     assert main(["export", str(run_copy), "--out", str(out), "--vocab", str(other)]) == 2
     assert f"--vocab {other} has SHA-256" in capsys.readouterr().err and not out.exists()
+    (tmp_path / "moved.tsv.json").write_text(
+        json.dumps({"labeler": {"name": "corenet", "pos_filter": False}})
+    )
     assert main(["export", str(run_copy), "--out", str(out), "--vocab", str(moved)]) == 0
-    assert json.loads((out / "config.json").read_text())["label_names"] == SYNSETS
+    config = json.loads((out / "config.json").read_text())
+    assert config["label_names"] == SYNSETS and config["vocab"]["labeler"]["name"] == "catlip-1"  # recorded
+    assert (out / "vocab.tsv.json").is_file()  # the sidecar, renamed beside vocab.tsv
+    # a checkpoint from before the labeler record: the vocabulary's sidecar names it
+    old = tmp_path / "old"
+    write_checkpoint(old, moved, labeler=False)
+    assert main(["export", str(old), "--out", str(tmp_path / "old_out")]) == 0
+    assert json.loads((tmp_path / "old_out" / "config.json").read_text())["vocab"]["labeler"] == {
+        "name": "corenet",
+        "pos_filter": False,
+    }
     # a fine-tuned run's head is no vocabulary's: a file, not a folder
     tuned = tmp_path / "tuned"
     write_checkpoint(tuned, moved, objective="finetune")

@@ -28,9 +28,11 @@ def write_vocab(path: Path) -> Path:
     return path
 
 
-def write_checkpoint(run: Path, vocab: Path, *, seed: int = 0, objective: str = "catlip") -> Path:
+def write_checkpoint(
+    run: Path, vocab: Path, *, seed: int = 0, objective: str = "catlip", labeler: bool = True
+) -> Path:
     """``run``/checkpoints/step_00000007 with the module state, run config (``objective``) and
-    vocabulary record."""
+    vocabulary record (without its labeler, as written before the record, unless ``labeler``)."""
     from catlip.classes import vocab_sha256
     from catlip.models import CatLIPModel, vit_config
 
@@ -49,6 +51,8 @@ def write_checkpoint(run: Path, vocab: Path, *, seed: int = 0, objective: str = 
         "vocab_sha256": vocab_sha256(vocab),
         "labeler": {"name": "catlip-1", "pos_filter": True},
     }
+    if not labeler:
+        del vocab_meta["labeler"]
     states = {
         "module": model.state_dict(),
         "ds_config": {"zero_optimization": {"stage": 0}},
