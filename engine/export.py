@@ -111,9 +111,8 @@ def write_folder(
     vocab_path = run_vocabulary(meta, vocab)
     synsets = Vocabulary.load(vocab_path).synsets
     record = json.loads(meta.get("vocab") or "{}")
-    if (
-        "labeler" not in record and vocab_meta_path(vocab_path).is_file()
-    ):  # a checkpoint from before the record
+    # a checkpoint from before the labeler record: the vocabulary's sidecar names it
+    if "labeler" not in record and vocab_meta_path(vocab_path).is_file():
         record["labeler"] = vocab_labeler(vocab_path).record()
         meta = {**meta, "vocab": json.dumps(record)}
     _, cfg = config_from_meta(meta)
