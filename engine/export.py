@@ -48,7 +48,7 @@ def eval_data_config(image_size: int) -> dict[str, Any]:
 
 def run_vocabulary(meta: dict[str, str], vocab: str | Path | None = None) -> Path:
     """The vocabulary TSV a checkpoint was trained on: ``vocab`` or the path its metadata records,
-    checked against the recorded SHA-256 (and size)."""
+    checked against the recorded SHA-256."""
     from catlip.classes import vocab_sha256
 
     record = json.loads(meta.get("vocab") or "{}")

@@ -75,8 +75,10 @@ def test_every_source_gives_the_same_model_transform_and_labels(sources) -> None
 def test_the_pil_transform_is_the_trainers_eval_transform(sources, tmp_path: Path) -> None:
     """Against engine.data.ImageTransform (DALI; the loader's eval branch): the same sizes and
     crop on odd shapes, pixels within a level or two (DALI's and PIL's filters round apart)."""
-    from engine.data import ImageTransform
+    from catlip import api
+    from engine.data import CLIP_MEAN, CLIP_STD, ImageTransform
 
+    assert (api.CLIP_MEAN, api.CLIP_STD) == (CLIP_MEAN, CLIP_STD)  # catlip/ keeps its own copy
     transform = EvalTransform(SIZE)
     dali = ImageTransform(SIZE, batch_size=len(ODD_SIZES), num_threads=1)
     paths = noise_images(tmp_path, ODD_SIZES)
