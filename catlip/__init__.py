@@ -13,7 +13,24 @@ arXiv 2404.15653. This package is the method, pure PyTorch; it may use kernels/,
   clip, contrastive, tokenizer   the CLIP / SigLIP baseline: text tower, losses, BPE tokenizer
   convert/         weights across libraries, one converter per source (timm, open_clip, corenet)
   readers          JSON and YAML as the engine reads users' files
+  api              the Python front door, exported here (imported on first use):
+                   create_model_and_transforms, zero_shot_classifier, tag (docs/transfer.md)
 Getting NLTK's data onto a machine is provisioning: provision/ at the repository root.
 """
 
+from typing import Any
+
 __version__ = "0.1.0"
+
+_API = ("create_model_and_transforms", "zero_shot_classifier", "tag", "EvalTransform", "ApiError")
+__all__ = [*_API, "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    """``catlip.create_model_and_transforms`` etc.: catlip.api, imported when first asked for, so
+    that ``import catlip`` stays light (no torch until then)."""
+    if name in _API:
+        from catlip import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'catlip' has no attribute {name!r}")

@@ -28,16 +28,29 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "export",
-        help="consolidate a (ZeRO-partitioned) checkpoint into one fp32 safetensors file",
-        description="Gather the fp32 weights of a DeepSpeed checkpoint (any ZeRO stage) into a "
-        "safetensors file that loads into catlip.models.CatLIPModel with load_state_dict.",
+        help="consolidate a (ZeRO-partitioned) checkpoint into an export folder (timm / HF hub layout) "
+        "or one fp32 safetensors file",
+        description="Gather the fp32 weights of a DeepSpeed checkpoint (any ZeRO stage). --out DIR writes a "
+        "folder as the Hugging Face hub and timm lay one out: config.json (timm's architecture, model_args and "
+        "pretrained_cfg with the trainer's eval transform: input_size, interpolation, crop_pct, mean, std; "
+        "label_names = the vocabulary's synsets, label_descriptions = their WordNet definitions; the "
+        "vocabulary's SHA-256 and labeler), model.safetensors under timm's names, and the run's vocab.tsv; "
+        "timm.create_model('local-dir:DIR', pretrained=True) and catlip.create_model_and_transforms(DIR) "
+        "load it. --out FILE.safetensors writes one file: our state dict (loads into "
+        "catlip.models.CatLIPModel) or, with --format timm, timm's names with timm_model and timm_kwargs "
+        "in its metadata.",
     )
     p.add_argument(
         "checkpoint",
         type=Path,
         help="a checkpoint tag directory, the checkpoints/ dir or a run's out_dir (its newest complete one)",
     )
-    p.add_argument("--out", type=Path, required=True, help="the .safetensors file to write")
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="a folder to write (config.json, model.safetensors, vocab.tsv), or a .safetensors file",
+    )
     p.add_argument(
         "--ema",
         action="store_true",
@@ -46,9 +59,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--format",
         choices=("catlip", "timm"),
-        default="catlip",
-        help="catlip: our state dict (loads into catlip.models.CatLIPModel); timm: timm's key names, "
-        "with timm_model and timm_kwargs in the safetensors metadata (default catlip)",
+        help="of a .safetensors file: catlip: our state dict (loads into catlip.models.CatLIPModel); timm: "
+        "timm's key names, with timm_model and timm_kwargs in the safetensors metadata (default catlip). "
+        "A folder is always timm's layout",
+    )
+    p.add_argument(
+        "--vocab",
+        type=Path,
+        help="of a folder: the run's vocab.tsv, where the path the checkpoint recorded is gone (checked "
+        "against the recorded SHA-256)",
     )
     p.set_defaults(func=cmd_export)
 
@@ -79,18 +98,42 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from engine.checkpoint import CheckpointError, consolidate, export_fp32
 
+    folder = args.out.suffix != ".safetensors"
+    if folder and args.format == "catlip":
+        print(
+            f"catlip export: error: --out {args.out} is a folder, which is timm's layout; give --out "
+            "FILE.safetensors for --format catlip",
+            file=sys.stderr,
+        )
+        return 2
+    if not folder and args.vocab is not None:
+        print("catlip export: error: --vocab is for a folder export (--out DIR)", file=sys.stderr)
+        return 2
+    if folder and args.out.is_file():
+        print(
+            f"catlip export: error: --out {args.out} is a file; a folder export needs a folder",
+            file=sys.stderr,
+        )
+        return 2
+    from catlip.convert import InteropError
+
     try:
-        if args.format == "timm":
-            from catlip.convert import InteropError, export_timm
+        if folder:
+            from engine.export import write_folder
 
             state, meta = consolidate(args.checkpoint, ema=args.ema)
-            try:
-                path = export_timm(state, meta, args.out)
-            except InteropError as err:
-                print(f"catlip export: error: --format timm: {err}", file=sys.stderr)
-                return 2
+            path = write_folder(state, meta, args.out, vocab=args.vocab)
+        elif args.format == "timm":
+            from catlip.convert import export_timm
+
+            state, meta = consolidate(args.checkpoint, ema=args.ema)
+            path = export_timm(state, meta, args.out)
         else:
             path = export_fp32(args.checkpoint, args.out, ema=args.ema)
+    except InteropError as err:
+        what = f"--out {args.out}" if folder else "--format timm"
+        print(f"catlip export: error: {what}: {err}", file=sys.stderr)
+        return 2
     except (CheckpointError, FileNotFoundError) as err:
         print(f"catlip export: error: {args.checkpoint}: {err}", file=sys.stderr)
         return 2

@@ -94,8 +94,8 @@ def _add_model_inputs(p: argparse.ArgumentParser) -> None:
         "--checkpoint",
         type=Path,
         required=True,
-        help="a DeepSpeed checkpoint (tag dir, checkpoints/ dir or run out_dir) or a `catlip export` "
-        ".safetensors file",
+        help="a DeepSpeed checkpoint (tag dir, checkpoints/ dir or run out_dir), a `catlip export` "
+        ".safetensors file or a `catlip export --out DIR` folder",
     )
     p.add_argument(
         "--classes", type=Path, required=True, help="CLASSES.json from `catlip classes` (same vocabulary)"

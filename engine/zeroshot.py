@@ -12,9 +12,9 @@ score; mAP is per class over the images (engine.metrics.average_precision), chan
 classes of their positive rate (a random ranking's expected AP).
 
 Checkpoints: a DeepSpeed checkpoint directory (a tag, its ``checkpoints/`` folder or the run's
-out_dir; consolidated with engine.checkpoint.consolidate, any ZeRO stage) or a ``catlip export``
-safetensors file; both carry the run config (model preset and resolution) and the vocabulary's
-SHA-256, which must be the one CLASSES.json was mapped onto.
+out_dir; consolidated with engine.checkpoint.consolidate, any ZeRO stage), a ``catlip export``
+safetensors file or a ``catlip export --out DIR`` folder; all carry the run config (model preset
+and resolution) and the vocabulary's SHA-256, which must be the one CLASSES.json was mapped onto.
 
 Preprocessing is the trainer's evaluation transform (engine/data/pipeline.py, ``train=False``):
 DALI decodes on the CPU (or nvJPEG), resizes the shorter side to the model's resolution
@@ -48,13 +48,39 @@ class ZeroShotError(ValueError):
 
 # ------------------------------------------------------------------------------------ checkpoint
 def load_checkpoint(path: str | Path, *, ema: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """(fp32 state dict, metadata) of a DeepSpeed checkpoint directory or a catlip safetensors export."""
+    """(fp32 state dict, metadata) of a DeepSpeed checkpoint directory, a catlip safetensors export
+    or a ``catlip export --out DIR`` folder (engine/export.py: its timm names read back into ours,
+    its config.json's run config and vocabulary record as the metadata)."""
+    path = Path(path)
+    if (path / "config.json").is_file() and (path / "model.safetensors").is_file():
+        return _read_folder(path)
     from engine.checkpoint import CheckpointError, read_model  # imports DeepSpeed
 
     try:
         return read_model(path, ema=ema)
     except CheckpointError as err:
         raise ZeroShotError(f"--checkpoint {err}") from None
+
+
+def _read_folder(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    import json
+
+    from catlip.convert import InteropError, load_encoder_state
+
+    try:
+        config = json.loads((folder / "config.json").read_text())
+        state = load_encoder_state(folder / "model.safetensors", log=lambda _: None)
+    except (OSError, ValueError, InteropError) as err:  # InteropError is a ValueError
+        raise ZeroShotError(f"--checkpoint {folder}: not a readable `catlip export` folder ({err})") from None
+    if "catlip_config" not in config:
+        raise ZeroShotError(
+            f"--checkpoint {folder}: its config.json has no catlip_config (not a `catlip export` folder)"
+        )
+    meta = {
+        "catlip_config": json.dumps(config["catlip_config"]),
+        "vocab": json.dumps(config.get("vocab") or {}),
+    }
+    return state, meta
 
 
 def load_model(state: dict[str, torch.Tensor], meta: dict[str, str], source: str | Path) -> torch.nn.Module:
@@ -172,6 +198,8 @@ class ZeroShotClassifier:
         """(B, 3, H, W) normalised images -> (B, C) float32 class scores (logits)."""
         logits = self.model(images.to(self.device, torch.float32)).float()  # (B, V)
         return self.class_scores(logits)
+
+    __call__ = scores  # catlip.zero_shot_classifier's classifier(images)
 
     @classmethod
     def from_files(

@@ -15,8 +15,12 @@ JOB.json holds
   * "resample": [{"in": F, "grid": [h, w], "out": P}]: timm's ``resample_abs_pos_embed`` of F's
     "pos" (1, 1 + g*g, W) to the (h, w) grid (one prefix token, timm's defaults: bicubic,
     antialiased), saved as P's "pos".
+  * "folders": [{"dir": D, "images": [...], "out": P}]: a ``catlip export --out D`` folder built
+    through timm's public API, ``timm.create_model("local-dir:" + D, pretrained=True)``, its
+    transform ``create_transform(**resolve_data_config(model=m))`` run on the image files, the
+    logits saved as P's "logits" (N, V).
 RESULT.json: {"parity": [{"export", "timm_model", "max_abs_diff", "ok"}], "made": [P, ...],
-"resampled": [P, ...]}.
+"resampled": [P, ...], "folders": [{"dir", "data_config", "transform", "label_names", "num_classes"}]}.
 """
 
 from __future__ import annotations
@@ -103,6 +107,27 @@ def resample(job: dict) -> str:
     return job["out"]
 
 
+def folder(job: dict) -> dict:
+    import timm
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    model = timm.create_model("local-dir:" + job["dir"], pretrained=True).eval()
+    config = timm.data.resolve_data_config(model=model)
+    transform = timm.data.create_transform(**config)
+    with torch.no_grad():
+        images = torch.stack([transform(Image.open(f).convert("RGB")) for f in job["images"]])  # (N, 3, S, S)
+        logits = model(images)  # (N, V)
+    save_file({"logits": logits.contiguous()}, job["out"])
+    return {
+        "dir": job["dir"],
+        "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()},
+        "transform": repr(transform),
+        "label_names": list(model.pretrained_cfg.get("label_names") or []),
+        "num_classes": model.num_classes,
+    }
+
+
 def main(argv: list[str]) -> int:
     job_path, result_path = argv
     job = json.loads(open(job_path).read())
@@ -113,6 +138,7 @@ def main(argv: list[str]) -> int:
         "parity": [parity(p, atol, rtol) for p in job.get("parity", [])],
         "made": [make(m) for m in job.get("make", [])],
         "resampled": [resample(r) for r in job.get("resample", [])],
+        "folders": [folder(f) for f in job.get("folders", [])],
     }
     with open(result_path, "w") as f:
         json.dump(result, f, indent=1)

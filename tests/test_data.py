@@ -58,12 +58,13 @@ def test_eval_batch_shapes_and_normalisation(packed_photos: Path, shared_data: P
     assert batch["valid"].dtype == torch.bool and bool(batch["valid"].all())
     mean, std = np.array(CLIP_MEAN, np.float32), np.array(CLIP_STD, np.float32)
     for i in range(4):
-        # PIL reference: shorter side to SIZE (bilinear, antialiased), centre crop, CLIP normalise
+        # PIL reference with torchvision's sizes (Resize(SIZE): the longer side int(SIZE * long /
+        # short); CenterCrop: round((side - SIZE) / 2)), bilinear, antialiased; CLIP normalise
         stem = batch["key"][i].rsplit("_", 1)[0]
         img = Image.open(shared_data / "coco_photos" / f"{stem}.jpg").convert("RGB")
-        scale = SIZE / min(img.size)
-        w, h = max(SIZE, round(img.width * scale)), max(SIZE, round(img.height * scale))
-        left, top = math.floor((w - SIZE) / 2 + 0.5), math.floor((h - SIZE) / 2 + 0.5)
+        short = min(img.size)
+        w, h = SIZE * img.width // short, SIZE * img.height // short
+        left, top = round((w - SIZE) / 2), round((h - SIZE) / 2)
         crop = img.resize((w, h), Image.BILINEAR).crop((left, top, left + SIZE, top + SIZE))
         ref = torch.from_numpy((np.asarray(crop, np.float32) / 255 - mean) / std).permute(
             2, 0, 1

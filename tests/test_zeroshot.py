@@ -426,3 +426,32 @@ def test_predict_from_a_trainer_checkpoint(setup, tmp_path: Path, capsys) -> Non
     with safe_open(tmp_path / "m.safetensors", "pt") as f:
         vocab = json.loads(f.metadata()["vocab"])
     assert vocab["labeler"] == LABELER and vocab["vocab_sha256"] == vocab_sha256(setup["vocab"])
+
+
+def test_predict_gives_each_batch_its_own_images(tmp_path: Path, nltk_ready: None) -> None:
+    """Batches after the first are scored on their own images (a pipelined DALI run would hand
+    each batch the previous one's): scores with batches of 2 and of 1 equal those of one batch."""
+    from tiny_catlip import write_checkpoint as tiny_checkpoint
+    from tiny_catlip import write_vocab
+
+    from catlip.classes import build_class_map
+    from engine.zeroshot import ZeroShotClassifier, predict
+
+    vocab = write_vocab(tmp_path / "vocab.tsv")
+    run = tiny_checkpoint(tmp_path / "run", vocab)
+    (tmp_path / "names.txt").write_text("dog\ncat\ncar\nbus\nperson\n")
+    build_class_map(vocab, names=tmp_path / "names.txt").save(tmp_path / "classes.json")
+    classifier = ZeroShotClassifier.from_files(run, tmp_path / "classes.json", device="cpu")
+    rgb = [(200, 30, 30), (10, 200, 40), (20, 40, 220), (250, 250, 250), (5, 5, 5)]
+    images = []
+    for i, c in enumerate(rgb):
+        im = Image.fromarray(np.random.RandomState(i).randint(0, 255, (50 + 7 * i, 70, 3), dtype=np.uint8))
+        im.paste(c, (0, 0, 30, 30))
+        images.append(im.save(tmp_path / f"{i}.png") or tmp_path / f"{i}.png")
+    whole, _ = predict(classifier, images, top=5, batch_size=8)
+    for batch_size in (2, 1):
+        done, _ = predict(classifier, images, top=5, batch_size=batch_size)
+        assert [[n for n, _, _ in p.top] for p in done] == [[n for n, _, _ in p.top] for p in whole]
+        got = torch.tensor([[s for _, _, s in p.top] for p in done])  # (N, 5) logits
+        torch.testing.assert_close(got, torch.tensor([[s for _, _, s in p.top] for p in whole]))
+    assert len({tuple(n for n, _, _ in p.top) for p in whole}) > 1  # the images do score differently

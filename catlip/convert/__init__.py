@@ -1,7 +1,8 @@
 """Weights across libraries: our ViT to timm and back, open_clip and corenet towers, corenet's vocabulary.
 
 One converter per source, each in its own file; every public name is importable from here:
-  timm.py           export_timm, to_timm_state, timm_model_args (our ViT -> timm); from_timm
+  timm.py           export_timm, to_timm_state, timm_model_args (our ViT -> timm); export_timm_folder,
+                    timm_hf_config (a hub-style folder: config.json + model.safetensors); from_timm
   open_clip.py      from_open_clip: open_clip's visual tower
   corenet.py        from_corenet, corenet_pos_embed: corenet's ViT and its position table
   corenet_vocab.py  read_corenet_vocab, write_corenet_vocab: corenet's vocabulary pickle, data only
@@ -74,15 +75,21 @@ from catlip.convert.corenet_vocab import (
 from catlip.convert.load import detect_source, load_encoder_state
 from catlip.convert.state import InteropError, check_vit_state
 from catlip.convert.timm import (
+    HF_CONFIG,
+    HF_WEIGHTS,
     PRESET_TO_TIMM,
     TIMM_ARCHS,
     config_from_meta,
     export_timm,
+    export_timm_folder,
+    timm_hf_config,
     timm_model_args,
     to_timm_state,
 )
 
 __all__ = [
+    "HF_CONFIG",
+    "HF_WEIGHTS",
     "PRESET_TO_TIMM",
     "TIMM_ARCHS",
     "InteropError",
@@ -92,9 +99,11 @@ __all__ = [
     "corenet_pos_embed",
     "detect_source",
     "export_timm",
+    "export_timm_folder",
     "load_encoder_state",
     "read_corenet_pickle",
     "read_corenet_vocab",
+    "timm_hf_config",
     "timm_model_args",
     "to_timm_state",
     "write_corenet_vocab",

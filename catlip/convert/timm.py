@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -171,6 +171,71 @@ def export_timm(state: Mapping[str, Tensor], meta: Mapping[str, str], out: str |
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file(timm_state, str(out), metadata=metadata)
+    return out
+
+
+HF_CONFIG, HF_WEIGHTS = "config.json", "model.safetensors"  # the hub's names, which timm reads
+
+
+def timm_hf_config(
+    meta: Mapping[str, str],
+    num_classes: int,
+    data_config: Mapping[str, Any],
+    labels: Sequence[str],
+    descriptions: Mapping[str, str],
+) -> dict[str, Any]:
+    """The ``config.json`` of an export folder, in timm's layout (``architecture``, ``num_classes``,
+    ``model_args``, ``pretrained_cfg``, ``label_names``, ``label_descriptions``, as
+    ``timm.models._hub.save_config_for_hf`` writes it), plus our keys: ``catlip_config`` (the run
+    config), ``vocab`` (the vocabulary's size and SHA-256, and the labeler that labelled it) and
+    ``catlip_version``. ``data_config``: the eval transform as timm's ``input_size``,
+    ``interpolation``, ``crop_pct``, ``crop_mode``, ``mean`` and ``std``, so that
+    ``timm.data.create_transform(**resolve_data_config(model=m))`` is it."""
+    preset, cfg = config_from_meta(meta)
+    name, kwargs = timm_model_args(cfg, preset)
+    if len(labels) != num_classes:
+        raise InteropError(f"{len(labels)} label names for a head of {num_classes} classes")
+    vocab = json.loads(meta.get("vocab") or "{}")
+    pretrained_cfg = {
+        **{k: list(v) if isinstance(v, tuple) else v for k, v in data_config.items()},
+        "fixed_input_size": True,
+        "num_classes": num_classes,
+        "first_conv": "patch_embed.proj",
+        "classifier": "head",
+    }
+    return {
+        "architecture": name,
+        "num_classes": num_classes,
+        "num_features": cfg.width,
+        "global_pool": "token",
+        "model_args": kwargs,
+        "pretrained_cfg": pretrained_cfg,
+        "label_names": list(labels),
+        "label_descriptions": {n: descriptions[n] for n in labels if n in descriptions},
+        "catlip_config": json.loads(meta.get("catlip_config") or "{}"),
+        "vocab": {k: vocab[k] for k in ("vocab_size", "vocab_sha256", "labeler") if k in vocab},
+        "catlip_version": meta.get("catlip_version", ""),
+    }
+
+
+def export_timm_folder(
+    state: Mapping[str, Tensor],
+    meta: Mapping[str, str],
+    out: str | Path,
+    *,
+    data_config: Mapping[str, Any],
+    labels: Sequence[str],
+    descriptions: Mapping[str, str],
+) -> Path:
+    """An export folder as the Hugging Face hub and timm lay one out: ``model.safetensors``
+    (:func:`export_timm`) and ``config.json`` (:func:`timm_hf_config`);
+    ``timm.create_model("local-dir:" + out, pretrained=True)`` builds it. Checked before anything
+    is written."""
+    num_classes = int(state["head.weight"].shape[0]) if "head.weight" in state else 0
+    config = timm_hf_config(meta, num_classes, data_config, labels, descriptions)
+    out = Path(out)
+    export_timm(state, meta, out / HF_WEIGHTS)
+    (out / HF_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     return out
 
 

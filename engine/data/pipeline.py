@@ -136,7 +136,7 @@ def build_graph(spec: PipelineSpec, keep_source: Any, size_source: Any = None) -
             )
             image = fn.resize(image, size=size if spec.multiscale else [h, w], antialias=True)  # (h, w, 3)
         else:
-            image = eval_resize(img, min(h, w), spec.decode_device)  # (>=h, >=w, 3)
+            image = eval_resize(img, (h, w), spec.decode_device)  # (h, w, 3)
     else:
         if spec.multiscale:  # fn.constant's shape is fixed at build time: a zero tile resized
             image = fn.constant(idata=0, shape=[8, 8, 3], dtype=types.UINT8, layout="HWC")
@@ -158,13 +158,42 @@ def build_graph(spec: PipelineSpec, keep_source: Any, size_source: Any = None) -
     return outputs
 
 
-def eval_resize(encoded: Any, short_side: int, device: str) -> Any:
-    """The eval transform's first half: decode to RGB, resize the shorter side to ``short_side``
-    (antialiased) -> (>=S, >=S, 3) uint8; :func:`normalize` then center-crops."""
+def eval_resize(encoded: Any, size: tuple[int, int], device: str) -> Any:
+    """The eval transform's first half: decode to RGB, resize the shorter side to
+    ``S = min(size)`` (bilinear, antialiased) and cut the centred ``size`` = (h, w) window ->
+    (h, w, 3) uint8; :func:`normalize` then normalises.
+
+    The sizes are torchvision's (``Resize(S)`` then ``CenterCrop(S)``, which timm's and open_clip's
+    eval transforms are): the longer side is ``int(S * long / short)`` (DALI's ``resize_shorter``
+    rounds it and keeps the exact scale with a sub-pixel window) and the crop starts at
+    ``round((side - crop) / 2)``, halves to even (Python's ``round``); a 640 x 480 photo at 64 px is
+    85 px wide either way, but DALI's own crop would start at 11 where torchvision's starts at 10.
+    So a PIL transform of those sizes (catlip.api.eval_transform) sees these pixels."""
     from nvidia.dali import fn, types
 
     image = fn.decoders.image(encoded, device=device, output_type=types.RGB)
-    return fn.resize(image, resize_shorter=short_side, antialias=True)
+    short_side = min(size)
+    shape = fn.peek_image_shape(encoded, dtype=types.INT64)  # (H, W, C), EXIF-rotated as decoded
+    h, w = shape[0], shape[1]
+    short = fn.cast(h <= w, dtype=types.INT64) * h + fn.cast(h > w, dtype=types.INT64) * w
+    new_h, new_w = short_side * h // short, short_side * w // short  # the shorter one is S exactly
+    image = fn.resize(
+        image,
+        resize_x=fn.cast(new_w, dtype=types.FLOAT),
+        resize_y=fn.cast(new_h, dtype=types.FLOAT),
+        subpixel_scale=False,
+        antialias=True,
+    )  # (new_h, new_w, 3)
+    top, left = _half_even_half(new_h - size[0]), _half_even_half(new_w - size[1])
+    anchor = fn.cast(fn.stack(top, left), dtype=types.INT32)  # (2,): y, x
+    return fn.slice(image, anchor, list(size), axes=[0, 1], out_of_bounds_policy="pad")  # (h, w, 3)
+
+
+def _half_even_half(d: Any) -> Any:
+    """round(d / 2) with halves to even, as Python's round, for a non-negative integer DataNode."""
+    half = d // 2
+    odd = d - 2 * half
+    return half + odd * (half - 2 * (half // 2))
 
 
 def normalize(image: Any, mean: Sequence[float], std: Sequence[float], mirror: Any, **crop: Any) -> Any:
@@ -265,10 +294,18 @@ class ImageTransform:
     def _build(self) -> Any:
         from nvidia.dali import fn, pipeline_def, types
 
-        @pipeline_def(batch_size=self.batch_size, num_threads=self.num_threads, device_id=None)
+        # one run per call, in step: a pipelined executor calls the source ahead and would hand
+        # each batch the images of the batch before it
+        @pipeline_def(
+            batch_size=self.batch_size,
+            num_threads=self.num_threads,
+            device_id=None,
+            exec_pipelined=False,
+            exec_async=False,
+        )
         def pipe():
             data = fn.external_source(source=lambda: self._feed, batch=True, dtype=types.UINT8)
-            image = eval_resize(data, self.size, "cpu")
+            image = eval_resize(data, (self.size, self.size), "cpu")
             return normalize(image, self.mean, self.std, 0, crop=(self.size, self.size))  # (3, S, S) float32
 
         p = pipe()
