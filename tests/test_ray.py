@@ -131,7 +131,7 @@ def test_vocab_two_workers_equal_one(vocab_inputs, vocab_one_worker, tmp_path):
     )
     assert run.returncode == 0, run.stderr
     assert "over 2 local processes" in run.stdout and "captions: 5,275" in run.stdout
-    assert "labelling: 5275caption" in run.stderr  # one bar, fed by both workers
+    assert "labelling: 5,275 caption |" in run.stderr  # one progress report, fed by both workers
     assert out.read_bytes() == vocab_one_worker.read_bytes()
 
 
@@ -150,7 +150,7 @@ def test_vocab_on_ray_equals_one_worker(vocab_inputs, vocab_one_worker, ray_clus
     )
     assert run.returncode == 0, run.stderr
     assert "over Ray (2 CPUs)" in run.stdout
-    assert "labelling: 5275caption" in run.stderr  # the workers' reports reach the driver's bar
+    assert "labelling: 5,275 caption |" in run.stderr  # the workers' reports reach the driver's progress
     assert out.read_bytes() == vocab_one_worker.read_bytes()
 
 
