@@ -8,7 +8,7 @@ consolidates instead, as ``catlip export`` does for the weights: every new rank 
 ranks' files and puts each parameter's fp32 master weights, Adam moments (``exp_avg``,
 ``exp_avg_sq``) and step back together whole, keyed by parameter name (DeepSpeed's
 ``zero_to_fp32`` layout code, fed the moments' flat partitions as well as the weights'), then
-writes them into its own new partitions: ZeRO 1-2 through DeepSpeed's fragment mappings
+writes them into its own new partitions: ZeRO 1-2 through DeepSpeed's fragment mappings (re-linked to the moments, :func:`link_moments`)
 (``safe_set_full_fp32_param`` / ``safe_set_full_optimizer_state``), ZeRO-3 by copying this rank's
 slice of each parameter into its partition, its fp32 copy and its moments (DeepSpeed's
 ``set_full_hp_param`` reads past the end of a parameter whose size the new world does not divide).
@@ -41,6 +41,10 @@ def written_by(tag: Path) -> int:
     return len(list(tag.glob("extra_rank*.json")))
 
 
+def ranks(n: int) -> str:
+    return f"{n} rank" if n == 1 else f"{n} ranks"
+
+
 def keep_global_batch(saved: dict, batch: int, old_world: int, new_world: int) -> tuple[int, str]:
     """The accumulation that keeps the global batch (per-rank batch x ranks x accumulation) of a
     checkpoint's config ``saved`` with this run's per-rank ``batch`` on ``new_world`` ranks, and the
@@ -58,7 +62,7 @@ def keep_global_batch(saved: dict, batch: int, old_world: int, new_world: int) -
         )
     new_accum = total // (batch * new_world)
     line = (
-        f"resume: {old_world} ranks -> {new_world} ranks; global batch {total} kept: per-rank batch "
+        f"resume: {ranks(old_world)} -> {ranks(new_world)}; global batch {total} kept: per-rank batch "
         f"{old_batch} -> {batch}, accumulation {old_accum} -> {new_accum}"
     )
     return new_accum, line
@@ -67,18 +71,13 @@ def keep_global_batch(saved: dict, batch: int, old_world: int, new_world: int) -
 def load_engine_state(engine: Any, tag: Path) -> dict[str, Any]:
     """Model, optimizer, LR schedule and step counters of ``tag`` (written by any number of ranks)
     into ``engine``; returns the checkpoint's client state."""
-    from engine.checkpoint import CheckpointError, model_states_file, safe_load
+    from engine.checkpoint import model_states_file, safe_load
 
     states = safe_load(model_states_file(tag))
     stage = int((states.get("ds_config") or {}).get("zero_optimization", {}).get("stage", 0))
     if stage == 0:  # whole states in one file, whatever the world size
         engine.load_checkpoint(str(tag.parent), tag=tag.name)
         return states
-    if stage in (1, 2):
-        raise CheckpointError(
-            f"{tag} was written by {written_by(tag)} ranks at ZeRO-{stage}: a resume on another world size "
-            "is supported for ZeRO 0 and 3 only; resume on the same number of ranks"
-        )
     full, step = full_states(tag, stage)
     _adam_states(engine.optimizer)
     if stage == 3:
@@ -181,8 +180,18 @@ def _adam_states(zero: Any) -> None:
                 "step": torch.zeros((), dtype=torch.float32),
                 **{key: torch.zeros_like(flat, memory_format=torch.preserve_format) for key in MOMENTS},
             }
-    if hasattr(zero, "_link_all_hp_params"):
-        zero._link_all_hp_params()
+    link_moments(zero)
+
+
+def link_moments(zero: Any) -> None:
+    """Point ZeRO 1-2's per-parameter fragment mappings at AdamW's moments. DeepSpeed links them
+    once, after its first optimizer step, and with torch's AdamW that first link finds no states
+    (they are made later), which leaves ``safe_{get,set}_full_optimizer_state`` without them."""
+    from deepspeed.utils import lazy_init_hp_params_optimizer_state
+
+    if hasattr(zero, "single_partition_of_fp32_groups"):
+        for lp, hp in zip(zero.bit16_groups, zero.single_partition_of_fp32_groups, strict=True):
+            lazy_init_hp_params_optimizer_state(lp, hp, zero.optimizer.state)
 
 
 def _copy_slice(dest: torch.Tensor, whole: torch.Tensor, rank: int) -> None:
@@ -238,7 +247,7 @@ def resume(checkpointer: Any, tag: Path, loader: Any) -> tuple[int, dict | None,
     if data[0] is not None:
         if not hasattr(loader, "load_resharded"):
             raise CheckpointError(
-                f"{tag} was written by {old_world} ranks, this run has {world}, and its train loader "
+                f"{tag} was written by {ranks(old_world)}, this run has {world}, and its train loader "
                 f"({type(loader).__name__}) cannot continue an epoch on another world size"
             )
         try:
@@ -247,8 +256,13 @@ def resume(checkpointer: Any, tag: Path, loader: Any) -> tuple[int, dict | None,
             raise CheckpointError(f"{tag}: {err}") from None
     if rank < old_world:
         set_rng_state(extras[rank]["rng"], load_file(str(tag / f"extra_rank{rank}.safetensors")))
-    fresh = f"; ranks {old_world}-{world - 1} keep this run's seeds" if world > old_world else ""
+    fresh = ""
+    if world > old_world:
+        fresh = (
+            f"; rank {old_world} keeps" if world == old_world + 1 else f"; ranks {old_world}-{world - 1} keep"
+        )
+        fresh += " this run's seeds"
     step = int(states["step"])
-    checkpointer.log(f"resumed from {tag} at step {step} (written by {old_world} ranks, now {world}{fresh})")
+    checkpointer.log(f"resumed from {tag} at step {step} (written by {ranks(old_world)}, now {world}{fresh})")
     client = {"config": states.get("config") or {}, "vocab": states.get("vocab") or {}, "path": tag}
     return step, ema_for_rank(tag, checkpointer.engine, rank), {**client, "world_size": old_world}

@@ -65,7 +65,8 @@ class Reshard:
             else f"within {bound} with a shuffle buffer of {self.shuffle_buffer}"
         )
         return (
-            f"resume: data epoch {self.epoch} re-sharded from {self.old_world} to {self.new_world} ranks: "
+            f"resume: data epoch {self.epoch} re-sharded from {self.old_world} to {self.new_world} rank"
+            f"{'s' if self.new_world > 1 else ''}: "
             f"{self.consumed} of {self.samples} samples consumed, the new ranks skip {self.skipped_ahead}; "
             f"{self.repeated} samples repeated and {self.skipped} skipped in this epoch (reader order, {exact})"
         )
