@@ -242,14 +242,14 @@ def resume(checkpointer: Any, tag: Path, loader: Any) -> tuple[int, dict | None,
 
     old_world, world, rank = written_by(tag), checkpointer.world_size, checkpointer.rank
     extras = [load_json(tag / f"extra_rank{r}.json") for r in range(old_world)]
-    states = load_engine_state(checkpointer.engine, tag)
     data = [extra["data"] for extra in extras]
+    if data[0] is not None and not hasattr(loader, "load_resharded"):  # before anything is loaded
+        raise CheckpointError(
+            f"{tag} was written by {ranks(old_world)}, this run has {world}, and its train loader "
+            f"({type(loader).__name__}) cannot continue an epoch on another world size"
+        )
+    states = load_engine_state(checkpointer.engine, tag)
     if data[0] is not None:
-        if not hasattr(loader, "load_resharded"):
-            raise CheckpointError(
-                f"{tag} was written by {ranks(old_world)}, this run has {world}, and its train loader "
-                f"({type(loader).__name__}) cannot continue an epoch on another world size"
-            )
         try:
             checkpointer.log(loader.load_resharded(data).line())
         except ValueError as err:

@@ -257,3 +257,72 @@ def test_keep_global_batch_or_refuse() -> None:
     assert keep_global_batch(saved, 2, 2, 4)[0] == 1  # an explicit per-rank batch that keeps it
     with pytest.raises(ConfigError, match=r"cannot keep the global batch 8 .* on 3 ranks"):
         keep_global_batch(saved, 4, 2, 3)
+
+
+def _loader(shards: Path, rank: int, world: int, **options):
+    from engine.data import make_loader
+
+    options = {
+        "device": "cpu",
+        "image_size": 16,
+        "num_threads": 1,
+        "shuffle_buffer": 1,
+        "keys": True,
+        **options,
+    }
+    return make_loader(shards, B, rank=rank, world_size=world, **options)
+
+
+def test_a_resharded_loader_resumes_on_its_own_world_size(tmp_path: Path, shared_data: Path) -> None:
+    # 1 rank takes 2 batches of epoch 1; 2 ranks go on (their ranges moved one for epoch 1); then an
+    # ordinary same-world resume of one of them takes the batches the uninterrupted one takes
+    shards = _shards(tmp_path, shared_data / "coco_photos")
+    one = _loader(shards, 0, 1)
+    batches = iter(_epochs(one))
+    for _ in range(8 + 2):
+        next(batches)
+    state = one.state_dict()
+    for rank in (0, 1):
+        new = _loader(shards, rank, 2)
+        new.load_resharded([state])
+        taken = iter(_epochs(new))
+        assert next(taken)["key"] == [f"s{i:02d}" for i in ((10, 11) if rank == 0 else (2, 3))]
+        again = _loader(shards, rank, 2)
+        again.load_state_dict(new.state_dict())
+        rest = [b["key"] for _, b in zip(range(5), _epochs(again), strict=False)]
+        assert rest == [b["key"] for _, b in zip(range(5), taken, strict=False)]  # into epoch 2 as well
+
+
+def _epochs(loader):
+    while True:
+        yield from loader
+
+
+def test_a_loader_that_cannot_reshard_is_refused(tmp_path: Path, shared_data: Path) -> None:
+    from engine.checkpoint import CheckpointError
+    from engine.data import TensorLoader
+    from engine.multiscale import MultiScale, Scale
+    from engine.reshard import resume
+
+    shards = _shards(tmp_path, shared_data / "coco_photos")
+    # a loader setup that differs (the seed), and multi-scale batches: refused naming what
+    states = [_loader(shards, r, 2, seed=1).state_dict() for r in (0, 1)]
+    with pytest.raises(ValueError, match=r"different loader setup \(seed: saved 1, now 0\)"):
+        _loader(shards, 0, 1).load_resharded(states)
+    multiscale = {"multiscale": MultiScale((Scale(16, 16, B),), seed=0)}
+    states = [_loader(shards, r, 2, **multiscale).state_dict() for r in (0, 1)]
+    with pytest.raises(ValueError, match="data.multiscale: a resume on another world size is not supported"):
+        _loader(shards, 0, 1, **multiscale).load_resharded(states)
+    # a train loader without load_resharded (in-memory batches): refused before anything is loaded
+    tag = tmp_path / "step_00000003"
+    tag.mkdir()
+    for rank in (0, 1):
+        (tag / f"extra_rank{rank}.json").write_text(json.dumps({"data": {"pos": 3}, "rng": {}}))
+
+    class Checkpointer:  # what resume reads of engine.checkpoint.Checkpointer; engine None: never reached
+        engine, rank, world_size, log = None, 0, 1, print
+
+    with pytest.raises(
+        CheckpointError, match=r"written by 2 ranks, this run has 1, and its train loader \(TensorLoader\)"
+    ):
+        resume(Checkpointer(), tag, TensorLoader([]))
