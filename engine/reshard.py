@@ -12,7 +12,8 @@ writes them into its own new partitions: ZeRO 1-2 through DeepSpeed's fragment m
 (``safe_set_full_fp32_param`` / ``safe_set_full_optimizer_state``), ZeRO-3 by copying this rank's
 slice of each parameter into its partition, its fp32 copy and its moments (DeepSpeed's
 ``set_full_hp_param`` reads past the end of a parameter whose size the new world does not divide).
-Stage 0 keeps whole states in one file and loads as usual. The LR schedule, DeepSpeed's step
+Stage 0 keeps whole states in one file and loads as usual (in fp32: DeepSpeed's bf16 optimizer,
+used at stage 0 with bf16, partitions its states by rank, and such a checkpoint is refused). The LR schedule, DeepSpeed's step
 counters and the client state come from rank 0's model-states file. Each new rank holds the whole
 fp32 model three times over while it loads (weights and two moments).
 
@@ -71,11 +72,18 @@ def keep_global_batch(saved: dict, batch: int, old_world: int, new_world: int) -
 def load_engine_state(engine: Any, tag: Path) -> dict[str, Any]:
     """Model, optimizer, LR schedule and step counters of ``tag`` (written by any number of ranks)
     into ``engine``; returns the checkpoint's client state."""
-    from engine.checkpoint import model_states_file, safe_load
+    from engine.checkpoint import CheckpointError, model_states_file, safe_load
 
     states = safe_load(model_states_file(tag))
     stage = int((states.get("ds_config") or {}).get("zero_optimization", {}).get("stage", 0))
     if stage == 0:  # whole states in one file, whatever the world size
+        partitioned = sorted(p.name for p in tag.glob("*_optim_states.pt"))
+        if partitioned:
+            raise CheckpointError(
+                f"{tag} was written by {ranks(written_by(tag))} at ZeRO-0 with DeepSpeed's bf16 optimizer, whose "
+                f"states are partitioned by rank ({partitioned[0]}, ...): a resume on another world size supports "
+                "ZeRO-0 in fp32 and ZeRO 1-3; resume on the same number of ranks"
+            )
         engine.load_checkpoint(str(tag.parent), tag=tag.name)
         return states
     full, step = full_states(tag, stage)
@@ -157,8 +165,8 @@ def _write_zero3(engine: Any, full: dict[str, dict[str, torch.Tensor]], step: to
     for name, p in engine.module.named_parameters():
         weights = full["fp32"][name]
         _copy_slice(p.ds_tensor.data, weights, rank)
-        if p.data.numel() == p.ds_numel:  # a parameter kept whole (persistence threshold)
-            p.data.copy_(weights.view_as(p.data).to(p.dtype))
+        # a parameter kept whole (under the persistence threshold) needs no copy: DeepSpeed
+        # gathers it from the partitions before the first forward (the test with whole parameters)
         for key in (None, *MOMENTS):
             dest, _ = opt._get_fp32_opt_state_partition(p, release_swap_buffers=False, optim_state_key=key)
             _copy_slice(dest.data, weights if key is None else full[key][name], rank)

@@ -101,7 +101,7 @@ def _whole(trainer) -> dict:
     return out
 
 
-def _leg(rank: int, tmp: str, shards: str, stages: list[int], until: int) -> str:
+def _leg(rank: int, tmp: str, shards: str, stages: list[int], until: int, persistence: int) -> str:
     """One run on this world size for each stage: resume (if a checkpoint is there), then train to
     ``until`` and save. What the rank saw is written to a file (more than a pipe holds), its path
     returned."""
@@ -116,7 +116,7 @@ def _leg(rank: int, tmp: str, shards: str, stages: list[int], until: int) -> str
                 "model": {"name": "vit_tiny", "image_size": 16},
                 "data": {"batch_size": B, "train": shards},
                 "optim": {"lr": 5e-3, "min_lr": 1e-5, "warmup_steps": 2, "ema_decay": 0.9},
-                "parallel": {"zero_stage": stage, "precision": "fp32", "persistence_threshold": 0},
+                "parallel": {"zero_stage": stage, "precision": "fp32", "persistence_threshold": persistence},
                 "checkpoint": {"every": 0},
                 "run": {"out_dir": f"{tmp}/z{stage}", "steps": STEPS, "log_every": 1, "resume": "auto"},
             }
@@ -166,12 +166,22 @@ def _reported(lines: list[str]) -> tuple[int, int]:
     return int(match.group(1)), int(match.group(2))
 
 
-def _two_one_two(tmp_path: Path, photos: Path, stages: list[int]) -> dict:
+def _two_one_two(tmp_path: Path, photos: Path, stages: list[int], persistence: int = 0) -> dict:
+    """2 -> 1 -> 2 ranks; ``persistence``: ZeRO-3's threshold under which parameters stay whole
+    (0: every parameter partitioned)."""
     shards = str(_shards(tmp_path, photos))
     legs = [
         [
             torch.load(path)
-            for path in run_ranks(_leg, world=w, tmp=str(tmp_path), shards=shards, stages=stages, until=u)
+            for path in run_ranks(
+                _leg,
+                world=w,
+                tmp=str(tmp_path),
+                shards=shards,
+                stages=stages,
+                until=u,
+                persistence=persistence,
+            )
         ]
         for w, u in ((2, 3), (1, 5), (2, STEPS))
     ]
@@ -217,6 +227,12 @@ def _two_one_two(tmp_path: Path, photos: Path, stages: list[int]) -> dict:
 def test_resume_two_one_two_ranks_zero_0_and_3(tmp_path: Path, shared_data: Path) -> None:
     measured = _two_one_two(tmp_path, shared_data / "coco_photos", [0, 3])
     assert measured == {0: ((2, 2), (2, 2)), 3: ((2, 2), (2, 2))}
+
+
+def test_resume_two_one_two_ranks_zero_3_with_whole_parameters(tmp_path: Path, shared_data: Path) -> None:
+    # the tiny model's parameters are all under the default threshold: kept whole on every rank
+    measured = _two_one_two(tmp_path, shared_data / "coco_photos", [3], persistence=100_000)
+    assert measured == {3: ((2, 2), (2, 2))}
 
 
 def test_resume_two_one_two_ranks_zero_1_and_2(tmp_path: Path, shared_data: Path) -> None:
@@ -302,7 +318,7 @@ def test_a_loader_that_cannot_reshard_is_refused(tmp_path: Path, shared_data: Pa
     from engine.checkpoint import CheckpointError
     from engine.data import TensorLoader
     from engine.multiscale import MultiScale, Scale
-    from engine.reshard import resume
+    from engine.reshard import load_engine_state, resume
 
     shards = _shards(tmp_path, shared_data / "coco_photos")
     # a loader setup that differs (the seed), and multi-scale batches: refused naming what
@@ -326,3 +342,11 @@ def test_a_loader_that_cannot_reshard_is_refused(tmp_path: Path, shared_data: Pa
         CheckpointError, match=r"written by 2 ranks, this run has 1, and its train loader \(TensorLoader\)"
     ):
         resume(Checkpointer(), tag, TensorLoader([]))
+    # ZeRO-0 with DeepSpeed's bf16 optimizer (a GPU run) keeps optimizer states per rank: refused
+    torch.save({"ds_config": {"zero_optimization": {"stage": 0}}}, tag / "mp_rank_00_model_states.pt")
+    for rank in (0, 1):
+        (tag / f"bf16_zero_pp_rank_{rank}_mp_rank_00_optim_states.pt").write_bytes(b"")
+    with pytest.raises(
+        CheckpointError, match="ZeRO-0 with DeepSpeed's bf16 optimizer, whose states are partitioned"
+    ):
+        load_engine_state(None, tag)
