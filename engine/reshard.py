@@ -8,14 +8,15 @@ consolidates instead, as ``catlip export`` does for the weights: every new rank 
 ranks' files and puts each parameter's fp32 master weights, Adam moments (``exp_avg``,
 ``exp_avg_sq``) and step back together whole, keyed by parameter name (DeepSpeed's
 ``zero_to_fp32`` layout code, fed the moments' flat partitions as well as the weights'), then
-writes them into its own new partitions: ZeRO 1-2 through DeepSpeed's fragment mappings (re-linked to the moments, :func:`link_moments`)
-(``safe_set_full_fp32_param`` / ``safe_set_full_optimizer_state``), ZeRO-3 by copying this rank's
-slice of each parameter into its partition, its fp32 copy and its moments (DeepSpeed's
-``set_full_hp_param`` reads past the end of a parameter whose size the new world does not divide).
-Stage 0 keeps whole states in one file and loads as usual (in fp32: DeepSpeed's bf16 optimizer,
-used at stage 0 with bf16, partitions its states by rank, and such a checkpoint is refused). The LR schedule, DeepSpeed's step
-counters and the client state come from rank 0's model-states file. Each new rank holds the whole
-fp32 model three times over while it loads (weights and two moments).
+writes them into its own new partitions: ZeRO 1-2 through DeepSpeed's fragment mappings
+(``safe_set_full_fp32_param`` / ``safe_set_full_optimizer_state``, the moments re-linked first:
+:func:`link_moments`), ZeRO-3 by copying this rank's slice of each parameter into its partition,
+its fp32 copy and its moments (DeepSpeed's ``set_full_hp_param`` reads past the end of a parameter
+whose size the new world does not divide). Stage 0 keeps whole states in one file and loads as
+usual, in fp32 (DeepSpeed's bf16 optimizer, used at stage 0 with bf16, partitions its states by
+rank: such a checkpoint is refused). The LR schedule, DeepSpeed's step counters and the client
+state come from rank 0's model-states file. Each new rank holds the whole fp32 model three times
+over while it loads (weights and two moments).
 
 The EMA is taken whole (``engine.checkpoint.ema_state``) and, under ZeRO-3, cut into this rank's
 partitions. RNG: new rank ``r`` takes old rank ``r``'s states; ranks beyond the old world keep this
