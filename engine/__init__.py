@@ -6,7 +6,8 @@ config.py       the typed run config (sections model, objective, data, optim, pa
 objectives.py   the tasks plugged into the loop (catlip, clip, siglip, finetune, probe): the registry
 pretrained.py   transfer's pre-trained side: objective.init_from, the synset classifier
 parallel.py     the parallelize step: activation checkpointing, compile, DeepSpeed ZeRO 0-3
-checkpoint.py   save, resume, prune, the fp32 export; resume.py: what a resumed run may change
+checkpoint.py   save, resume, prune, the fp32 export; resume.py: what a resumed run may change;
+                reshard.py: resume on another number of ranks
 data/           packed shards -> DALI -> batches (pipeline, loader, dataset checks, sources)
 multiscale.py   variable-resolution batches: the per-step draws and the loader's chunk plan
 prefetch.py     host-side batch work (tokenising) one batch ahead of the step

@@ -400,19 +400,14 @@ class Checkpointer:
     def _load(self, path: Path, loader: Any) -> tuple[int, dict | None, dict]:
         from safetensors.torch import load_file
 
+        from engine import reshard
+
+        if reshard.written_by(path) != self.world_size:  # model, optimizer, EMA, data: resharded
+            return reshard.resume(self, path, loader)
         extra_json = path / f"extra_rank{self.rank}.json"
-        if not extra_json.is_file():
-            raise CheckpointError(
-                f"{path} has no {extra_json.name}: written by fewer ranks than this run's {self.world_size}"
-            )
         load_path, client = self.engine.load_checkpoint(str(path.parent), tag=path.name)
         if load_path is None:
             raise FileNotFoundError(f"no DeepSpeed checkpoint in {path}")
-        if client.get("world_size") != self.world_size:
-            raise CheckpointError(
-                f"{path} was written by {client.get('world_size')} ranks, this run has {self.world_size}: "
-                "the per-rank data positions do not carry over (export the weights and start a new run)"
-            )
         extra = load_json(extra_json)  # a ValueError: resume falls back to an older checkpoint
         tensors = load_file(str(path / f"extra_rank{self.rank}.safetensors"))
         if extra["data"] is not None:
@@ -481,16 +476,8 @@ def resolve_tag(checkpoint: str | Path) -> Path:
     return checkpoint
 
 
-def consolidate(
-    checkpoint: str | Path, *, ema: bool = False
-) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """The whole fp32 state dict of a (ZeRO-partitioned) checkpoint, and its metadata as strings:
-    ``catlip_config`` (the run config, JSON), ``vocab`` (the vocabulary's path, size and SHA-256,
-    JSON), ``step``, ``weights`` ("trained" or "ema"), ``catlip_version`` (this code's version, the
-    export's writer) and ``checkpoint_catlip_version`` (the version that saved the checkpoint; empty
-    for checkpoints that predate the record). ``ema``: the EMA of the weights."""
-    checkpoint = resolve_tag(checkpoint)
-    # ZeRO-3 names the model-states file per rank; stages 0-2 write one.
+def model_states_file(checkpoint: Path) -> Path:
+    """Rank 0's DeepSpeed model-states file of a tag: ZeRO-3 names one per rank, stages 0-2 write one."""
     files = [
         checkpoint / "mp_rank_00_model_states.pt",
         checkpoint / "zero_pp_rank_0_mp_rank_00_model_states.pt",
@@ -500,7 +487,20 @@ def consolidate(
         raise FileNotFoundError(
             f"{checkpoint} holds no DeepSpeed model states (looked for {[f.name for f in files]})"
         )
-    states = safe_load(found[0])
+    return found[0]
+
+
+def consolidate(
+    checkpoint: str | Path, *, ema: bool = False
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The whole fp32 state dict of a (ZeRO-partitioned) checkpoint, and its metadata as strings:
+    ``catlip_config`` (the run config, JSON), ``vocab`` (the vocabulary's path, size and SHA-256,
+    JSON), ``step``, ``weights`` ("trained" or "ema"), ``catlip_version`` (this code's version, the
+    export's writer) and ``checkpoint_catlip_version`` (the version that saved the checkpoint; empty
+    for checkpoints that predate the record). ``ema``: the EMA of the weights."""
+    checkpoint = resolve_tag(checkpoint)
+    found = model_states_file(checkpoint)
+    states = safe_load(found)
     stage = (states.get("ds_config") or {}).get("zero_optimization", {}).get("stage", 0)
     if ema:
         state, source = ema_state(checkpoint), f"{checkpoint} (the EMA weights, extra_rank*.safetensors)"
@@ -512,7 +512,7 @@ def consolidate(
             state = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint.parent), tag=checkpoint.name)
         source = f"{checkpoint} (ZeRO-{stage}'s fp32 partitions)"
     else:
-        state, source = states["module"], found[0]
+        state, source = states["module"], found
     _check_weights(state, source)
     state = {k: v.detach().float().contiguous().clone() for k, v in state.items()}
     meta = {

@@ -52,6 +52,12 @@ class Prefetcher:
         self.loader.load_state_dict(state)
         self._it = None
 
+    def load_resharded(self, states: list) -> Any:
+        """The loader's resume on another world size (engine/reshard.py), nothing read ahead."""
+        self._drop_pending()
+        self._it = None
+        return self.loader.load_resharded(states)
+
     def _drop_pending(self) -> None:
         if self._pending is not None:
             self._pending.exception()  # wait; its error does not matter now

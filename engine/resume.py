@@ -20,6 +20,9 @@ FIXED_ON_RESUME = (
     "data.max_labels", "optim.grad_accum", "optim.layer_decay", "parallel.zero_stage", "parallel.sub_group_size",
 )  # fmt: skip
 
+# What a resume on another world size changes, the global batch kept.
+RESHARD_MAY_CHANGE = ("data.batch_size", "optim.grad_accum")
+
 
 def _flat(cfg: dict) -> dict[str, Any]:
     return {
@@ -27,17 +30,21 @@ def _flat(cfg: dict) -> dict[str, Any]:
     }
 
 
-def apply_hyperparameters(engine: Any, scheduler: Any, cfg: TrainConfig, saved: dict) -> list[str]:
+def apply_hyperparameters(
+    engine: Any, scheduler: Any, cfg: TrainConfig, saved: dict, resharded: bool = False
+) -> list[str]:
     """After a resume: the optimizer and schedule settings given now replace the checkpoint's
     (lr, min_lr, warmup, steps, betas, eps, weight decay; the schedule continues from the resumed
-    step under the new settings); a change that cannot be applied is refused. Returns what changed."""
+    step under the new settings); a change that cannot be applied is refused. Returns what changed.
+    ``resharded``: the checkpoint was written by another number of ranks, and the per-rank batch
+    and accumulation may change with the global batch kept (engine.reshard.keep_global_batch)."""
     now, before = _flat(cfg.to_dict()), _flat(with_new_keys(saved))  # a checkpoint from before the keys moved
     changed = {
         k: (before[k], v)
         for k, v in now.items()
         if k in before and k != "run.resume" and _norm(before[k]) != _norm(v)
     }
-    fixed = [k for k in changed if k in FIXED_ON_RESUME]
+    fixed = [k for k in changed if k in FIXED_ON_RESUME and not (resharded and k in RESHARD_MAY_CHANGE)]
     if fixed:
         shown = ", ".join(f"{k} {changed[k][0]!r} -> {changed[k][1]!r}" for k in fixed)
         raise ConfigError(f"cannot resume with changed {shown}: start a new run (or restore the settings)")

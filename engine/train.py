@@ -42,6 +42,7 @@ from engine.logs import RunLog, StepLog, peak_memory_mb, progress
 from engine.objectives import make_objective
 from engine.parallel import build_model, parallelize, partition_report, use_bf16
 from engine.prefetch import Prefetcher
+from engine.reshard import keep_global_batch
 from engine.resume import apply_hyperparameters
 from engine.scaling import scale_for_batch
 
@@ -306,7 +307,15 @@ class Trainer:
         self.step, self.ema, saved = restored
         self.resumed_from = saved["path"]
         self._check_vocab(saved["vocab"], saved["path"])
-        for line in apply_hyperparameters(self.engine, self.scheduler, self.cfg, saved["config"]):
+        resharded = saved.get("world_size", self.world_size) != self.world_size
+        if resharded:  # the same global batch on this world size (engine/reshard.py)
+            accum, line = keep_global_batch(
+                saved["config"], self.cfg.data.batch_size, saved["world_size"], self.world_size
+            )
+            self.cfg.optim.grad_accum = accum
+            self.engine.set_train_batch_size(self.cfg.data.batch_size * accum * self.world_size)
+            self._log(line)
+        for line in apply_hyperparameters(self.engine, self.scheduler, self.cfg, saved["config"], resharded):
             self._log(f"resume: {line}")
         return True
 

@@ -7,6 +7,8 @@ loader.py    DaliLoader: iteration, failure replay, label checks, resume state; 
 dataset.py   a packed folder's shards and dataset.json, and the train/val consistency checks
 sources.py   the loaders of a run config (data.train, data.val) and of a class pack
 tensors.py   TensorLoader: batches held in memory (tests, benchmarks, synthetic runs)
+reshard.py   where an epoch goes on when a run resumes on another number of ranks, and what it
+             repeats and skips
 
 Multi-scale batches (``data.multiscale``): the draws and the chunk plan the loader runs are in
 engine/multiscale.py.

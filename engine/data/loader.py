@@ -24,6 +24,15 @@ Resume: DALI's own checkpointing (``enable_checkpointing=True``) works on CPU pi
 checkpoint (reader position, shuffle buffer and RNG states, ~1 kB) and ``load_state_dict()``
 rebuilds the pipeline from it: the batches after a restore are those the uninterrupted run would
 have seen, with no fast-forward. The state is per rank.
+
+Resume on another world size (:meth:`DaliLoader.load_resharded`): the interrupted epoch goes on
+under the new sharding from the fraction of it already consumed. Each new rank starts at its
+range of that epoch and skips (reads without decoding) the same number of whole batches, so the
+new ranks together skip at most as many samples as the old ones consumed. What that repeats or
+leaves out of the epoch is counted in reader order and reported (:class:`Reshard`); with a shuffle
+buffer of F samples the samples actually yielded can differ from reader order by up to F per rank,
+old and new, so the true counts are within (old + new ranks) x F of the reported ones (exact with
+``shuffle_buffer=1``). The pipelines start afresh: augmentation draws differ from the old run's.
 """
 
 from __future__ import annotations
@@ -51,6 +60,7 @@ from engine.data.pipeline import (
     pick_decode_device,
     to_torch,
 )
+from engine.data.reshard import Reshard
 from engine.multiscale import ChunkPlan, MultiScale, Scale
 
 log = logging.getLogger(__name__)
@@ -154,7 +164,7 @@ class DaliLoader:
         self._image_device = torch.device("cuda", device_id) if device == "mixed" else torch.device("cpu")
         # Per-rank seed: augmentations and the shuffle buffer differ between ranks.
         self._pipe_seed = int(np.random.SeedSequence([o.seed, rank]).generate_state(1)[0] & 0x7FFFFFFF)
-        self._epoch = 0  # the reader's epoch
+        self._epoch = 0  # the reader's epoch (its pipeline began at range spec.shard_id)
         self._pos = 0  # pipeline iterations (chunks) taken in this epoch (yielded or dropped)
         self._batches = 0  # batches yielded over the run: the index of the next scale draw
         self._epoch_first = 0  # self._batches when this epoch began
@@ -405,6 +415,7 @@ class DaliLoader:
             "epoch_first": self._epoch_first,
             "dali_checkpoint": base64.b64encode(self._checkpoint).decode("ascii"),
             "counters": self.counters(),
+            "first_shard": self.spec.shard_id,  # the range the pipeline began at (rank, or a reshard's)
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -419,6 +430,7 @@ class DaliLoader:
             shown = ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in mismatched.items())
             raise ValueError(f"the data state was saved by a different loader setup ({shown})")
         checkpoint = base64.b64decode(state["dali_checkpoint"])
+        self.spec = replace(self.spec, shard_id=int(state.get("first_shard", self.rank)))
         self._epoch, self._pos = int(state["epoch"]), int(state["position"])
         self._batches = int(state.get("batches", 0))  # states from before multi-scale: fixed size
         self._epoch_first = int(state.get("epoch_first", 0))
@@ -428,6 +440,49 @@ class DaliLoader:
         self._checkpoint = checkpoint
         for name, value in state.get("counters", {}).items():
             setattr(self, name, int(value))
+
+    def load_resharded(self, states: list[dict[str, Any]]) -> Reshard:
+        """Continue the epoch that ``len(states)`` ranks were in (their states, in rank order) on
+        this loader's world size, from the fraction of it they consumed (see the module
+        docstring); returns what that repeats and skips. The counters of the old ranks add up on
+        rank 0."""
+        old = states[0]
+        for state in states:
+            if state.get("version") != STATE_VERSION:
+                raise ValueError(f"data state version {state.get('version')} is not {STATE_VERSION}")
+        ours = self._identity()
+        mismatched = {
+            k: (old.get(k), v)
+            for k, v in ours.items()
+            if k not in ("rank", "world_size", "batch_size") and old.get(k) != v
+        }
+        if mismatched:
+            shown = ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in mismatched.items())
+            raise ValueError(f"the data state was saved by a different loader setup ({shown})")
+        if self.multiscale is not None:
+            raise ValueError(
+                "data.multiscale: a resume on another world size is not supported with multi-scale batches"
+            )
+        if len({(s["epoch"], s["position"]) for s in states}) != 1 or len(states) != old["world_size"]:
+            raise ValueError("the data states of the old ranks are not at one position of one epoch")
+        report = Reshard.plan(
+            samples=self.samples, epoch=int(old["epoch"]), old_world=len(states),
+            old_position=int(old["position"]), old_chunk=int(old["batch_size"]), new_world=self.world_size,
+            new_chunk=self._chunk, new_chunks=self._plan.full_chunks, shuffle_buffer=self.spec.shuffle_buffer,
+        )  # fmt: skip
+        epoch, skip = report.resume_epoch, report.resume_chunk
+        self.spec = replace(self.spec, shard_id=(self.rank + epoch) % self.world_size)
+        self._epoch, self._pos, self._batch_start = epoch, skip, skip
+        self._batches = self._epoch_first = int(old.get("batches", 0))
+        self._pipe = None
+        self._pipe = self._build(checkpoint=None, skip_batches=skip)
+        for _ in range(skip):  # read, not decoded: the skip route gives placeholders
+            self._pipe.run()
+        self._checkpoint = self._pipe.checkpoint()
+        if self.rank == 0:
+            for name in ("invalid_samples", "failed_batches", "lost_samples", "truncated_labels"):
+                setattr(self, name, sum(int(s.get("counters", {}).get(name, 0)) for s in states))
+        return report
 
     def counters(self) -> dict[str, int]:
         """Samples that were not trained on as they should have been, by cause."""
