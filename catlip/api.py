@@ -133,7 +133,7 @@ def create_model_and_transforms(
         raise ApiError(
             f"{source}: no such file or directory (a checkpoint, or a `catlip export` file or folder)"
         )
-    if source.is_dir() and (source / "config.json").is_file():
+    if source.is_dir() and (source / "config.json").is_file() and (source / "model.safetensors").is_file():
         model, info = _from_folder(source)
     else:
         model, info = _from_checkpoint(source, vocab, ema)

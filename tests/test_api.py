@@ -72,6 +72,15 @@ def test_every_source_gives_the_same_model_transform_and_labels(sources) -> None
     assert model.catlip_info.vocab_path == sources["folder"] / "vocab.tsv"
 
 
+def test_a_run_folder_with_the_trainers_config_json_is_a_checkpoint(sources, tmp_path: Path) -> None:
+    """The trainer writes config.json into its out_dir; that folder is still a checkpoint, not an
+    export folder (which is told by its model.safetensors), as `catlip predict` reads it."""
+    run = write_checkpoint(tmp_path / "run", sources["vocab"])
+    (run / "config.json").write_text(json.dumps({"model": {"name": "vit_tiny"}}))
+    model, _, labels = catlip.create_model_and_transforms(run)
+    assert labels == SYNSETS and model.catlip_info.source != run / "config.json"
+
+
 def test_the_pil_transform_is_the_trainers_eval_transform(sources, tmp_path: Path) -> None:
     """Against engine.data.ImageTransform (DALI; the loader's eval branch): the same sizes and
     crop on odd shapes, pixels within a level or two (DALI's and PIL's filters round apart)."""
