@@ -20,8 +20,9 @@ over while it loads (weights and two moments).
 
 The EMA is taken whole (``engine.checkpoint.ema_state``) and, under ZeRO-3, cut into this rank's
 partitions. RNG: new rank ``r`` takes old rank ``r``'s states; ranks beyond the old world keep this
-run's seeds. The data position is the loader's (``load_resharded``). The global batch is kept by
-the accumulation (:func:`keep_global_batch`).
+run's seeds. The data position is the loader's (``load_resharded``; with multi-scale batches the
+draws are regrouped for the new accumulation too). The global batch is kept by the accumulation
+(:func:`keep_global_batch`).
 """
 
 from __future__ import annotations
