@@ -1,5 +1,5 @@
 """Resume on another world size: a run of 2 gloo ranks continued on 1, then on 2 again, for ZeRO
-stages 0-3 (engine/reshard.py, engine/data/reshard.py). After each reshard the weights, Adam
+stages 0-3, and 0 in bf16 (engine/reshard.py, engine/data/reshard.py). After each reshard the weights, Adam
 moments and step, EMA, LR schedule position and DeepSpeed's step counters equal those the ranks
 held when they saved (each side gathered whole through DeepSpeed's own accessors, not through the
 files), the global batch is kept by the accumulation, the loss goes on, and the repeats and skips
@@ -72,17 +72,24 @@ class _KeyLog:
 
 def _whole(trainer) -> dict:
     """What the ranks hold, gathered whole by parameter name through DeepSpeed's accessors (ZeRO
-    1-3) or the torch optimizer (stage 0): weights, moments, step, EMA, schedule, counters."""
+    1-3) or the torch optimizer (stage 0; in bf16 its fp32 masters): weights, moments, step, EMA,
+    schedule, counters."""
     import torch.distributed as dist
     from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
 
     from engine.reshard import link_moments
 
     engine, out = trainer.engine, {"fp32": {}, "exp_avg": {}, "exp_avg_sq": {}, "ema": {}}
+    # ZeRO-0 bf16: DeepSpeed's FP16_UnfusedOptimizer, an fp32 master per bf16 parameter
+    masters = {}
+    if trainer.cfg.parallel.zero_stage == 0 and hasattr(engine.optimizer, "fp32_groups"):
+        for lows, highs in zip(engine.optimizer.fp16_groups, engine.optimizer.fp32_groups, strict=True):
+            masters.update((id(low), high) for low, high in zip(lows, highs, strict=True))
     for name, p in engine.module.named_parameters():
         if trainer.cfg.parallel.zero_stage == 0:
-            state = engine.optimizer.state[p]
-            out["fp32"][name], out["exp_avg"][name] = p.detach().clone(), state["exp_avg"].clone()
+            master = masters.get(id(p), p)
+            state = engine.optimizer.optimizer.state[master] if masters else engine.optimizer.state[p]
+            out["fp32"][name], out["exp_avg"][name] = master.detach().clone(), state["exp_avg"].clone()
             out["exp_avg_sq"][name], step = state["exp_avg_sq"].clone(), state["step"]
         else:
             link_moments(engine.optimizer)  # DeepSpeed's accessors find ZeRO 1-2's moments after this
@@ -111,10 +118,11 @@ def _leg(
     until: int,
     persistence: int,
     multiscale: dict | None = None,
+    precision: str = "fp32",
 ) -> str:
     """One run on this world size for each stage: resume (if a checkpoint is there), then train to
     ``until`` and save. What the rank saw is written to a file (more than a pipe holds), its path
-    returned. ``multiscale``: data.multiscale."""
+    returned. ``multiscale``: data.multiscale; ``precision``: parallel.precision."""
     from engine.config import from_dict
     from engine.data import make_loader
     from engine.multiscale import from_config
@@ -127,7 +135,11 @@ def _leg(
                 "model": {"name": "vit_tiny", "image_size": 16},
                 "data": {"batch_size": B, "train": shards, "multiscale": multiscale},
                 "optim": {"lr": 5e-3, "min_lr": 1e-5, "warmup_steps": 2, "ema_decay": 0.9},
-                "parallel": {"zero_stage": stage, "precision": "fp32", "persistence_threshold": persistence},
+                "parallel": {
+                    "zero_stage": stage,
+                    "precision": precision,
+                    "persistence_threshold": persistence,
+                },
                 "checkpoint": {"every": 0, "keep": 3},  # the tests read every leg's checkpoint
                 "run": {"out_dir": f"{tmp}/z{stage}", "steps": STEPS, "log_every": 1, "resume": "auto"},
             }
@@ -177,9 +189,17 @@ def _reported(lines: list[str]) -> tuple[int, int]:
     return int(match.group(1)), int(match.group(2))
 
 
-def _two_one_two(tmp_path: Path, photos: Path, stages: list[int], persistence: int = 0) -> dict:
+def _two_one_two(
+    tmp_path: Path,
+    photos: Path,
+    stages: list[int],
+    persistence: int = 0,
+    precision: str = "fp32",
+    jump: float = 2,
+) -> dict:
     """2 -> 1 -> 2 ranks; ``persistence``: ZeRO-3's threshold under which parameters stay whole
-    (0: every parameter partitioned)."""
+    (0: every parameter partitioned); ``precision``: parallel.precision; ``jump``: the loss change
+    at a resume allowed, in the first leg's largest step-to-step change."""
     shards = str(_shards(tmp_path, photos))
     legs = [
         [
@@ -192,6 +212,7 @@ def _two_one_two(tmp_path: Path, photos: Path, stages: list[int], persistence: i
                 stages=stages,
                 until=u,
                 persistence=persistence,
+                precision=precision,
             )
         ]
         for w, u in ((2, 3), (1, 5), (2, STEPS))
@@ -223,7 +244,7 @@ def _two_one_two(tmp_path: Path, photos: Path, stages: list[int], persistence: i
         losses = a[0]["losses"] + b[0]["losses"] + c[0]["losses"]
         spread = max(abs(x - y) for x, y in zip(a[0]["losses"], a[0]["losses"][1:], strict=False))
         for i in (3, 5):
-            assert abs(losses[i] - losses[i - 1]) <= 2 * spread, (stage, losses)
+            assert abs(losses[i] - losses[i - 1]) <= jump * spread, (stage, losses)
         # the repeats and skips reported equal those of the per-sample log
         measured[stage] = (_reported(b[0]["lines"]), _reported(c[0]["lines"]))
         print(
@@ -244,6 +265,16 @@ def test_resume_two_one_two_ranks_zero_3_with_whole_parameters(tmp_path: Path, s
     # the tiny model's parameters are all under the default threshold: kept whole on every rank
     measured = _two_one_two(tmp_path, shared_data / "coco_photos", [3], persistence=100_000)
     assert measured == {3: ((2, 2), (2, 2))}
+
+
+def test_resume_two_one_two_ranks_zero_0_bf16(tmp_path: Path, shared_data: Path) -> None:
+    # ZeRO-0 in bf16: DeepSpeed 0.19 wraps the optimizer in its FP16_Optimizer (bf16 weights, fp32
+    # masters kept whole in the model-states file, no per-rank optimizer files), so it loads as
+    # stage 0 does on any world size
+    # (an uninterrupted bf16 run drops 0.51 at step 3, where the warmup ends, against 0.22 before)
+    measured = _two_one_two(tmp_path, shared_data / "coco_photos", [0], precision="bf16", jump=3)
+    assert not list(tmp_path.glob("z0/checkpoints/*/*_optim_states.pt"))
+    assert measured == {0: ((2, 2), (2, 2))}
 
 
 def test_resume_two_one_two_ranks_zero_1_and_2(tmp_path: Path, shared_data: Path) -> None:
@@ -357,7 +388,7 @@ def test_a_loader_that_cannot_reshard_is_refused(tmp_path: Path, shared_data: Pa
         CheckpointError, match=r"written by 2 ranks, this run has 1, and its train loader \(TensorLoader\)"
     ):
         resume(Checkpointer(), tag, TensorLoader([]))
-    # ZeRO-0 with DeepSpeed's bf16 optimizer (a GPU run) keeps optimizer states per rank: refused
+    # ZeRO-0 with DeepSpeed's BF16_Optimizer (not this engine's setup) keeps optimizer states per rank: refused
     torch.save({"ds_config": {"zero_optimization": {"stage": 0}}}, tag / "mp_rank_00_model_states.pt")
     for rank in (0, 1):
         (tag / f"bf16_zero_pp_rank_{rank}_mp_rank_00_optim_states.pt").write_bytes(b"")
