@@ -1,11 +1,12 @@
 """Resume on another world size: a run of 2 gloo ranks continued on 1, then on 2 again, for ZeRO
-stages 0-3, and 0 in bf16 (engine/reshard.py, engine/data/reshard.py). After each reshard the weights, Adam
-moments and step, EMA, LR schedule position and DeepSpeed's step counters equal those the ranks
-held when they saved (each side gathered whole through DeepSpeed's own accessors, not through the
-files), the global batch is kept by the accumulation, the loss goes on, and the repeats and skips
-the data reshard reports match the sample keys the ranks trained on (a per-sample log through the
-loader's ``keys=True``). Two tests of two stages each, ~25 s each on 2 CPU cores; ZeRO-3 with
-parameters kept whole; ZeRO-2 with multi-scale batches (the draws of every step too), ~30 s."""
+stages 0-3, and 0 in bf16 (engine/reshard.py, engine/data/reshard.py). After each reshard the
+weights, Adam moments and step, EMA, LR schedule position and DeepSpeed's step counters equal
+those the ranks held when they saved (each side gathered whole through DeepSpeed's own accessors,
+not through the files), the global batch is kept by the accumulation, the loss goes on, and the
+repeats and skips the data reshard reports match the sample keys the ranks trained on (a
+per-sample log through the loader's ``keys=True``). Two tests of two stages each, ~25 s each on 2
+CPU cores; ZeRO-0 in bf16; ZeRO-3 with parameters kept whole; ZeRO-2 with multi-scale batches
+(the draws of every step too), ~30 s."""
 
 from __future__ import annotations
 
