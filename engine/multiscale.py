@@ -20,7 +20,9 @@ The draw: the batch at loader index ``i`` uses ``table[k]`` with ``k`` drawn uni
 ``numpy`` generator seeded by ``(run.seed, i // group)``, ``group = optim.grad_accum``: one draw per
 optimizer step (all its micro-batches have the same size, so the mean of the micro-batch means the
 trainer and DeepSpeed take is the mean over the step's images), the same on every rank (it depends
-on no rank), deterministic, and restored exactly on resume (the loader saves ``i``).
+on no rank), deterministic, and restored exactly on resume (the loader saves ``i``). On another world size
+(:func:`resharded`) the group becomes the accumulation that keeps the global batch and ``i`` is
+regrouped with it, so step s keeps its draw.
 
 Why plain data-parallel averaging stays right: every rank draws the same ``(h, w, batch)`` for a
 step, so each rank's loss is a mean over the same number of images and DeepSpeed's gradient
@@ -209,6 +211,13 @@ class ChunkPlan:
             yield batch
             pos, batch = pos + self.chunks(batch), batch + 1
 
+    def end(self, pos: int, batch: int) -> int:
+        """The chunk this epoch's batches end at, from chunk ``pos`` where draw ``batch`` begins
+        (``pos`` when the draw does not fit: the epoch is done)."""
+        for b in self.fitting(pos, batch):
+            pos += self.chunks(b)
+        return pos
+
     def sizes(self, pos: int, batch: int) -> Iterator[tuple[int, int]]:
         """(h, w) of every pipeline iteration from chunk ``pos`` of this epoch on, where batch
         ``batch`` begins: each drawn batch takes ``batch / chunk`` iterations while it fits in the
@@ -233,3 +242,35 @@ def from_config(cfg: Any, base: int, patch: int | None = None) -> MultiScale | N
         return None
     table = MultiScaleConfig.from_dict(raw).table(base, cfg.data.batch_size, patch)
     return MultiScale(table, seed=cfg.run.seed, group=cfg.optim.grad_accum)
+
+
+def resharded(
+    saved: dict[str, Any], old_world: int, old_batch: int, new: MultiScale, new_world: int, new_batch: int
+) -> tuple[MultiScale, MultiScale]:
+    """The draws of a run saved on ``old_world`` ranks (``saved``: its :meth:`MultiScale.identity`,
+    base batch ``old_batch``) and those that continue it on ``new_world`` ranks with ``new``'s
+    table (base batch ``new_batch``). The group becomes the accumulation that keeps the global
+    batch (base batch x ranks x accumulation, as engine.reshard.keep_global_batch), so the draw of
+    optimizer step s stays ``table[k]`` with ``k`` seeded by ``(seed, s)``; every size must keep its
+    global batch too. ``ValueError`` naming what cannot be kept."""
+    old = MultiScale(tuple(Scale(*row) for row in saved["table"]), int(saved["seed"]), int(saved["group"]))
+    if old.seed != new.seed:
+        raise ValueError(f"data.multiscale: the draws were seeded with run.seed {old.seed}, now {new.seed}")
+    sides = [(s.height, s.width) for s in old.table]
+    if sides != [(s.height, s.width) for s in new.table]:
+        raise ValueError(
+            f"data.multiscale: saved with sizes {sides}, now {[(s.height, s.width) for s in new.table]}"
+        )
+    total = old_batch * old_world * old.group
+    group = total // (new_batch * new_world)
+    if total % (new_batch * new_world) or any(
+        o.batch * old_world * old.group != n.batch * new_world * group
+        for o, n in zip(old.table, new.table, strict=True)
+    ):
+        raise ValueError(
+            f"data.multiscale: the global batch of every size cannot be kept from {old_world} to {new_world} "
+            f"rank(s): per-rank batches {[s.batch for s in old.table]} x {old_world} x accumulation {old.group} "
+            f"against {[s.batch for s in new.table]} x {new_world} x {group} (data.batch_size {old_batch} -> {new_batch}); "
+            f"keep data.batch_size {old_batch}, with a number of ranks that divides {old_world * old.group}"
+        )
+    return old, MultiScale(new.table, new.seed, group)

@@ -13,15 +13,20 @@ writes them into its own new partitions: ZeRO 1-2 through DeepSpeed's fragment m
 :func:`link_moments`), ZeRO-3 by copying this rank's slice of each parameter into its partition,
 its fp32 copy and its moments (DeepSpeed's ``set_full_hp_param`` reads past the end of a parameter
 whose size the new world does not divide). Stage 0 keeps whole states in one file and loads as
-usual, in fp32 (DeepSpeed's bf16 optimizer, used at stage 0 with bf16, partitions its states by
-rank: such a checkpoint is refused). The LR schedule, DeepSpeed's step counters and the client
+usual: in fp32, and in bf16, where DeepSpeed 0.19 wraps the optimizer in its FP16 optimizer in
+bf16 (``FP16_UnfusedOptimizer`` around torch's AdamW, ``FP16_Optimizer`` around its FusedAdam),
+whose fp32 masters are whole in the model-states file. DeepSpeed's ``BF16_Optimizer`` keeps its
+states per rank (``bf16_zero_*_optim_states.pt``); it takes stage 0 only under pipeline
+parallelism or without a client optimizer, which this engine never configures, and such a
+checkpoint is refused. The LR schedule, DeepSpeed's step counters and the client
 state come from rank 0's model-states file. Each new rank holds the whole fp32 model three times
 over while it loads (weights and two moments).
 
 The EMA is taken whole (``engine.checkpoint.ema_state``) and, under ZeRO-3, cut into this rank's
 partitions. RNG: new rank ``r`` takes old rank ``r``'s states; ranks beyond the old world keep this
-run's seeds. The data position is the loader's (``load_resharded``). The global batch is kept by
-the accumulation (:func:`keep_global_batch`).
+run's seeds. The data position is the loader's (``load_resharded``; with multi-scale batches the
+draws are regrouped for the new accumulation too). The global batch is kept by the accumulation
+(:func:`keep_global_batch`).
 """
 
 from __future__ import annotations
@@ -83,7 +88,8 @@ def load_engine_state(engine: Any, tag: Path) -> dict[str, Any]:
             raise CheckpointError(
                 f"{tag} was written by {ranks(written_by(tag))} at ZeRO-0 with DeepSpeed's bf16 optimizer, whose "
                 f"states are partitioned by rank ({partitioned[0]}, ...): a resume on another world size supports "
-                "ZeRO-0 in fp32 and ZeRO 1-3; resume on the same number of ranks"
+                "ZeRO-0 with whole states (fp32, and bf16 through DeepSpeed's FP16 optimizer, as this engine "
+                "configures it) and ZeRO 1-3; resume on the same number of ranks"
             )
         engine.load_checkpoint(str(tag.parent), tag=tag.name)
         return states

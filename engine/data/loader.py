@@ -33,11 +33,15 @@ leaves out of the epoch is counted in reader order and reported (:class:`Reshard
 buffer of F samples the samples actually yielded can differ from reader order by up to F per rank,
 old and new, so the true counts are within (old + new ranks) x F of the reported ones (exact with
 ``shuffle_buffer=1``). The pipelines start afresh: augmentation draws differ from the old run's.
+With ``multiscale`` the skip is in whole chunks, the draws are regrouped for the new accumulation
+(one per optimizer step, so step s draws what it draws on any world size: engine/multiscale.py's
+``resharded``) and the epoch's ends are where the old and the new plans' draws stop fitting.
 """
 
 from __future__ import annotations
 
 import base64
+import itertools
 import logging
 import math
 from collections.abc import Iterator, Sequence
@@ -61,7 +65,7 @@ from engine.data.pipeline import (
     to_torch,
 )
 from engine.data.reshard import Reshard
-from engine.multiscale import ChunkPlan, MultiScale, Scale
+from engine.multiscale import ChunkPlan, MultiScale, Scale, resharded
 
 log = logging.getLogger(__name__)
 
@@ -199,13 +203,16 @@ class DaliLoader:
         # when DALI first calls it (at the first run, not at build).
         self._checkpoint: bytes = self._pipe.checkpoint()
 
-    def _build(self, checkpoint: bytes | None, skip_batches: int) -> Any:
-        """A pipeline that continues at the current position (its size source too)."""
+    def _build(self, checkpoint: bytes | None, skip_batches: int, lead: int = 0) -> Any:
+        """A pipeline that continues at the current position (its size source too); ``lead``
+        iterations before it (read to be skipped) come at the smallest size."""
         sizes = None
         if self.multiscale is not None:
             plan = self._plan.sizes(self._batch_start, self._batches)
             for _ in range(self._pos - self._batch_start):  # a rebuild in the middle of a batch
                 next(plan)
+            smallest = self._plan.scales.smallest
+            plan = itertools.chain(itertools.repeat((smallest.height, smallest.width), lead), plan)
             chunk = self._chunk
 
             def sizes() -> np.ndarray:
@@ -454,28 +461,48 @@ class DaliLoader:
         mismatched = {
             k: (old.get(k), v)
             for k, v in ours.items()
-            if k not in ("rank", "world_size", "batch_size") and old.get(k) != v
+            if k not in ("rank", "world_size", "batch_size", "multiscale") and old.get(k) != v
         }
+        if (old.get("multiscale") is None) != (self.multiscale is None):
+            mismatched["multiscale"] = (old.get("multiscale"), ours["multiscale"])
         if mismatched:
             shown = ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in mismatched.items())
             raise ValueError(f"the data state was saved by a different loader setup ({shown})")
-        if self.multiscale is not None:
-            raise ValueError(
-                "data.multiscale: a resume on another world size is not supported with multi-scale batches"
-            )
         if len({(s["epoch"], s["position"]) for s in states}) != 1 or len(states) != old["world_size"]:
             raise ValueError("the data states of the old ranks are not at one position of one epoch")
+        old_world, old_batches = len(states), int(old.get("batches", 0))
+        batches = old_batches  # the index of the next draw
+        if self.multiscale is None:
+            old_scales = MultiScale((Scale(*self.spec.size, int(old["batch_size"])),), seed=0)
+        else:  # one draw per optimizer step: the draws regrouped for this run's accumulation
+            old_scales, scales = resharded(
+                old["multiscale"], old_world, int(old["batch_size"]), self.multiscale, self.world_size,
+                self.batch_size,
+            )  # fmt: skip
+            if old_batches % old_scales.group:
+                raise ValueError(
+                    f"the data states were saved after {old_batches} batches, inside an optimizer step of "
+                    f"{old_scales.group}"
+                )
+            batches = old_batches // old_scales.group * scales.group
+            self.multiscale = self._plan.scales = scales
+            self.options = replace(self.options, multiscale=scales)
+        old_plan = ChunkPlan(old_scales)  # what the old ranks would have trained of the epoch
+        old_plan.full_chunks = (self.samples // old_world) // old_plan.chunk
+        position = int(old["position"])
         report = Reshard.plan(
-            samples=self.samples, epoch=int(old["epoch"]), old_world=len(states),
-            old_position=int(old["position"]), old_chunk=int(old["batch_size"]), new_world=self.world_size,
-            new_chunk=self._chunk, new_chunks=self._plan.full_chunks, shuffle_buffer=self.spec.shuffle_buffer,
+            samples=self.samples, epoch=int(old["epoch"]), old_world=old_world, old_position=position,
+            old_chunk=old_plan.chunk, new_world=self.world_size, new_chunk=self._chunk,
+            new_chunks=self._plan.full_chunks, shuffle_buffer=self.spec.shuffle_buffer,
+            old_end=old_plan.end(position, old_batches), new_end=lambda skip: self._plan.end(skip, batches),
         )  # fmt: skip
         epoch, skip = report.resume_epoch, report.resume_chunk
         self.spec = replace(self.spec, shard_id=(self.rank + epoch) % self.world_size)
         self._epoch, self._pos, self._batch_start = epoch, skip, skip
-        self._batches = self._epoch_first = int(old.get("batches", 0))
+        self._batches = self._epoch_first = batches
+        self._len_cache = (-1, 0)
         self._pipe = None
-        self._pipe = self._build(checkpoint=None, skip_batches=skip)
+        self._pipe = self._build(checkpoint=None, skip_batches=skip, lead=skip)
         for _ in range(skip):  # read, not decoded: the skip route gives placeholders
             self._pipe.run()
         self._checkpoint = self._pipe.checkpoint()

@@ -8,10 +8,17 @@ ranks' chunk, rounded down, so they skip at most as many samples as were consume
 reader order, a sample is *repeated* if the old ranks consumed it and a new rank reads it again in
 the same epoch, and *skipped* if an uninterrupted epoch on the old ranks would have trained it
 (``drop_last`` leaves out the tail of each range) and neither the old nor the new ranks did.
+
+With multi-scale batches (engine/multiscale.py) the chunk is the plan's pipeline iteration and an
+epoch ends at the first draw that no longer fits: the old ranks' uninterrupted epoch ends where
+their plan's draws from the saved position stop fitting, the new ranks' where the new plan's draws
+from the skipped-to chunk stop fitting (the same draws per optimizer step, regrouped for the new
+accumulation). The counts are taken over those ends.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -36,18 +43,24 @@ class Reshard:
     @classmethod
     def plan(
         cls, *, samples: int, epoch: int, old_world: int, old_position: int, old_chunk: int, new_world: int,
-        new_chunk: int, new_chunks: int, shuffle_buffer: int,
+        new_chunk: int, new_chunks: int, shuffle_buffer: int, old_end: int | None = None,
+        new_end: Callable[[int], int] | None = None,
     ) -> Reshard:  # fmt: skip
         """``old_position`` chunks of ``old_chunk`` samples taken on each of ``old_world`` ranks;
-        ``new_chunks``: the chunks of ``new_chunk`` samples a new rank yields per epoch."""
+        ``new_chunks``: the chunks of ``new_chunk`` samples a new rank has in full per epoch.
+        Multi-scale: ``old_end``, the chunk the old ranks' uninterrupted epoch ends at (None:
+        ``(samples // old_world) // old_chunk``), and ``new_end(skip)``, the chunk the new ranks'
+        epoch ends at when they start at chunk ``skip`` (None: ``new_chunks``)."""
         n = samples
+        old_end = (n // old_world) // old_chunk if old_end is None else old_end
         consumed = [(a, a + min(old_position * old_chunk, b - a)) for a, b in ranges(n, old_world)]
-        trained = [(a, a + (n // old_world) // old_chunk * old_chunk) for a, _ in ranges(n, old_world)]
+        trained = [(a, a + old_end * old_chunk) for a, _ in ranges(n, old_world)]
         skip = min(count(consumed) // (new_world * new_chunk), new_chunks)
-        if skip == new_chunks:  # the epoch was done: the next one starts whole
+        end = new_chunks if new_end is None else new_end(skip)
+        if end <= skip:  # the epoch was done: the next one starts whole
             rest, start = [], (epoch + 1, 0)
         else:
-            rest = [(a + skip * new_chunk, a + new_chunks * new_chunk) for a, _ in ranges(n, new_world)]
+            rest = [(a + skip * new_chunk, a + end * new_chunk) for a, _ in ranges(n, new_world)]
             start = (epoch, skip)
         return cls(
             old_world=old_world, new_world=new_world, epoch=epoch, samples=n, consumed=count(consumed),
