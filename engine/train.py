@@ -82,6 +82,7 @@ class Trainer:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self._log = log or (print if self.is_main else (lambda _: None))
         # lr, min_lr and warmup for the run's global batch (optim.reference_batch): the rates used
+        self._given = cfg  # as given: a resume on another world size scales it again
         self.cfg, scaling = scale_for_batch(cfg, self.world_size)
         cfg = self.cfg
         for line in scaling:
@@ -315,9 +316,21 @@ class Trainer:
             self.cfg.optim.grad_accum = accum
             self.engine.set_train_batch_size(self.cfg.data.batch_size * accum * self.world_size)
             self._log(line)
+            self._rescale(accum)
         for line in apply_hyperparameters(self.engine, self.scheduler, self.cfg, saved["config"], resharded):
             self._log(f"resume: {line}")
         return True
+
+    def _rescale(self, accum: int) -> None:
+        """lr, min_lr and warmup for the global batch a resharded resume keeps (optim.reference_batch):
+        the accumulation changed after they were scaled for this world size at the config's. The
+        schedule reads ``self.cfg.optim`` when it runs, apply_hyperparameters sets the groups' rates."""
+        given = dataclasses.replace(
+            self._given, optim=dataclasses.replace(self._given.optim, grad_accum=accum)
+        )
+        scaled, _ = scale_for_batch(given, self.world_size)
+        for key in ("lr", "min_lr", "warmup_steps", "reference_batch"):
+            setattr(self.cfg.optim, key, getattr(scaled.optim, key))
 
     def claim_out_dir(self) -> None:
         """A run folder belongs to one run: before this run writes anything, refuse a

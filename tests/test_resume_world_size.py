@@ -135,7 +135,16 @@ def _leg(
             {
                 "model": {"name": "vit_tiny", "image_size": 16},
                 "data": {"batch_size": B, "train": shards, "multiscale": multiscale},
-                "optim": {"lr": 5e-3, "min_lr": 1e-5, "warmup_steps": 2, "ema_decay": 0.9},
+                # lr, min_lr and warmup written for a global batch of 8, scaled to the run's 4: a
+                # resume on another world size keeps the rates of the global batch it keeps
+                "optim": {
+                    "lr": 1e-2,
+                    "min_lr": 2e-5,
+                    "warmup_steps": 1,
+                    "ema_decay": 0.9,
+                    "reference_batch": 8,
+                    "lr_scaling": "linear",
+                },
                 "parallel": {
                     "zero_stage": stage,
                     "precision": precision,
