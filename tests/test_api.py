@@ -176,11 +176,14 @@ def test_bad_sources_are_errors_naming_them(sources, tmp_path: Path, capsys) -> 
         catlip.create_model_and_transforms(tmp_path / "nope")
     (tmp_path / "dir").mkdir()
     (tmp_path / "dir" / "config.json").write_text(json.dumps({"architecture": "resnet50"}))
-    with pytest.raises(ApiError, match="not a `catlip export --out DIR` folder"):
+    # a config.json alone (a run's out_dir has the trainer's): read as a checkpoint, and named
+    with pytest.raises(ApiError, match="dir: not a usable checkpoint .*no DeepSpeed model states"):
         catlip.create_model_and_transforms(tmp_path / "dir")
     (tmp_path / "dir" / "model.safetensors").write_bytes(
         (sources["folder"] / "model.safetensors").read_bytes()
     )
+    with pytest.raises(ApiError, match="not a `catlip export --out DIR` folder"):
+        catlip.create_model_and_transforms(tmp_path / "dir")
     (tmp_path / "names.txt").write_text("dog\n")
     assert main(["classes", "--vocab", str(sources["vocab"]), "--names", str(tmp_path / "names.txt"), "--out", str(tmp_path / "c.json")]) == 0  # fmt: skip
     image = noise_images(tmp_path, [(70, 50)])[0]
